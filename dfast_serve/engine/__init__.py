@@ -1,0 +1,31 @@
+"""Inference core: plain Python + torch, nothing of Ray or HTTP."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Protocol
+
+from dfast_serve.config import DiffusionOptions
+from dfast_serve.engine.ar import AREngine
+from dfast_serve.engine.diffusion import DiffusionEngine
+from dfast_serve.engine.types import GenerationRequest, SamplingParams, StreamingChunk
+from dfast_serve.models.adapters import CausalLM, DiffusionLM
+
+
+class Engine(Protocol):
+    """What every engine offers: a stream of chunks for one request."""
+
+    kind: str
+    forward_passes: int
+
+    def generate(
+        self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None
+    ) -> Iterator[StreamingChunk]: ...
+
+
+def build_engine(model: DiffusionLM | CausalLM, diffusion_defaults: DiffusionOptions | None = None) -> Engine:
+    if isinstance(model, DiffusionLM):
+        return DiffusionEngine(model, diffusion_defaults)
+    return AREngine(model)
+
+
+__all__ = ["AREngine", "DiffusionEngine", "Engine", "GenerationRequest", "SamplingParams", "StreamingChunk", "build_engine"]

@@ -1,0 +1,61 @@
+"""Records shared by both engines: what a request asks for and what a stream yields."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from dfast_serve.config import DiffusionOptions
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass
+class SamplingParams:
+    """Decoding controls common to both engines. ``temperature == 0`` means greedy."""
+
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GenerationRequest:
+    """One generation: prompt token ids plus how to decode them.
+
+    ``diffusion`` is ignored by the AR engine; when None the diffusion engine uses its defaults.
+    """
+
+    prompt_ids: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    diffusion: DiffusionOptions | None = None
+    request_id: str = ""
+
+
+@dataclass
+class StreamingChunk:
+    """One stream event. ``full_text`` is the concatenation of every ``new_text`` so far.
+
+    ``total_tokens`` counts committed answer tokens (EOS excluded), ``target_tokens`` is
+    ``max_tokens``, ``progress`` is the share of the answer decided (1.0 on the final chunk),
+    ``nfe`` the forward passes spent so far, ``time_ms`` the time since the request started.
+    """
+
+    new_text: str
+    full_text: str
+    new_tokens: int
+    total_tokens: int
+    target_tokens: int
+    progress: float
+    time_ms: float
+    is_first: bool
+    is_final: bool
+    nfe: int
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)

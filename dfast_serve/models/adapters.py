@@ -1,0 +1,143 @@
+"""Model adapters: what an engine needs to know about a model, and nothing else.
+
+A diffusion adapter declares its mask token, EOS ids, whether its logits are shifted one
+position (Dream predicts token i+1 at position i) and its tokenizer (which carries the chat
+template). An AR adapter wraps a Hugging Face causal LM. Hub checkpoints (LLaDA, Dream, any
+causal LM) load through the real transformers path from a local directory or a hub id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+DiffusionKind = Literal["llada", "dream", "tiny-mdlm"]
+
+LLADA_MASK_ID = 126336
+LLADA_EOS_IDS = (126081, 126348)  # <|endoftext|>, <|eot_id|>
+
+
+def _as_id_list(encoded: Any) -> list[int]:
+    """apply_chat_template returns a list, a dict or a BatchEncoding depending on the version."""
+    if isinstance(encoded, dict) or hasattr(encoded, "input_ids"):
+        encoded = encoded["input_ids"]
+    if encoded and isinstance(encoded[0], list):
+        encoded = encoded[0]
+    return [int(t) for t in encoded]
+
+
+@dataclass
+class Tokenizing:
+    """Prompt encoding shared by both adapter kinds."""
+
+    tokenizer: Any
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return list(self.tokenizer.encode(prompt))
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+            return self.encode_prompt(text)
+        return _as_id_list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+
+
+@dataclass
+class DiffusionLM(Tokenizing):
+    """A masked-diffusion LM: ``logits(ids)[b, i]`` scores the token at position i."""
+
+    network: nn.Module = field(default=None)  # type: ignore[assignment]
+    name: str = "diffusion"
+    kind: DiffusionKind = "tiny-mdlm"
+    mask_token_id: int = 0
+    eos_token_ids: frozenset[int] = frozenset()
+    shift_logits: bool = False
+    max_context: int = 4096
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @torch.inference_mode()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+        out = self.network(input_ids, **kwargs)
+        logits = out.logits if hasattr(out, "logits") else out
+        if self.shift_logits:
+            # Dream: position i predicts token i+1; realign so index i scores token i.
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+
+@dataclass
+class CausalLM(Tokenizing):
+    """An autoregressive Hugging Face causal LM with a KV cache."""
+
+    network: nn.Module = field(default=None)  # type: ignore[assignment]
+    name: str = "ar"
+    eos_token_ids: frozenset[int] = frozenset()
+    max_context: int = 2048
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+
+def _eos_ids(tokenizer: Any, config: Any, extra: tuple[int, ...] = ()) -> frozenset[int]:
+    ids = set(extra)
+    for source in (getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(i) for i in source)
+    return frozenset(ids)
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def wrap_llada(network: nn.Module, tokenizer: Any, name: str = "llada") -> DiffusionLM:
+    mask_id = getattr(network.config, "mask_token_id", None) or LLADA_MASK_ID
+    return DiffusionLM(
+        tokenizer=tokenizer, network=network, name=name, kind="llada", mask_token_id=int(mask_id),
+        eos_token_ids=_eos_ids(tokenizer, network.config, LLADA_EOS_IDS), shift_logits=False,
+        max_context=int(getattr(network.config, "max_sequence_length", 4096) or 4096),
+    )
+
+
+def wrap_dream(network: nn.Module, tokenizer: Any, name: str = "dream") -> DiffusionLM:
+    mask_id = getattr(network.config, "mask_token_id", None)
+    if mask_id is None:
+        mask_id = tokenizer.mask_token_id
+    return DiffusionLM(
+        tokenizer=tokenizer, network=network, name=name, kind="dream", mask_token_id=int(mask_id),
+        eos_token_ids=_eos_ids(tokenizer, network.config), shift_logits=True,
+        max_context=int(getattr(network.config, "max_position_embeddings", 4096) or 4096),
+    )
+
+
+def load_hub_diffusion(
+    path: str, kind: DiffusionKind, name: str, device: str = "cpu", dtype: str = "bfloat16"
+) -> DiffusionLM:
+    """LLaDA / Dream checkpoints, as their model cards load them (remote code, ``AutoModel``)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    network = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=_dtype(dtype)).to(device).eval()
+    return (wrap_llada if kind == "llada" else wrap_dream)(network, tokenizer, name)
+
+
+def load_causal_lm(path: str, name: str, device: str = "cpu", dtype: str = "bfloat16") -> CausalLM:
+    """Any Hugging Face causal LM directory or hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    network = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(dtype)).to(device).eval()
+    return CausalLM(
+        tokenizer=tokenizer, network=network, name=name, eos_token_ids=_eos_ids(tokenizer, network.config),
+        max_context=int(getattr(network.config, "max_position_embeddings", 2048) or 2048),
+    )

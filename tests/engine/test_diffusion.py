@@ -1,0 +1,139 @@
+"""The standard diffusion path on the embedded tiny-mdlm (no Ray)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dfast_serve.config import DiffusionOptions
+from dfast_serve.engine.diffusion import DiffusionEngine
+from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.models.adapters import DiffusionLM
+from tests.engine.helpers import check_chunk_invariants
+
+STANDARD = DiffusionOptions(ultra_fast=False)
+PROMPTS = ["Recite Genesis 1:1.", "Continue: And God said", "Recite Psalms 23:1.", "Recite John 3:16."]
+
+
+def run(engine, prompt_ids, max_tokens=32, options=STANDARD, **params):
+    req = GenerationRequest(list(prompt_ids), SamplingParams(max_tokens=max_tokens, **params), options)
+    return list(engine.generate(req))
+
+
+def chat(model, text):
+    return model.encode_chat([{"role": "user", "content": text}])
+
+
+def llada_reference(model: DiffusionLM, prompt_ids: list[int], gen_len: int) -> list[int]:
+    """Plain LLaDA low-confidence remasking, greedy: one token per step, steps == gen_len, one block."""
+    x = torch.tensor([prompt_ids + [model.mask_token_id] * gen_len])
+    for _ in range(gen_len):
+        with torch.no_grad():
+            logits = model.network(x)
+        predicted = logits.argmax(-1)
+        probability = torch.gather(logits.softmax(-1), -1, predicted[..., None])[..., 0]
+        is_mask = x == model.mask_token_id
+        confidence = torch.where(is_mask, probability, torch.tensor(-float("inf")))
+        pick = int(confidence[0].argmax())
+        x[0, pick] = predicted[0, pick]
+    return x[0, len(prompt_ids):].tolist()
+
+
+def test_matches_plain_llada_reference_token_for_token(tiny_mdlm):
+    engine = DiffusionEngine(tiny_mdlm)
+    gen_len = 24
+    for prompt in PROMPTS[:3]:
+        ids = chat(tiny_mdlm, prompt)
+        reference = llada_reference(tiny_mdlm, ids, gen_len)
+        options = DiffusionOptions(ultra_fast=False, steps=gen_len, block_length=gen_len)
+        seq = engine.start(GenerationRequest(ids, SamplingParams(max_tokens=gen_len), options))
+        while not seq.finished:
+            engine.step([seq])
+        ours = seq.tokens[len(ids):].tolist()
+        eos = next((i for i, t in enumerate(reference) if t in tiny_mdlm.eos_token_ids), gen_len - 1)
+        assert ours[: eos + 1] == reference[: eos + 1]  # the engine stops once the prefix reaches EOS
+        text = tiny_mdlm.tokenizer.decode([t for t in reference[:eos + 1] if t not in tiny_mdlm.eos_token_ids])
+        assert seq.detokenizer.text == text
+
+
+def test_fixed_seed_is_deterministic_and_streaming_equals_final_text(tiny_mdlm):
+    engine = DiffusionEngine(tiny_mdlm)
+    ids = chat(tiny_mdlm, PROMPTS[1])
+    for remasking in ("low_confidence", "random"):
+        options = DiffusionOptions(ultra_fast=False, remasking=remasking)
+        a = run(engine, ids, options=options, temperature=0.8, seed=7)
+        b = run(engine, ids, options=options, temperature=0.8, seed=7)
+        assert [c.new_text for c in a] == [c.new_text for c in b]
+        assert "".join(c.new_text for c in a) == a[-1].full_text
+
+
+def test_different_seeds_sample_differently(tiny_mdlm):
+    engine = DiffusionEngine(tiny_mdlm)
+    ids = chat(tiny_mdlm, PROMPTS[0])
+    texts = {run(engine, ids, temperature=1.5, seed=s, max_tokens=24)[-1].full_text for s in range(4)}
+    assert len(texts) > 1
+
+
+def test_chunk_invariants_and_streaming_starts_before_the_end(tiny_mdlm):
+    engine = DiffusionEngine(tiny_mdlm)
+    for prompt in PROMPTS:
+        for options in (STANDARD, DiffusionOptions()):
+            chunks = run(engine, chat(tiny_mdlm, prompt), max_tokens=48, options=options)
+            check_chunk_invariants(chunks)
+    chunks = run(engine, chat(tiny_mdlm, PROMPTS[0]), max_tokens=48, options=DiffusionOptions())
+    assert len(chunks) > 1 and chunks[0].nfe < chunks[-1].nfe
+
+
+def test_finish_reasons_length_eos_and_stop(tiny_mdlm):
+    engine = DiffusionEngine(tiny_mdlm)
+    ids = chat(tiny_mdlm, PROMPTS[0])
+    # a long answer window: the model pads with EOS, so the stream ends with "stop" before max_tokens
+    long_run = run(engine, ids, max_tokens=96)
+    assert long_run[-1].finish_reason == "stop" and long_run[-1].total_tokens < 96
+    # a window too short to finish the verse: "length"
+    short = run(engine, ids, max_tokens=2)
+    assert short[-1].finish_reason == "length" and short[-1].total_tokens == 2
+    # a stop string taken from the answer itself
+    text = long_run[-1].full_text
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    stopped = run(engine, ids, max_tokens=96, stop=[stop])
+    assert stopped[-1].finish_reason == "stop"
+    assert stopped[-1].full_text == text[: text.index(stop)]
+
+
+class ForcedAnswer(nn.Module):
+    """A stand-in network whose logits spell a fixed answer (used to force rare tokens).
+
+    Position i of the answer prefers ``answer[i]``; confidences rise towards the end so tokens
+    are decided out of reading order, as real dLLMs do with their EOS tail.
+    """
+
+    def __init__(self, prompt_len: int, answer: list[int], vocab: int) -> None:
+        super().__init__()
+        self.prompt_len, self.answer, self.vocab = prompt_len, answer, vocab
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        b, s = input_ids.shape
+        logits = torch.zeros(b, s, self.vocab)
+        for i, tok in enumerate(self.answer):
+            logits[:, self.prompt_len + i, tok] = 5.0 + i * 0.1
+        return logits
+
+
+def test_streaming_never_emits_broken_utf8_or_stop_string(tiny_mdlm):
+    answer_text = "Peace ☕ 你好 be with you. Amen and amen"
+    answer = tiny_mdlm.tokenizer.encode(answer_text) + [tiny_mdlm.tokenizer.eos_token_id]
+    prompt = chat(tiny_mdlm, "x")
+    forced = DiffusionLM(
+        tokenizer=tiny_mdlm.tokenizer, network=ForcedAnswer(len(prompt), answer, len(tiny_mdlm.tokenizer)),
+        mask_token_id=tiny_mdlm.mask_token_id, eos_token_ids=tiny_mdlm.eos_token_ids,
+    )
+    engine = DiffusionEngine(forced)
+    for options in (STANDARD, DiffusionOptions(), DiffusionOptions(ultra_fast=False, steps=len(answer))):
+        chunks = run(engine, prompt, max_tokens=len(answer) + 4, options=options)
+        check_chunk_invariants(chunks)
+        assert chunks[-1].full_text == answer_text and chunks[-1].finish_reason == "stop"
+        stopped = run(engine, prompt, max_tokens=len(answer) + 4, options=options, stop=["Amen and"])
+        assert stopped[-1].full_text == "Peace ☕ 你好 be with you. "
+        assert all("Peace ☕ 你好 be with you. ".startswith(c.full_text) for c in stopped)

@@ -145,11 +145,11 @@ class DiffusionSequence:
             commit[torch.topk(ranked, count).indices] = True
         if ultra is not None:
             commit |= self._leading_run(proposal, ultra.stream_confidence_threshold, limit=end, extra=commit)
-            n = ultra.stream_every_n_tokens
-            if n > 0 and self.decided_since_visible + int(commit.sum()) >= n and self.cursor < end:
-                commit[self.cursor] = True  # stall fallback: decide the token the stream waits on
         if not commit.any() and candidates.any():
             commit[int(torch.where(candidates, proposal.score, -math.inf).argmax())] = True
+        if ultra is not None and ultra.stream_every_n_tokens > 0 and self.cursor < end:
+            if self.decided_since_visible + int(commit.sum()) >= ultra.stream_every_n_tokens:
+                commit[self.cursor] = True  # stall fallback: decide the token the stream waits on
         self._commit(commit, proposal)
 
     def _scheduled_count(self, masked_in_block: int) -> int:
@@ -202,6 +202,7 @@ class DiffusionSequence:
         answer = self.tokens[self.prompt_len :]
         answer[positions] = proposal.tokens[positions]
         self.decided |= positions
+        self.decided_since_visible += int(positions.sum())
 
     # ---- streaming ------------------------------------------------------------------------
     def progress(self) -> float:
@@ -232,7 +233,8 @@ class DiffusionSequence:
             self.finish_reason = "length"
         if self.finished:
             text += self.detokenizer.finish()
-        self.decided_since_visible = 0 if text else self.decided_since_visible + len(new_ids)
+        if text:
+            self.decided_since_visible = 0
         if text or self.finished:
             self._queue_chunk(text, len(new_ids))
 
@@ -308,6 +310,7 @@ class DiffusionEngine:
         """One denoising step for each sequence (one forward pass each)."""
         for seq in sequences:
             logits = self.model.logits(seq.tokens[None])[0, seq.prompt_len :]
+            logits[:, self.model.mask_token_id] = -math.inf  # the mask is never a valid answer token
             self.forward_passes += 1
             seq.advance(logits)
 

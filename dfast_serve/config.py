@@ -138,3 +138,127 @@ class ModelConfig(StrictModel):
         if self.source != "embedded" and not self.path:
             raise ValueError(f"source {self.source!r} needs a path (checkpoint directory or hub id)")
         return self
+
+
+class UltraFastSwitches(StrictModel):
+    """Server-wide ultra-fast switches (serve_config.yaml ``server:`` / ``DFASTLLM_*`` env vars).
+
+    Each one left unset (None) defers to the layer below it.
+    """
+
+    enable_ultra_fast_streaming: bool | None = Field(None, description="DFASTLLM_ULTRA_FAST_STREAMING")
+    instant_first_token: bool | None = Field(None, description="DFASTLLM_INSTANT_FIRST_TOKEN")
+    stream_confidence_threshold: float | None = Field(None, ge=0.0, le=1.0, description="DFASTLLM_STREAM_CONFIDENCE_THRESHOLD")
+    early_stop_confidence: float | None = Field(None, ge=0.0, le=1.0, description="DFASTLLM_EARLY_STOP_CONFIDENCE")
+
+    def as_overrides(self) -> dict[str, Any]:
+        """These switches as a partial ``DiffusionOptions`` dict."""
+        out: dict[str, Any] = {}
+        ultra: dict[str, Any] = {}
+        if self.enable_ultra_fast_streaming is not None:
+            out["ultra_fast"] = self.enable_ultra_fast_streaming
+        if self.instant_first_token is not None:
+            ultra["enable_instant_first_token"] = self.instant_first_token
+        if self.stream_confidence_threshold is not None:
+            ultra["stream_confidence_threshold"] = self.stream_confidence_threshold
+        if self.early_stop_confidence is not None:
+            ultra["early_stop_confidence"] = self.early_stop_confidence
+        if ultra:
+            out["ultra_fast_config"] = ultra
+        return out
+
+
+class ReplicaConfig(StrictModel):
+    """Ray placement and admission control for one model's replicas."""
+
+    num_replicas: int = Field(1, ge=1, le=1024, description="Fixed replica count (ignored when autoscaling is set).")
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica: 1 on a GPU pool, 0 on a laptop.")
+    num_cpus: float = Field(1, ge=0, description="CPUs reserved per replica.")
+    accelerator_type: str | None = Field(None, description='Ray accelerator label, e.g. "A100" (needs num_gpus > 0).')
+    max_ongoing_requests: int = Field(8, ge=1, description="Requests a replica generates at once.")
+    max_queued_requests: int = Field(
+        16, ge=-1, description="Requests waiting for a replica before new ones get 503 + Retry-After (-1: unbounded)."
+    )
+    autoscaling: dict[str, Any] | None = Field(None, description="Ray Serve autoscaling_config; None = fixed count.")
+
+    @model_validator(mode="after")
+    def _accelerator_needs_gpu(self) -> "ReplicaConfig":
+        if self.accelerator_type and self.num_gpus <= 0:
+            raise ValueError("accelerator_type needs num_gpus > 0")
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``."""
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.accelerator_type:
+            actor["accelerator_type"] = self.accelerator_type
+        options: dict[str, Any] = {
+            "ray_actor_options": actor,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
+        if self.autoscaling:
+            options["autoscaling_config"] = self.autoscaling
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
+
+
+class ServedModelConfig(ModelConfig):
+    """A model the server exposes: how to load it, where it runs, its diffusion defaults."""
+
+    replica: ReplicaConfig = Field(default_factory=ReplicaConfig)
+    diffusion: dict[str, Any] = Field(
+        default_factory=dict, description="Partial DiffusionOptions for this model (serve_config.yaml layer)."
+    )
+
+
+class RouterConfig(StrictModel):
+    """The HTTP ingress: light on CPU, never on a GPU."""
+
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, ge=0)
+    max_ongoing_requests: int = Field(256, ge=1, description="Concurrent HTTP requests one router replica relays.")
+
+
+class ServerConfig(StrictModel):
+    """Everything ``serve_config.yaml`` passes to the application builder (its ``args``)."""
+
+    models: list[ServedModelConfig] = Field(min_length=1)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    ultra_fast: UltraFastSwitches = Field(default_factory=UltraFastSwitches)
+    auto_ar_below_tokens: int = Field(
+        16, ge=0, description='model "auto": AR when max_tokens is below this, diffusion otherwise.'
+    )
+    default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request leaves it out.")
+    request_timeout_s: float = Field(300.0, gt=0, description="A generation running longer is ended with an error.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    api_key: str | None = Field(None, description="Require Authorization: Bearer <key> (env DFASTLLM_API_KEY).")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ServerConfig":
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        if "auto" in names:
+            raise ValueError('"auto" is reserved for engine selection')
+        return self
+
+    def diffusion_base(self, model: ServedModelConfig, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A model's diffusion defaults before the request layer: env < server switches < model section.
+
+        Validated here so that a bad serve_config.yaml fails at start, not on the first request.
+        """
+        layered = deep_merge(diffusion_env_overrides(environ), self.ultra_fast.as_overrides())
+        layered = deep_merge(layered, model.diffusion)
+        DiffusionOptions.model_validate(layered)
+        return layered
+
+
+def load_server_config(args: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Validate the builder args; ``DFASTLLM_API_KEY`` fills ``api_key`` when the file leaves it out."""
+    env = os.environ if environ is None else environ
+    data = dict(args)
+    if data.get("api_key") is None and env.get(ENV_PREFIX + "API_KEY"):
+        data["api_key"] = env[ENV_PREFIX + "API_KEY"]
+    return ServerConfig.model_validate(data)

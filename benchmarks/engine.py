@@ -1,0 +1,196 @@
+"""The serving figures measured in-process (no Ray, no HTTP), against the forward-pass floor.
+
+Runs an engine's generator directly and timestamps each chunk as it is yielded. The *floor* is
+one model forward pass over prompt + first block (diffusion: ``model.logits`` on the prompt plus
+``block_length`` mask tokens; AR: the prefill of the prompt), median of several, measured per
+prompt in the same run; TTFT/floor says how far streaming is from that bound. For diffusion the
+pass over the whole canvas (prompt + ``max_tokens`` masks, what the engine really runs) is
+reported too.
+
+    python -m benchmarks.engine --engine diffusion --mode ultra --max-tokens 64 --num-prompts 10
+    python -m benchmarks.engine --engine diffusion --mode standard --save-result results/eng-standard.json
+    python -m benchmarks.engine --engine ar --mode nonstream --max-tokens 32
+    python -m benchmarks.engine --engine diffusion --max-tokens 64 --num-prompts 1 --timeline timeline.png
+
+Modes: ``ultra`` / ``standard`` stream with the ultra-fast or standard diffusion schedule (the
+same thing for AR); ``nonstream`` runs the standard schedule and records one chunk at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from benchmarks.metrics import ChunkEvent, RequestRecord, add_stats, format_table, summarize, ttft
+from benchmarks.prompts import get_prompts
+from benchmarks.results import save_result, stamp
+from dfast_serve.config import DiffusionOptions, ModelConfig, resolve_diffusion_options
+from dfast_serve.engine import Engine, GenerationRequest, SamplingParams, build_engine
+from dfast_serve.models.adapters import CausalLM, DiffusionLM
+from dfast_serve.models.registry import load_model
+
+MODES = ("ultra", "standard", "nonstream")
+Timeline = list[tuple[float, int]]  # (ms since start, answer tokens streamed so far)
+
+
+def diffusion_options(mode: str, block_length: int, steps: int | None) -> DiffusionOptions:
+    request: dict[str, Any] = {"block_length": block_length, "ultra_fast": mode == "ultra"}
+    if steps:
+        request["steps"] = steps
+    return resolve_diffusion_options(request=request, environ={})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_request(engine: Engine, request: GenerationRequest, stream: bool = True,
+                on_chunk: Callable[[float, int], None] | None = None) -> RequestRecord:
+    """One generation, timed like a client would see it; ``stream=False`` keeps only the end."""
+    record = RequestRecord(start=time.perf_counter(), prompt_tokens=len(request.prompt_ids))
+    final = None
+    for chunk in engine.generate(request):
+        now = time.perf_counter()
+        final = chunk
+        if stream:
+            record.chunks.append(ChunkEvent(now, chunk.new_text, chunk.nfe))
+        if on_chunk is not None:
+            on_chunk((now - record.start) * 1000.0, chunk.total_tokens)
+    record.end = time.perf_counter()
+    if final is None:
+        record.error = "the engine yielded nothing"
+        return record
+    if not stream:
+        record.chunks.append(ChunkEvent(record.end, final.full_text, final.nfe))
+    record.output_tokens, record.final_nfe = final.total_tokens, final.nfe
+    return record
+
+
+def forward_time(model: DiffusionLM | CausalLM, ids: list[int], repeats: int) -> float:
+    """Median seconds of one forward pass over ``ids`` (diffusion logits, or an AR prefill)."""
+    tensor = torch.tensor([ids], dtype=torch.long, device=model.device)
+    if isinstance(model, DiffusionLM):
+        run = lambda: model.logits(tensor)  # noqa: E731
+    else:
+        run = lambda: model.network(input_ids=tensor, use_cache=True)  # noqa: E731
+    times = []
+    with torch.inference_mode():
+        run()  # warm
+        for _ in range(repeats):
+            _sync(model.device)
+            t0 = time.perf_counter()
+            run()
+            _sync(model.device)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def floor_ids(model: DiffusionLM | CausalLM, prompt_ids: list[int], window: int) -> list[int]:
+    """Prompt + first window of masks (diffusion), or the prompt alone (AR prefill)."""
+    if isinstance(model, DiffusionLM):
+        return prompt_ids + [model.mask_token_id] * window
+    return prompt_ids
+
+
+def diffusion_timelines(engine: Engine, prompt_ids: list[int], params: SamplingParams,
+                        block_length: int, steps: int | None) -> dict[str, Timeline]:
+    """Tokens streamed vs time for one request, under the ultra-fast and standard schedules."""
+    series: dict[str, Timeline] = {}
+    for mode in ("ultra", "standard"):
+        points: Timeline = []
+        request = GenerationRequest(prompt_ids, params, diffusion_options(mode, block_length, steps))
+        run_request(engine, request, on_chunk=lambda ms, tokens: points.append((ms, tokens)))
+        series[mode] = points
+    return series
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", choices=["diffusion", "ar"], default="diffusion")
+    ap.add_argument("--source", choices=["embedded", "llada", "dream", "hf"], default="embedded")
+    ap.add_argument("--path", help="checkpoint directory or hub id (source llada/dream/hf)")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--mode", choices=MODES, default="ultra")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--num-prompts", type=int, default=10)
+    ap.add_argument("--prompts-file", help="one prompt per line, or .jsonl with a 'prompt' field")
+    ap.add_argument("--no-chat", action="store_true", help="encode prompts raw, without the chat template")
+    ap.add_argument("--block-length", type=int, default=32)
+    ap.add_argument("--steps", type=int, help="diffusion denoising steps (default: one per token)")
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=1, help="uncounted requests before the run")
+    ap.add_argument("--floor-repeats", type=int, default=5, help="forward passes per floor median")
+    ap.add_argument("--label", help="name of this run in results and plots")
+    ap.add_argument("--save-result", help="write the result JSON here")
+    ap.add_argument("--timeline", help="PNG: tokens streamed vs time for the first prompt, ultra vs standard (diffusion)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    model = load_model(ModelConfig(name=f"{args.engine}-bench", engine=args.engine, source=args.source,
+                                   path=args.path, device=args.device))
+    engine = build_engine(model)
+    is_diffusion = isinstance(model, DiffusionLM)
+    options = diffusion_options(args.mode, args.block_length, args.steps) if is_diffusion else None
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    prompts = get_prompts(args.num_prompts, args.prompts_file)
+    encode = model.encode_prompt if args.no_chat else (lambda p: model.encode_chat([{"role": "user", "content": p}]))
+    prompt_ids = [encode(p) for p in prompts]
+    stream = args.mode != "nonstream"
+
+    for _ in range(args.warmup):
+        run_request(engine, GenerationRequest(prompt_ids[0], params, options), stream)
+    window = min(args.block_length, args.max_tokens)
+    floors: dict[tuple[int, ...], float] = {}
+    canvases: dict[tuple[int, ...], float] = {}
+    for ids in map(tuple, prompt_ids):
+        if ids not in floors:
+            floors[ids] = forward_time(model, floor_ids(model, list(ids), window), args.floor_repeats)
+            if is_diffusion:
+                canvases[ids] = forward_time(model, floor_ids(model, list(ids), args.max_tokens), args.floor_repeats)
+
+    started = time.perf_counter()
+    records = [run_request(engine, GenerationRequest(ids, params, options), stream) for ids in prompt_ids]
+    summary = summarize(records, time.perf_counter() - started)
+
+    floor_ms = [floors[tuple(ids)] * 1000.0 for ids in prompt_ids]
+    ratios = [None if (t := ttft(r)) is None else t * 1000.0 / f for r, f in zip(records, floor_ms)]
+    add_stats(summary, "floor", floor_ms, "_ms")
+    add_stats(summary, "ttft_over_floor", [r for r in ratios if r is not None])
+    summary["per_request"].update({"floor_ms": floor_ms, "ttft_over_floor": ratios})
+    if is_diffusion:
+        canvas_ms = [canvases[tuple(ids)] * 1000.0 for ids in prompt_ids]
+        add_stats(summary, "canvas_pass", canvas_ms, "_ms")
+        summary["per_request"]["canvas_pass_ms"] = canvas_ms
+    summary["generated_texts"] = [r.text for r in records]
+    config = {k: v for k, v in vars(args).items() if k not in ("save_result", "timeline")}
+    config.update(model=model.name, device=str(model.device), torch_threads=torch.get_num_threads(),
+                  diffusion_options=options.model_dump() if options else None)
+    mode_name = args.mode if is_diffusion or not stream else "stream"  # ultra/standard mean nothing to AR
+    stamp(summary, "engine", args.label or f"{args.engine}-{mode_name}", config)
+
+    if args.timeline:
+        if not is_diffusion:
+            raise SystemExit("--timeline plots diffusion schedules; use --engine diffusion")
+        from benchmarks.plot import plot_timeline
+
+        series = diffusion_timelines(engine, prompt_ids[0], params, args.block_length, args.steps)
+        summary["timeline"] = {mode: [list(p) for p in points] for mode, points in series.items()}
+        plot_timeline(series, args.timeline, floor_ms=floor_ms[0], title=f"{model.name}: {prompts[0]!r}")
+        print(f"timeline: {args.timeline}")
+
+    print(format_table(summary, title="Engine Benchmark Result"))
+    if args.save_result:
+        print(f"saved {save_result(summary, args.save_result)}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

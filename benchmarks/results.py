@@ -1,0 +1,32 @@
+"""Saved benchmark results: one JSON object per run (the summary dict, config and per-request data)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+
+def stamp(summary: dict[str, Any], kind: str, label: str | None, config: dict[str, Any]) -> dict[str, Any]:
+    """Add the run's identity (what, when, where, how) to a summary, in place, and return it."""
+    summary.update({
+        "kind": kind,
+        "label": label or kind,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "config": config,
+    })
+    return summary
+
+
+def save_result(result: dict[str, Any], path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return out
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,122 @@
+"""OpenAI request bodies as pydantic models, and their translation into engine parameters.
+
+Unknown top-level fields are refused (a typo must not be silently ignored), except a few
+that OpenAI clients send routinely and that change nothing here (``user``; penalties and
+``n`` only at their neutral values). Diffusion knobs travel in the ``dfast`` extension object.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_LENGTH = 256
+MAX_TOKENS_CEILING = 1_000_000  # model context limits apply later; this only refuses absurd numbers early
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _Sampling(_Strict):
+    """Fields common to completions and chat completions."""
+
+    model: str = Field(min_length=1, max_length=256)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=-1, le=1_000_000, description="vLLM extension; 0 or -1: off.")
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1, description="One choice per request.")
+    presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Only 0 is supported.")
+    frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Only 0 is supported.")
+    user: str | None = Field(None, max_length=256)
+    dfast: dict[str, Any] | None = Field(None, description="Diffusion options (DiffusionOptions fields).")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v: str | list[str] | None) -> list[str]:
+        stops = [] if v is None else [v] if isinstance(v, str) else v
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        if any(not s or len(s) > MAX_STOP_LENGTH for s in stops):
+            raise ValueError(f"stop sequences must be 1 to {MAX_STOP_LENGTH} characters")
+        return stops
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "_Sampling":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def sampling_params(self, max_tokens: int) -> dict[str, Any]:
+        """Keyword arguments of ``engine.SamplingParams``."""
+        return {
+            "max_tokens": max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": max(self.top_k, 0),
+            "seed": self.seed,
+            "stop": list(self.stop or []),
+        }
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] = Field(description="One prompt (a list of exactly one string is accepted).")
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
+    echo: Literal[False] = Field(False, description="Not supported.")
+    logprobs: Literal[0] | None = Field(None, description="Not supported.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v: str | list[str]) -> str:
+        if isinstance(v, list):
+            if len(v) != 1:
+                raise ValueError("exactly one prompt per request")
+            v = v[0]
+        if not v:
+            raise ValueError("prompt must not be empty")
+        return v
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = Field(None, max_length=64)
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING, description="Deprecated by OpenAI; accepted.")
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
+    logprobs: Literal[False] = Field(False, description="Not supported.")
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]

@@ -1,0 +1,42 @@
+"""The application builder ``serve_config.yaml`` names: ``import_path: dfast_serve.serve.app:build_app``.
+
+It validates the whole config (so a typo fails at start with a message naming the option),
+reads the ``DFASTLLM_*`` environment where ``serve run`` runs, and composes one replica
+deployment per served model plus the router with ``bind()``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ray.serve import Application
+
+from dfast_serve.config import ServerConfig, ServedModelConfig, load_server_config
+from dfast_serve.serve.replicas import ARReplica, DiffusionReplica
+from dfast_serve.serve.router import Router
+
+
+def replica_deployment_name(model: ServedModelConfig, config: ServerConfig) -> str:
+    """``DiffusionReplica`` / ``ARReplica``; suffixed by the model name when an engine serves several."""
+    base = "DiffusionReplica" if model.engine == "diffusion" else "ARReplica"
+    if sum(m.engine == model.engine for m in config.models) == 1:
+        return base
+    return f"{base}-{re.sub(r'[^A-Za-z0-9_-]', '_', model.name)}"
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    config = load_server_config(args)
+    replicas = {}
+    for model in config.models:
+        deployment = DiffusionReplica if model.engine == "diffusion" else ARReplica
+        options = model.replica.deployment_options()
+        replicas[model.name] = deployment.options(name=replica_deployment_name(model, config), **options).bind(
+            model.model_dump(exclude={"replica", "diffusion"}), config.diffusion_base(model)
+        )
+    router = Router.options(
+        num_replicas=config.router.num_replicas,
+        max_ongoing_requests=config.router.max_ongoing_requests,
+        ray_actor_options={"num_cpus": config.router.num_cpus, "num_gpus": 0},
+    )
+    return router.bind(config.model_dump(), replicas)

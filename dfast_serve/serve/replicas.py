@@ -1,0 +1,131 @@
+"""Model replicas: one model each, loaded once in the constructor, generating for the router.
+
+``generate`` is an async generator of StreamingChunk dicts, called by the router through a
+``DeploymentHandle`` with ``stream=True``. The engine is plain synchronous torch code; it runs
+on one dedicated thread so the replica's event loop stays free to accept and cancel requests.
+Concurrent requests interleave chunk by chunk on that thread. A request whose caller goes away
+(client disconnect, timeout) sets a stop flag that the engine polls before every forward pass,
+so its generation ends within one step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Iterator
+
+from ray import serve
+
+from dfast_serve.api.errors import APIError
+from dfast_serve.config import DiffusionOptions, ModelConfig
+from dfast_serve.engine import GenerationRequest, SamplingParams, StreamingChunk, build_engine
+from dfast_serve.models.registry import load_model
+
+TTFT_WINDOW_S = 30.0  # recent TTFTs the autoscaler sees
+
+
+class ModelReplica:
+    """Shared body of both replica deployments: the router does not care which engine it talks to."""
+
+    def __init__(self, model: dict[str, Any], diffusion_base: dict[str, Any] | None = None) -> None:
+        config = ModelConfig.model_validate({k: model[k] for k in ModelConfig.model_fields if k in model})
+        self.name = config.name
+        self.model = load_model(config)
+        self.engine = build_engine(self.model, DiffusionOptions.model_validate(diffusion_base or {}))
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{self.name}")
+        self._in_flight = 0
+        self._requests = 0
+        self._recent_ttfts: deque[tuple[float, float]] = deque(maxlen=1024)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One tiny generation so the first real request does not pay for lazy initialisation."""
+        ids = self.model.encode_prompt("Hello")
+        for _ in self.engine.generate(GenerationRequest(ids, SamplingParams(max_tokens=2))):
+            pass
+
+    # ---- request path -----------------------------------------------------------------------
+    def _encode(self, payload: dict[str, Any]) -> GenerationRequest:
+        params = SamplingParams(**payload["params"])
+        if payload.get("messages") is not None:
+            ids, field = self.model.encode_chat(payload["messages"]), "messages"
+        else:
+            ids, field = self.model.encode_prompt(payload["prompt"]), "prompt"
+        if not ids:
+            raise APIError(400, f"{field} encodes to no tokens", param=field, code="invalid_value")
+        limit = self.model.max_context
+        if len(ids) + params.max_tokens > limit:
+            if len(ids) >= limit:
+                raise APIError(400, f"{field} is {len(ids)} tokens; the model's context is {limit}",
+                               param=field, code="context_length_exceeded")
+            raise APIError(400, f"{field} is {len(ids)} tokens and max_tokens {params.max_tokens}; together they "
+                           f"exceed the model's context of {limit} (max_tokens can be at most {limit - len(ids)})",
+                           param="max_tokens", code="context_length_exceeded")
+        diffusion = payload.get("diffusion")
+        return GenerationRequest(
+            prompt_ids=ids, params=params, request_id=payload.get("request_id", ""),
+            diffusion=None if diffusion is None else DiffusionOptions.model_validate(diffusion),
+        )
+
+    async def generate(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream chunk dicts; a request the replica refuses yields one ``{"error", "status"}`` item."""
+        try:
+            request = self._encode(payload)
+        except APIError as err:
+            yield {"error": err.body()["error"], "status": err.status}
+            return
+        stop = threading.Event()
+        chunks = self.engine.generate(request, should_stop=stop.is_set)
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        self._in_flight += 1
+        self._requests += 1
+        try:
+            while True:
+                chunk = await loop.run_in_executor(self._thread, _next_or_none, chunks)
+                if chunk is None:
+                    return
+                if chunk.is_first:
+                    self._recent_ttfts.append((time.monotonic(), time.monotonic() - started))
+                yield chunk.to_dict()
+        finally:
+            stop.set()  # caller gone or stream done: the engine stops before its next forward pass
+            self._in_flight -= 1
+
+    # ---- observability ------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters the tests and the router read (forward passes prove a cancelled request stopped)."""
+        return {"model": self.name, "engine": self.engine.kind, "forward_passes": self.engine.forward_passes,
+                "in_flight": self._in_flight, "requests": self._requests}
+
+    def ttft_p90_s(self) -> float:
+        horizon = time.monotonic() - TTFT_WINDOW_S
+        recent = sorted(t for at, t in self._recent_ttfts if at >= horizon)
+        if not recent:
+            return 0.0
+        return recent[min(len(recent) - 1, int(0.9 * len(recent)))]
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Custom metrics for the TTFT autoscaling policy (dfast_serve.serve.autoscaling)."""
+        return {"ttft_p90_s": self.ttft_p90_s(), "in_flight": float(self._in_flight)}
+
+    def ready(self) -> bool:
+        return True
+
+
+def _next_or_none(chunks: Iterator[StreamingChunk]) -> StreamingChunk | None:
+    """``next`` that ends with None: a StopIteration must not cross a Future."""
+    return next(chunks, None)
+
+
+@serve.deployment(name="DiffusionReplica")
+class DiffusionReplica(ModelReplica):
+    """A masked-diffusion model; placed on a GPU when its replica config asks for one."""
+
+
+@serve.deployment(name="ARReplica")
+class ARReplica(ModelReplica):
+    """An autoregressive model; GPU or CPU by config."""

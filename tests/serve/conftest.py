@@ -1,0 +1,103 @@
+"""One Ray cluster per test session, and the product started the way users start it.
+
+The cluster has two "nodes" on this machine, both bound to 127.0.0.1: a head with no GPU and
+a worker that advertises one (fake) GPU and the A100 accelerator label, so that GPU placement
+can be tested without a GPU. The app is started by ``serve run`` on a copy of
+``serve_config.yaml`` that differs only in its HTTP port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_NAME = "dfast_serve"
+STARTUP_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    base_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 4, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+        "resources": {"head_node": 1},
+    })
+    cluster.add_node(num_cpus=2, num_gpus=1, node_ip_address="127.0.0.1",
+                     resources={"accelerator_type:A100": 1, "gpu_worker_node": 1})
+    ray.init(address=cluster.address, include_dashboard=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def server(ray_cluster, tmp_path_factory) -> Server:
+    """``serve run serve_config.yaml`` against the session cluster; yields its base URL."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    workdir = tmp_path_factory.mktemp("serve_run")
+    config_path = workdir / "serve_config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = workdir / "serve_run.log"
+    serve_bin = Path(sys.executable).with_name("serve")
+    process = subprocess.Popen(
+        [str(serve_bin), "run", "--address", ray_cluster.address, str(config_path)],
+        stdout=log_path.open("w"), stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True,
+    )
+    srv = Server(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"serve run exited with {process.returncode}:\n{srv.log_tail()}")
+        try:
+            if requests.get(srv.base_url + "/health", timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"serve run did not become healthy in {STARTUP_TIMEOUT_S} s:\n{srv.log_tail()}")
+        time.sleep(1)
+    yield srv
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def replica_stats(deployment: str) -> dict:
+    """A replica's counters (forward passes, in flight), read through a Serve handle."""
+    from ray import serve
+
+    return serve.get_deployment_handle(deployment, app_name=APP_NAME).stats.remote().result(timeout_s=30)

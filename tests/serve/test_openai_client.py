@@ -1,0 +1,45 @@
+"""The official openai client consumes our streams."""
+
+from __future__ import annotations
+
+import openai
+
+from tests.serve.test_api import AR, DIFFUSION, MESSAGES, PROMPT
+
+
+def _client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_openai_client_streams_completions_with_usage(server):
+    client = _client(server)
+    for model in (DIFFUSION, AR):
+        stream = client.completions.create(model=model, prompt=PROMPT, max_tokens=16, temperature=0, stream=True,
+                                           stream_options={"include_usage": True})
+        chunks = list(stream)
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        assert text
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+        whole = client.completions.create(model=model, prompt=PROMPT, max_tokens=16, temperature=0)
+        assert whole.choices[0].text == text
+
+
+def test_openai_client_streams_chat(server):
+    client = _client(server)
+    for model in (DIFFUSION, AR):
+        stream = client.chat.completions.create(model=model, messages=MESSAGES, max_completion_tokens=16,
+                                                temperature=0, stream=True, stream_options={"include_usage": True})
+        chunks = list(stream)
+        text = "".join((c.choices[0].delta.content or "") for c in chunks if c.choices)
+        assert text
+        assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens > 0
+
+
+def test_openai_client_raises_not_found_for_unknown_model(server):
+    client = _client(server)
+    try:
+        client.completions.create(model="nope", prompt="x", max_tokens=4)
+    except openai.NotFoundError as exc:
+        assert exc.body["code"] == "model_not_found" if isinstance(exc.body, dict) else True
+    else:
+        raise AssertionError("expected NotFoundError")

@@ -115,6 +115,12 @@ class ModelReplica:
     def ready(self) -> bool:
         return True
 
+    def node_id(self) -> str:
+        """The Ray node this replica runs on (GPU placement is checked with it)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 def _next_or_none(chunks: Iterator[StreamingChunk]) -> StreamingChunk | None:
     """``next`` that ends with None: a StopIteration must not cross a Future."""

@@ -77,19 +77,16 @@ def _env_bool(value: str, name: str) -> bool:
 def diffusion_env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Diffusion options set by environment variables, as a partial ``DiffusionOptions`` dict."""
     env = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
-    ultra: dict[str, Any] = {}
-    if (v := env.get(ENV_PREFIX + "ULTRA_FAST_STREAMING")) is not None:
-        out["ultra_fast"] = _env_bool(v, ENV_PREFIX + "ULTRA_FAST_STREAMING")
-    if (v := env.get(ENV_PREFIX + "INSTANT_FIRST_TOKEN")) is not None:
-        ultra["enable_instant_first_token"] = _env_bool(v, ENV_PREFIX + "INSTANT_FIRST_TOKEN")
-    if (v := env.get(ENV_PREFIX + "STREAM_CONFIDENCE_THRESHOLD")) is not None:
-        ultra["stream_confidence_threshold"] = float(v)
-    if (v := env.get(ENV_PREFIX + "EARLY_STOP_CONFIDENCE")) is not None:
-        ultra["early_stop_confidence"] = float(v)
-    if ultra:
-        out["ultra_fast_config"] = ultra
-    return out
+    switches: dict[str, Any] = {}
+    for field, name in (("enable_ultra_fast_streaming", "ULTRA_FAST_STREAMING"),
+                        ("instant_first_token", "INSTANT_FIRST_TOKEN")):
+        if (v := env.get(ENV_PREFIX + name)) is not None:
+            switches[field] = _env_bool(v, ENV_PREFIX + name)
+    for field, name in (("stream_confidence_threshold", "STREAM_CONFIDENCE_THRESHOLD"),
+                        ("early_stop_confidence", "EARLY_STOP_CONFIDENCE")):
+        if (v := env.get(ENV_PREFIX + name)) is not None:
+            switches[field] = float(v)
+    return UltraFastSwitches.model_validate(switches).as_overrides()
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

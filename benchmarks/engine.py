@@ -126,6 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=1, help="uncounted requests before the run")
     ap.add_argument("--floor-repeats", type=int, default=5, help="forward passes per floor median")
+    ap.add_argument("--threads", type=int,
+                    help="torch CPU threads (a replica with num_cpus: N gets N, since Ray sets OMP_NUM_THREADS)")
     ap.add_argument("--label", help="name of this run in results and plots")
     ap.add_argument("--save-result", help="write the result JSON here")
     ap.add_argument("--timeline", help="PNG: tokens streamed vs time for the first prompt, ultra vs standard (diffusion)")
@@ -133,9 +135,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Load the model the arguments name and benchmark it."""
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load_model(ModelConfig(name=f"{args.engine}-bench", engine=args.engine, source=args.source,
                                    path=args.path, device=args.device))
+    return bench(model, args)
+
+
+def bench(model: DiffusionLM | CausalLM, args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark ``args`` describe on an already loaded model (``--engine/--source`` ignored)."""
     engine = build_engine(model)
     is_diffusion = isinstance(model, DiffusionLM)
     options = diffusion_options(args.mode, args.block_length, args.steps) if is_diffusion else None
@@ -174,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config.update(model=model.name, device=str(model.device), torch_threads=torch.get_num_threads(),
                   diffusion_options=options.model_dump() if options else None)
     mode_name = args.mode if is_diffusion or not stream else "stream"  # ultra/standard mean nothing to AR
-    stamp(summary, "engine", args.label or f"{args.engine}-{mode_name}", config)
+    kind = "diffusion" if is_diffusion else "ar"
+    stamp(summary, "engine", args.label or f"{kind}-{mode_name}", config)
 
     if args.timeline:
         if not is_diffusion:

@@ -23,7 +23,10 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def headers(self) -> dict[str, str]:
-        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+        headers = {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return headers
 
     def to_json(self) -> str:
         return json.dumps(self.body())
@@ -58,7 +61,7 @@ def from_validation_error(exc: ValidationError, prefix: str = "") -> APIError:
     param = _loc_to_param(loc)
     if prefix:
         param = f"{prefix}.{param}" if param else prefix
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
     if first["type"] == "missing":

@@ -3,13 +3,14 @@
 Unknown top-level fields are refused (a typo must not be silently ignored), except a few
 that OpenAI clients send routinely and that change nothing here (``user``; penalties and
 ``n`` only at their neutral values). Diffusion knobs travel in the ``dfast`` extension object.
+Types are strict: ``"5"``, ``5.0`` and ``true`` are not integers (ints are accepted as floats).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 256
@@ -17,7 +18,7 @@ MAX_TOKENS_CEILING = 1_000_000  # model context limits apply later; this only re
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class StreamOptions(_Strict):
@@ -51,11 +52,14 @@ class _Sampling(_Strict):
             raise ValueError(f"stop sequences must be 1 to {MAX_STOP_LENGTH} characters")
         return stops
 
-    @model_validator(mode="after")
-    def _stream_options_need_stream(self) -> "_Sampling":
-        if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options is only allowed when stream is true")
-        return self
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(cls, v: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        # A field validator (not a model validator) so that the error names stream_options;
+        # ``stream`` is declared first, so it is already in ``info.data``.
+        if v is not None and not info.data.get("stream", False):
+            raise ValueError("only allowed when stream is true")
+        return v
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)

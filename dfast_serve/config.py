@@ -216,6 +216,10 @@ class RouterConfig(StrictModel):
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.5, ge=0)
     max_ongoing_requests: int = Field(256, ge=1, description="Concurrent HTTP requests one router replica relays.")
+    max_queued_requests: int = Field(
+        256, ge=-1, description="HTTP requests waiting for a router replica before the proxy answers 503 + "
+        "Retry-After (-1: unbounded)."
+    )
 
 
 class ServerConfig(StrictModel):
@@ -229,6 +233,11 @@ class ServerConfig(StrictModel):
     )
     default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request leaves it out.")
     request_timeout_s: float = Field(300.0, gt=0, description="A generation running longer is ended with an error.")
+    queue_timeout_s: float = Field(
+        30.0, gt=0, description="A request with no output this long after arrival (waiting for a replica slot, "
+        "then its first forward pass) gets 503 + Retry-After."
+    )
+    retry_after_s: int = Field(1, ge=0, le=3600, description="Retry-After seconds sent with every 503.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
     api_key: str | None = Field(None, description="Require Authorization: Bearer <key> (env DFASTLLM_API_KEY).")
 
@@ -244,11 +253,12 @@ class ServerConfig(StrictModel):
     def diffusion_base(self, model: ServedModelConfig, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         """A model's diffusion defaults before the request layer: env < server switches < model section.
 
-        Validated here so that a bad serve_config.yaml fails at start, not on the first request.
+        Validated here, strictly as requests are, so that a bad serve_config.yaml fails at start,
+        not on every request.
         """
         layered = deep_merge(diffusion_env_overrides(environ), self.ultra_fast.as_overrides())
         layered = deep_merge(layered, model.diffusion)
-        DiffusionOptions.model_validate(layered)
+        DiffusionOptions.model_validate(layered, strict=True)
         return layered
 
 

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
 from dfast_serve.config import ServerConfig, ServedModelConfig, load_server_config
 from dfast_serve.serve.replicas import ARReplica, DiffusionReplica
@@ -37,6 +38,9 @@ def build_app(args: dict[str, Any]) -> Application:
     router = Router.options(
         num_replicas=config.router.num_replicas,
         max_ongoing_requests=config.router.max_ongoing_requests,
+        max_queued_requests=config.router.max_queued_requests,
+        # The proxy answers these itself (plain text): the router never sees them.
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s),
         ray_actor_options={"num_cpus": config.router.num_cpus, "num_gpus": 0},
     )
     return router.bind(config.model_dump(), replicas)

@@ -96,8 +96,55 @@ def server(ray_cluster, tmp_path_factory) -> Server:
         process.kill()
 
 
-def replica_stats(deployment: str) -> dict:
+def replica_stats(deployment: str, app_name: str = APP_NAME) -> dict:
     """A replica's counters (forward passes, in flight), read through a Serve handle."""
     from ray import serve
 
-    return serve.get_deployment_handle(deployment, app_name=APP_NAME).stats.remote().result(timeout_s=30)
+    return serve.get_deployment_handle(deployment, app_name=app_name).stats.remote().result(timeout_s=30)
+
+
+@dataclass
+class SmallApp:
+    """The second app's HTTP root (``<base>/small``), its name and API key."""
+
+    url: str
+    name: str
+    api_key: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+SMALL_APP_ARGS = {
+    "models": [{"name": "tiny-mdlm", "engine": "diffusion",
+                "replica": {"num_cpus": 0.5, "max_ongoing_requests": 1, "max_queued_requests": 1}}],
+    "router": {"num_cpus": 0.25},
+    "request_timeout_s": 4,
+    "queue_timeout_s": 2,
+    "retry_after_s": 2,
+    "api_key": "small-app-test-key",
+}
+
+
+@pytest.fixture(scope="session")
+def small_app(server) -> SmallApp:
+    """A second, small app on the session cluster, for tests that need tight limits or break things.
+
+    One tiny-mdlm replica that generates one request at a time and queues one more, a 4 s
+    request timeout, a 2 s queue timeout and an API key; served under ``/small`` by the same
+    proxy as the main app, which stays untouched.
+    """
+    from ray import serve
+
+    from dfast_serve.serve.app import build_app
+
+    name = "small"
+    serve.run(build_app(SMALL_APP_ARGS), name=name, route_prefix="/small")
+    app = SmallApp(server.base_url + "/small", name, SMALL_APP_ARGS["api_key"])
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while requests.get(app.url + "/health", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the small app did not become healthy"
+        time.sleep(1)
+    yield app
+    serve.delete(name)

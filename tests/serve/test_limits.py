@@ -1,0 +1,182 @@
+"""Auth, backpressure, timeouts and a replica crash, on the small second app (tests/serve/conftest.py):
+one tiny-mdlm replica that generates one request at a time and queues one more, a 4 s request
+timeout, a 2 s queue timeout, Retry-After 2 and an API key. The crash test comes last."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import ray
+import requests
+
+from tests.serve.conftest import SMALL_APP_ARGS, SmallApp, replica_stats
+from tests.serve.sse import assert_error_shape
+from tests.serve.test_hardening import SLOW_DFAST
+from tests.serve.test_api import DIFFUSION, PROMPT
+
+SHORT = {"model": DIFFUSION, "prompt": PROMPT, "max_tokens": 32}
+SLOW = {"model": DIFFUSION, "prompt": PROMPT, "max_tokens": 256, "dfast": SLOW_DFAST, "stream": True}
+RETRY_AFTER = str(SMALL_APP_ARGS["retry_after_s"])
+
+
+def _post(app: SmallApp, body: dict, timeout: float = 60, **kwargs: Any) -> requests.Response:
+    return requests.post(app.url + "/v1/completions", json=body, headers=app.auth, timeout=timeout, **kwargs)
+
+
+def _events(response: requests.Response) -> list[str]:
+    return [line[len("data: "):] for line in response.iter_lines(decode_unicode=True) if line]
+
+
+def _forward_passes(app: SmallApp) -> int:
+    return replica_stats("DiffusionReplica", app.name)["forward_passes"]
+
+
+# ---- auth -------------------------------------------------------------------------------------------
+def test_api_key_is_required_on_v1_routes(small_app):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": small_app.api_key},
+                    {"Authorization": f"Basic {small_app.api_key}"}):
+        response = requests.post(small_app.url + "/v1/completions", json=SHORT, headers=headers, timeout=10)
+        error = assert_error_shape(response, 401)
+        assert error["code"] == "invalid_api_key" and response.headers["WWW-Authenticate"] == "Bearer"
+    assert_error_shape(requests.get(small_app.url + "/v1/models", timeout=10), 401)
+    models = requests.get(small_app.url + "/v1/models", headers={"Authorization": f"bearer {small_app.api_key}"},
+                          timeout=10)
+    assert models.status_code == 200 and models.json()["data"][0]["id"] == DIFFUSION
+    assert _post(small_app, SHORT).status_code == 200
+
+
+def test_health_and_metrics_stay_open(small_app):
+    assert requests.get(small_app.url + "/health", timeout=10).status_code == 200
+    assert "dfast:time_to_first_token_seconds" in requests.get(small_app.url + "/metrics", timeout=10).text
+
+
+# ---- backpressure -----------------------------------------------------------------------------------
+def _stream_or_refusal(app: SmallApp) -> tuple[int, Any]:
+    with _post(app, {**SHORT, "stream": True}, stream=True) as response:
+        if response.status_code == 200:
+            return 200, _events(response)
+        return response.status_code, (response.headers.get("Retry-After"), response.json())
+
+
+def test_more_clients_than_capacity_get_503_with_retry_after_and_admitted_ones_finish(small_app):
+    clients = 8  # capacity: one generating, one queued
+    started = time.monotonic()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda _: _stream_or_refusal(small_app), range(clients)))
+    assert time.monotonic() - started < 60
+    admitted = [events for status, events in results if status == 200]
+    refused = [detail for status, detail in results if status != 200]
+    assert admitted and refused, [status for status, _ in results]
+    assert all(status in (200, 503) for status, _ in results)
+    for events in admitted:
+        assert events[-1] == "[DONE]"
+        assert json.loads(events[-2])["choices"][0]["finish_reason"] in ("stop", "length")
+    for retry_after, body in refused:
+        assert retry_after == RETRY_AFTER
+        assert body["error"]["code"] in ("overloaded", "queue_timeout") and body["error"]["type"] == "server_overloaded"
+    assert _post(small_app, SHORT).status_code == 200
+
+
+# ---- timeouts ---------------------------------------------------------------------------------------
+def test_request_timeout_ends_the_stream_and_generation_and_a_queued_request_times_out(small_app):
+    before = replica_stats("DiffusionReplica", small_app.name)
+    started = time.monotonic()
+    with _post(small_app, SLOW, stream=True) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines(decode_unicode=True)
+        first = next(line for line in lines if line)
+        assert "error" not in json.loads(first[len("data: "):])
+        # The only replica slot is busy: a second request waits in the queue, then gets 503.
+        queued_at = time.monotonic()
+        queued = _post(small_app, SHORT)
+        waited = time.monotonic() - queued_at
+        assert_error_shape(queued, 503)
+        assert queued.json()["error"]["code"] == "queue_timeout" and queued.headers["Retry-After"] == RETRY_AFTER
+        assert 1.5 < waited < 10, waited
+        rest = [line[len("data: "):] for line in lines if line]
+    elapsed = time.monotonic() - started
+    assert rest[-1] == "[DONE]"
+    error = json.loads(rest[-2])["error"]
+    assert error["code"] == "timeout" and set(error) == {"message", "type", "param", "code"}
+    assert 3.5 < elapsed < 20, elapsed
+    time.sleep(1.0)
+    settled = _forward_passes(small_app)
+    time.sleep(1.0)
+    assert _forward_passes(small_app) == settled, "generation continued after the timeout"
+    after = replica_stats("DiffusionReplica", small_app.name)
+    assert settled - before["forward_passes"] < 256
+    # the queued request was dropped from the queue, never generated
+    assert after["requests"] - before["requests"] == 1 and after["in_flight"] == 0
+
+
+def test_non_streamed_request_timeout_is_504(small_app):
+    response = _post(small_app, {**SLOW, "stream": False})
+    error = assert_error_shape(response, 504)
+    assert error["code"] == "timeout"
+
+
+# ---- a replica crash (last: it replaces the small app's replica) -------------------------------------
+def _replica_actor(app: SmallApp) -> ray.actor.ActorHandle:
+    prefix = f"SERVE_REPLICA::{app.name}#DiffusionReplica#"
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+    assert len(names) == 1, names
+    return ray.get_actor(names[0], namespace="serve")
+
+
+def test_replica_crash_ends_in_flight_requests_cleanly_and_the_app_recovers(small_app):
+    outcome: dict[str, Any] = {}
+    streaming = threading.Event()
+
+    def in_flight() -> None:
+        with _post(small_app, SLOW, stream=True) as response:
+            outcome["status"] = response.status_code
+            events = []
+            for line in response.iter_lines(decode_unicode=True):
+                if line:
+                    events.append(line[len("data: "):])
+                    streaming.set()
+            outcome["events"] = events
+
+    def queued() -> None:
+        outcome["queued"] = _post(small_app, SHORT, timeout=60)
+
+    threads = [threading.Thread(target=in_flight)]
+    threads[0].start()
+    assert streaming.wait(30)
+    threads.append(threading.Thread(target=queued))
+    threads[1].start()
+    time.sleep(0.2)
+    ray.kill(_replica_actor(small_app), no_restart=True)
+    killed_at = time.monotonic()
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive(), "a request hung after the replica died"
+
+    events = outcome["events"]
+    assert outcome["status"] == 200 and events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "replica_failed", error
+    # A new replica takes seconds to start (a process, torch, the model): /health says so meanwhile.
+    health = requests.get(small_app.url + "/health", timeout=30)
+    assert health.status_code == 503 and health.json()["models"][DIFFUSION] != "ok", health.text
+    queued_response = outcome["queued"]
+    if queued_response.status_code != 200:  # it may also have been served by the new replica
+        assert_error_shape(queued_response, 503)
+        assert queued_response.headers["Retry-After"] == RETRY_AFTER
+
+    # Serve starts a new replica; until then requests get a clean 503, never a hang.
+    while True:
+        response = _post(small_app, SHORT, timeout=60)
+        if response.status_code == 200:
+            break
+        assert_error_shape(response, 503)
+        assert time.monotonic() - killed_at < 180, "the replica did not come back"
+        time.sleep(0.5)
+    print(f"recovered after {time.monotonic() - killed_at:.1f} s")
+    assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    assert requests.get(small_app.url + "/health", timeout=30).status_code == 200

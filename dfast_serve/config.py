@@ -220,6 +220,10 @@ class RouterConfig(StrictModel):
         256, ge=-1, description="HTTP requests waiting for a router replica before the proxy answers 503 + "
         "Retry-After (-1: unbounded)."
     )
+    on_head: bool = Field(
+        True, description="Pin router replicas to the Ray head node (on a GPU pool: the CPU-only head), so "
+        "GPU workers hold model replicas only. False lets Ray place routers on any node."
+    )
 
 
 class ServerConfig(StrictModel):

@@ -17,6 +17,8 @@ from dfast_serve.config import ServerConfig, ServedModelConfig, load_server_conf
 from dfast_serve.serve.replicas import ARReplica, DiffusionReplica
 from dfast_serve.serve.router import Router
 
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
 
 def replica_deployment_name(model: ServedModelConfig, config: ServerConfig) -> str:
     """``DiffusionReplica`` / ``ARReplica``; suffixed by the model name when an engine serves several."""
@@ -24,6 +26,15 @@ def replica_deployment_name(model: ServedModelConfig, config: ServerConfig) -> s
     if sum(m.engine == model.engine for m in config.models) == 1:
         return base
     return f"{base}-{re.sub(r'[^A-Za-z0-9_-]', '_', model.name)}"
+
+
+def router_actor_options(config: ServerConfig) -> dict[str, Any]:
+    """The router never takes a GPU; with ``router.on_head`` it also asks for a sliver of Ray's
+    ``node:__internal_head__`` resource, which only the head node has."""
+    options: dict[str, Any] = {"num_cpus": config.router.num_cpus, "num_gpus": 0}
+    if config.router.on_head:
+        options["resources"] = {HEAD_NODE_RESOURCE: 0.001}
+    return options
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -41,6 +52,6 @@ def build_app(args: dict[str, Any]) -> Application:
         max_queued_requests=config.router.max_queued_requests,
         # The proxy answers these itself (plain text): the router never sees them.
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s),
-        ray_actor_options={"num_cpus": config.router.num_cpus, "num_gpus": 0},
+        ray_actor_options=router_actor_options(config),
     )
     return router.bind(config.model_dump(), replicas)

@@ -1,12 +1,16 @@
 """GPU pinning without a GPU: a replica asking for num_gpus=1 + accelerator_type A100 lands on the
-session cluster's fake-GPU worker node, and a streaming request through it still works."""
+session cluster's fake-GPU worker node, and a streaming request through it still works; the router
+stays on the head node."""
 
 from __future__ import annotations
 
 import ray
 from ray import serve
 
+from dfast_serve.config import ServerConfig
+from dfast_serve.serve.app import HEAD_NODE_RESOURCE, router_actor_options
 from dfast_serve.serve.replicas import DiffusionReplica
+
 
 def test_gpu_replica_lands_on_the_gpu_worker_and_streams(server, ray_cluster):
     worker = next(iter(ray_cluster.worker_nodes))
@@ -24,3 +28,22 @@ def test_gpu_replica_lands_on_the_gpu_worker_and_streams(server, ray_cluster):
         assert chunks[0]["nfe"] == 1 and chunks[-1]["is_final"]
     finally:
         serve.delete("gpu_placement")
+
+
+def test_router_runs_on_the_head_node_and_holds_no_gpu(server, ray_cluster):
+    """router.on_head (default) pins the ingress to the head: model replicas keep the GPU workers."""
+    from ray._private.state import actors  # GCS actor table: works without the dashboard
+
+    routers = [a for a in actors().values()
+               if a["State"] == "ALIVE" and a["ActorClassName"].endswith(":dfast_serve:Router")]
+    assert routers, "no live Router replica actor"
+    head = ray_cluster.head_node.node_id
+    assert {a["Address"]["NodeID"] for a in routers} == {head}
+
+
+def test_router_actor_options_never_ask_for_a_gpu_and_follow_on_head():
+    models = [{"name": "tiny-mdlm", "engine": "diffusion", "replica": {"num_gpus": 1}}]
+    pinned = router_actor_options(ServerConfig.model_validate({"models": models}))
+    assert pinned == {"num_cpus": 0.5, "num_gpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}}
+    free = router_actor_options(ServerConfig.model_validate({"models": models, "router": {"on_head": False}}))
+    assert free == {"num_cpus": 0.5, "num_gpus": 0}

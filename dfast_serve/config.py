@@ -13,6 +13,9 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+ConfidenceKind = Literal["probability", "margin", "entropy"]
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors: a typo in a config or request must not be silently ignored."""
 
@@ -60,6 +63,26 @@ class DiffusionOptions(StrictModel):
     remasking: Literal["low_confidence", "random"] = Field("low_confidence", description="Which tokens to commit.")
     ultra_fast: bool = Field(True, description="Use the ultra-fast streaming scheduler.")
     ultra_fast_config: UltraFastConfig = Field(default_factory=UltraFastConfig)
+    decoding: Literal["schedule", "threshold"] = Field(
+        "schedule", description="How many tokens a step commits in the current block: the step schedule's count, "
+        "or every token whose confidence reaches `threshold` (at least one; Fast-dLLM parallel decoding). "
+        "`steps` (and ultra-fast's min/max_steps) still bound the forward passes."
+    )
+    threshold: float = Field(0.9, ge=0.0, le=1.0, description="Confidence a token needs to be committed (decoding: threshold).")
+    confidence: ConfidenceKind = Field(
+        "probability", description="Confidence that ranks commits and meets `threshold`: the proposed token's "
+        "probability, the top-1 minus top-2 probability, or exp(-entropy) of the distribution."
+    )
+    cache: Literal["none", "prefix", "dual"] = Field(
+        "none", description="Block-wise approximate KV cache (Fast-dLLM): reuse the keys/values of the decided "
+        "prefix (and, dual, of the masked suffix) within a block. Models without cache support run without it."
+    )
+
+    @model_validator(mode="after")
+    def _threshold_ranks_by_confidence(self) -> "DiffusionOptions":
+        if self.decoding == "threshold" and self.remasking == "random":
+            raise ValueError("decoding 'threshold' commits by confidence; it cannot be combined with remasking 'random'")
+        return self
 
 
 ENV_PREFIX = "DFASTLLM_"

@@ -2,6 +2,14 @@
 
 Every token is streamed the moment it is decoded (subject only to the detokenizer's UTF-8 and
 stop-string hold-back): the first chunk leaves right after the prefill pass that produces it.
+
+``AREngine.step`` runs several sequences in one forward pass, each at its own point (prefill or
+decode): new tokens and KV caches are left-padded into one batch with an attention mask and
+explicit position ids, and the merged cache is split back per sequence without its padding. Each
+sequence keeps its own ``DynamicCache``; merging copies them every step, which is cheap next to
+the forward pass for small models and keeps joining and leaving the batch trivial. Only caches
+made of plain ``DynamicLayer``s are merged (sliding-window or quantized layers would need their
+own bookkeeping): a model whose cache has other layers steps its sequences one at a time.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from dfast_serve.engine.batching import chunks, left_pad
 from dfast_serve.engine.detokenize import StreamingDetokenizer
 from dfast_serve.engine.sampling import choose_tokens, make_generator
 from dfast_serve.engine.types import FinishReason, GenerationRequest, StreamingChunk
@@ -82,16 +91,21 @@ class ARSequence:
 
 
 class AREngine:
-    """Runs AR sequences on one causal LM. ``forward_passes`` counts every pass it makes."""
+    """Runs AR sequences on one causal LM. ``forward_passes`` counts every pass it makes;
+    ``max_batch_size`` bounds how many sequences ``step`` puts in one pass."""
 
     kind = "ar"
 
-    def __init__(self, model: CausalLM) -> None:
+    def __init__(self, model: CausalLM, max_batch_size: int = 8) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
         self.model = model
+        self.max_batch_size = max_batch_size
         self.forward_passes = 0
         # transformers 5 names the KV cache argument `cache`; 4.x calls it `past_key_values`.
         params = inspect.signature(model.network.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._mergeable = _plain_dynamic_cache(model.network.config)
 
     def start(self, request: GenerationRequest) -> ARSequence:
         if request.params.max_tokens < 1:
@@ -112,13 +126,45 @@ class AREngine:
 
     @torch.inference_mode()
     def step(self, sequences: list[ARSequence]) -> None:
-        """Prefill (first call) or decode one token, for each sequence."""
-        for seq in sequences:
-            kwargs = {self._cache_arg: seq.past_key_values}
-            out = self.model.network(input_ids=seq.next_input, use_cache=True, **kwargs)
-            self.forward_passes += 1
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-            seq.advance(out.logits[0, -1].float(), cache)
+        """Prefill (first call) or decode one token, for each sequence: ``max_batch_size`` a pass."""
+        for batch in chunks(sequences, self.max_batch_size):
+            if len(batch) > 1 and self._mergeable:
+                self._run_batch(batch)
+                continue
+            for seq in batch:
+                out = self.model.network(input_ids=seq.next_input, use_cache=True, **{self._cache_arg: seq.past_key_values})
+                self.forward_passes += 1
+                seq.advance(out.logits[0, -1].float(), _cache_of(out))
+
+    def _run_batch(self, batch: list[ARSequence]) -> None:
+        """One pass for sequences at different points: [cache padding | cache | input padding | input] per row."""
+        from transformers import DynamicCache
+
+        device = self.model.device
+        past_lens = [0 if s.past_key_values is None else s.past_key_values.get_seq_length() for s in batch]
+        ids, mask = left_pad([s.next_input[0] for s in batch])
+        positions, _ = left_pad([torch.arange(p, p + s.next_input.shape[1], device=device) for p, s in zip(past_lens, batch)])
+        cache = None
+        if max(past_lens) > 0:
+            caches = [s.past_key_values for s in batch]
+            reference = next(c for c in caches if c is not None)
+            layers = []
+            for index, ref_layer in enumerate(reference.layers):
+                empty = ref_layer.keys[0, :, :0]
+                keys, past_mask = left_pad([empty if c is None else c.layers[index].keys[0] for c in caches], dim=1)
+                values, _ = left_pad([empty if c is None else c.layers[index].values[0] for c in caches], dim=1)
+                layers.append((keys, values))
+            cache = DynamicCache(ddp_cache_data=layers)
+            mask = torch.cat([past_mask, mask], dim=1)
+        out = self.model.network(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                 **{self._cache_arg: cache})
+        self.forward_passes += 1
+        merged = _cache_of(out)
+        for i, seq in enumerate(batch):
+            real = mask[i].nonzero()[:, 0]
+            own = DynamicCache(ddp_cache_data=[(layer.keys[i : i + 1, :, real], layer.values[i : i + 1, :, real])
+                                               for layer in merged.layers])
+            seq.advance(out.logits[i, -1].float(), own)
 
     def generate(
         self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None
@@ -129,3 +175,19 @@ class AREngine:
                 return
             self.step([seq])
             yield from seq.drain()
+
+
+def _cache_of(out: Any) -> Any:
+    return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+
+
+def _plain_dynamic_cache(config: Any) -> bool:
+    """Whether the model's cache is all plain ``DynamicLayer``s, whose tensors can be padded and split."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        layers = DynamicCache(config=config).layers
+    except (AttributeError, KeyError, TypeError, ValueError):  # a config it cannot read layer types from
+        return False
+    return all(type(layer) is DynamicLayer for layer in layers)

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dfast_serve.models.tiny_mdlm import KeyValues
+
 DiffusionKind = Literal["llada", "dream", "tiny-mdlm"]
 
 LLADA_MASK_ID = 126336
@@ -47,7 +49,21 @@ class Tokenizing:
 
 @dataclass
 class DiffusionLM(Tokenizing):
-    """A masked-diffusion LM: ``logits(ids)[b, i]`` scores the token at position i."""
+    """A masked-diffusion LM: ``logits(ids)[b, i]`` scores the token at position i.
+
+    Two capability flags tell the engine what the network's forward can do beyond ``network(ids)``:
+
+    * ``padded_batches``: it honours a (batch, seq) ``attention_mask`` and ``position_ids``, so
+      canvases of different lengths can share a forward pass, left-padded. The embedded tiny-mdlm
+      does. LLaDA's released remote code ignores ``attention_mask`` (ML-GSAI/LLaDA#89) and Dream's
+      expects its own 4-D mask, untested here: for both the engine batches only canvases of equal
+      length, which need no padding.
+    * ``kv_cache``: it takes ``past_kv`` / ``return_kv`` as ``TinyMDLM.forward`` does (the
+      block-wise approximate cache). Only tiny-mdlm. LLaDA's released remote code refuses a cache
+      (``assert past_key_values is None and not use_cache``); Fast-dLLM caches LLaDA and Dream
+      through its own modified model code, which is not wired here (and no checkpoint is at hand to
+      test it). With them the engine runs without a cache whatever the request asks.
+    """
 
     network: nn.Module = field(default=None)  # type: ignore[assignment]
     name: str = "diffusion"
@@ -56,16 +72,35 @@ class DiffusionLM(Tokenizing):
     eos_token_ids: frozenset[int] = frozenset()
     shift_logits: bool = False
     max_context: int = 4096
+    padded_batches: bool = False
+    kv_cache: bool = False
 
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
     @torch.no_grad()
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
-        out = self.network(input_ids, **kwargs)
-        logits = out.logits if hasattr(out, "logits") else out
+    def logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (batch, seq, vocab), aligned so that index i scores token i."""
+        kwargs = {"attention_mask": attention_mask, "position_ids": position_ids}
+        out = self.network(input_ids, **{k: v for k, v in kwargs.items() if v is not None})
+        return self._aligned(out.logits if hasattr(out, "logits") else out)
+
+    @torch.no_grad()
+    def logits_and_kv(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        past_kv: list[KeyValues] | None = None,
+    ) -> tuple[torch.Tensor, list[KeyValues]]:
+        """Logits plus each layer's keys/values of ``input_ids``, attending also to ``past_kv`` (needs ``kv_cache``)."""
+        if not self.kv_cache:
+            raise NotImplementedError(f"{self.name} ({self.kind}) has no KV cache support")
+        logits, kv = self.network(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  past_kv=past_kv, return_kv=True)
+        return self._aligned(logits), kv
+
+    def _aligned(self, logits: torch.Tensor) -> torch.Tensor:
         if self.shift_logits:
             # Dream: position i predicts token i+1; realign so index i scores token i.
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)

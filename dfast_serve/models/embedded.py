@@ -38,7 +38,7 @@ def load_tiny_mdlm(name: str = "tiny-mdlm", device: str = "cpu", dtype: str = "f
     return DiffusionLM(
         tokenizer=tokenizer, network=network, name=name, kind="tiny-mdlm",
         mask_token_id=network.config.mask_token_id, eos_token_ids=frozenset({network.config.eos_token_id}),
-        shift_logits=False, max_context=network.config.max_position_embeddings,
+        shift_logits=False, max_context=network.config.max_position_embeddings, padded_batches=True, kv_cache=True,
     )
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 WEIGHTS_FILE = "model.safetensors"
+KeyValues = tuple[torch.Tensor, torch.Tensor]  # one layer's (keys, values): (batch, heads, seq, head_dim)
 CONFIG_FILE = "config.json"
 
 
@@ -71,14 +72,19 @@ class Block(nn.Module):
         self.gate_up = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None,
+        past: KeyValues | None = None,
+    ) -> tuple[torch.Tensor, KeyValues]:
+        """The block's output and the input's own keys/values (RoPE applied); ``past`` is attended to as well."""
         b, s, h = x.shape
         q, k, v = self.qkv(self.attn_norm(x)).view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
+        keys, values = (k, v) if past is None else (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2))
+        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, is_causal=False)
         x = x + self.out(attn.transpose(1, 2).reshape(b, s, h))
         gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
-        return x + self.down(F.silu(gate) * up)
+        return x + self.down(F.silu(gate) * up), (k, v)
 
 
 class TinyMDLM(nn.Module):
@@ -102,9 +108,21 @@ class TinyMDLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits (batch, seq, vocab). ``attention_mask`` (batch, seq) marks real tokens (1) vs padding (0)."""
+        past_kv: list[KeyValues] | None = None,
+        return_kv: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[KeyValues]]:
+        """Logits (batch, seq, vocab); with ``return_kv`` also each layer's keys/values of the input.
+
+        ``attention_mask`` marks the keys attended to (1) vs padding (0): shape (batch, seq), or
+        (batch, past + seq) with ``past_kv``. ``past_kv`` (one (keys, values) pair per layer, each
+        (batch, heads, past, head_dim), as ``return_kv`` gives them) is context computed earlier:
+        the input attends to it and to itself. Its keys carry their RoPE positions already and
+        attention is bidirectional, so its order does not matter; the input's own positions must be
+        given (``position_ids``) since they cannot be told from the mask.
+        """
         if position_ids is None:
+            if past_kv is not None:
+                raise ValueError("position_ids are required with past_kv")
             if attention_mask is None:
                 position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
             else:
@@ -114,9 +132,12 @@ class TinyMDLM(nn.Module):
             attn_mask = attention_mask.bool()[:, None, None, :]
         cos, sin = rotary_tables(position_ids, self.config.hidden_size // self.config.num_heads, self.config.rope_theta)
         x = self.embed(input_ids)
-        for block in self.blocks:
-            x = block(x, cos, sin, attn_mask)
-        return F.linear(self.norm(x), self.embed.weight)  # tied embeddings
+        kv = []
+        for i, block in enumerate(self.blocks):
+            x, layer_kv = block(x, cos, sin, attn_mask, None if past_kv is None else past_kv[i])
+            kv.append(layer_kv)
+        logits = F.linear(self.norm(x), self.embed.weight)  # tied embeddings
+        return (logits, kv) if return_kv else logits
 
     def save(self, directory: Path) -> None:
         from safetensors.torch import save_file

@@ -11,9 +11,12 @@ reported too.
     python -m benchmarks.engine --engine diffusion --mode standard --save-result results/eng-standard.json
     python -m benchmarks.engine --engine ar --mode nonstream --max-tokens 32
     python -m benchmarks.engine --engine diffusion --max-tokens 64 --num-prompts 1 --timeline timeline.png
+    python -m benchmarks.engine --engine diffusion --mode standard --decoding threshold --cache prefix
 
 Modes: ``ultra`` / ``standard`` stream with the ultra-fast or standard diffusion schedule (the
 same thing for AR); ``nonstream`` runs the standard schedule and records one chunk at the end.
+``--decoding/--threshold/--confidence/--cache`` set the diffusion options of the same names
+(threshold parallel decoding, block-wise KV cache); TPF is tokens per forward pass.
 """
 
 from __future__ import annotations
@@ -37,11 +40,17 @@ MODES = ("ultra", "standard", "nonstream")
 Timeline = list[tuple[float, int]]  # (ms since start, answer tokens streamed so far)
 
 
-def diffusion_options(mode: str, block_length: int, steps: int | None) -> DiffusionOptions:
-    request: dict[str, Any] = {"block_length": block_length, "ultra_fast": mode == "ultra"}
+def diffusion_options(mode: str, block_length: int, steps: int | None,
+                      decoding: dict[str, Any] | None = None) -> DiffusionOptions:
+    """The options a mode runs with; ``decoding`` adds any other ``DiffusionOptions`` fields."""
+    request: dict[str, Any] = {"block_length": block_length, "ultra_fast": mode == "ultra", **(decoding or {})}
     if steps:
         request["steps"] = steps
     return resolve_diffusion_options(request=request, environ={})
+
+
+def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"decoding": args.decoding, "threshold": args.threshold, "confidence": args.confidence, "cache": args.cache}
 
 
 def _sync(device: torch.device) -> None:
@@ -98,12 +107,12 @@ def floor_ids(model: DiffusionLM | CausalLM, prompt_ids: list[int], window: int)
 
 
 def diffusion_timelines(engine: Engine, prompt_ids: list[int], params: SamplingParams,
-                        block_length: int, steps: int | None) -> dict[str, Timeline]:
+                        block_length: int, steps: int | None, decoding: dict[str, Any] | None = None) -> dict[str, Timeline]:
     """Tokens streamed vs time for one request, under the ultra-fast and standard schedules."""
     series: dict[str, Timeline] = {}
     for mode in ("ultra", "standard"):
         points: Timeline = []
-        request = GenerationRequest(prompt_ids, params, diffusion_options(mode, block_length, steps))
+        request = GenerationRequest(prompt_ids, params, diffusion_options(mode, block_length, steps, decoding))
         run_request(engine, request, on_chunk=lambda ms, tokens: points.append((ms, tokens)))
         series[mode] = points
     return series
@@ -122,6 +131,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-chat", action="store_true", help="encode prompts raw, without the chat template")
     ap.add_argument("--block-length", type=int, default=32)
     ap.add_argument("--steps", type=int, help="diffusion denoising steps (default: one per token)")
+    ap.add_argument("--decoding", choices=["schedule", "threshold"], default="schedule",
+                    help="diffusion: commit the schedule's count per step, or every token above --threshold")
+    ap.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of --decoding threshold")
+    ap.add_argument("--confidence", choices=["probability", "margin", "entropy"], default="probability")
+    ap.add_argument("--cache", choices=["none", "prefix", "dual"], default="none", help="diffusion block-wise KV cache")
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=1, help="uncounted requests before the run")
@@ -148,7 +162,7 @@ def bench(model: DiffusionLM | CausalLM, args: argparse.Namespace) -> dict[str, 
     """Run the benchmark ``args`` describe on an already loaded model (``--engine/--source`` ignored)."""
     engine = build_engine(model)
     is_diffusion = isinstance(model, DiffusionLM)
-    options = diffusion_options(args.mode, args.block_length, args.steps) if is_diffusion else None
+    options = diffusion_options(args.mode, args.block_length, args.steps, decoding_options(args)) if is_diffusion else None
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     prompts = get_prompts(args.num_prompts, args.prompts_file)
     encode = model.encode_prompt if args.no_chat else (lambda p: model.encode_chat([{"role": "user", "content": p}]))
@@ -192,7 +206,7 @@ def bench(model: DiffusionLM | CausalLM, args: argparse.Namespace) -> dict[str, 
             raise SystemExit("--timeline plots diffusion schedules; use --engine diffusion")
         from benchmarks.plot import plot_timeline
 
-        series = diffusion_timelines(engine, prompt_ids[0], params, args.block_length, args.steps)
+        series = diffusion_timelines(engine, prompt_ids[0], params, args.block_length, args.steps, decoding_options(args))
         summary["timeline"] = {mode: [list(p) for p in points] for mode, points in series.items()}
         plot_timeline(series, args.timeline, floor_ms=floor_ms[0], title=f"{model.name}: {prompts[0]!r}")
         print(f"timeline: {args.timeline}")

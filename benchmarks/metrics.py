@@ -8,6 +8,7 @@ Definitions (see DESIGN.md, "TTFT"):
 * TPOT: (E2E − TTFT) / (output_tokens − 1), only when output_tokens > 1;
 * ITL: the gaps between consecutive non-empty chunks (a diffusion chunk may carry many tokens);
 * NFE to first token / total NFE: forward passes, when the stream reports them (diffusion).
+* TPF: tokens per forward pass, output_tokens / total NFE per request (EOS padding not counted).
 
 Times are seconds in records and milliseconds in summaries. Nothing here does I/O except
 ``format_table`` building a string.
@@ -93,6 +94,11 @@ def total_nfe(record: RequestRecord) -> int | None:
     return reported[-1] if reported else None
 
 
+def tokens_per_forward_pass(record: RequestRecord) -> float | None:
+    nfe = total_nfe(record)
+    return None if not nfe or record.output_tokens is None else record.output_tokens / nfe
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile with linear interpolation between closest ranks (numpy's default)."""
     if not values:
@@ -150,6 +156,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float | None = None)
         "prompt_tokens": [r.prompt_tokens for r in records],
         "nfe_ttft": [nfe_to_first_token(r) for r in records],
         "nfe_total": [total_nfe(r) for r in records],
+        "tpf": [tokens_per_forward_pass(r) for r in records],
         "chunks": [len(_text_chunks(r)) for r in records],
         "error": [r.error for r in records],
     }
@@ -170,6 +177,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float | None = None)
     if nfe_first:
         add_stats(summary, "nfe_ttft", nfe_first)
         add_stats(summary, "nfe_total", [float(v) for r in ok if (v := total_nfe(r)) is not None])
+        add_stats(summary, "tpf", [v for r in ok if (v := tokens_per_forward_pass(r)) is not None])
     summary["per_request"] = per_request
     return summary
 
@@ -182,6 +190,7 @@ SECTIONS = (
     ("End-to-end Latency", "e2el", "_ms", "E2EL (ms)"),
     ("Forward passes to first token", "nfe_ttft", "", "NFE to 1st token"),
     ("Forward passes per request", "nfe_total", "", "NFE total"),
+    ("Tokens per forward pass", "tpf", "", "TPF"),
     ("Forward-pass floor", "floor", "_ms", "floor (ms)"),
     ("Forward pass over the whole canvas", "canvas_pass", "_ms", "canvas pass (ms)"),
     ("TTFT / floor", "ttft_over_floor", "", "TTFT/floor"),

@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks.metrics import (
     ChunkEvent, RequestRecord, describe, e2e_latency, format_table, itls, nfe_to_first_token, percentile,
-    run_duration, summarize, total_nfe, tpot, ttft,
+    run_duration, summarize, tokens_per_forward_pass, total_nfe, tpot, ttft,
 )
 
 
@@ -32,6 +32,8 @@ def test_per_request_figures():
     assert tpot(a) == (1.75 - 0.5) / 4 == 0.3125
     assert itls(a) == [0.25, 0.75]
     assert nfe_to_first_token(a) == 1 and total_nfe(a) == 5
+    assert tokens_per_forward_pass(a) == 1.0 and tokens_per_forward_pass(b) == 1 / 3
+    assert tokens_per_forward_pass(no_usage) is None and tokens_per_forward_pass(failed) is None
     assert ttft(b) == 0.125 and itls(b) == [0.5]
     assert tpot(b) is None  # one output token: undefined
     assert tpot(no_usage) is None and nfe_to_first_token(no_usage) is None and total_nfe(no_usage) is None
@@ -64,7 +66,9 @@ def test_summary():
     assert s["median_itl_ms"] == 500.0 and s["mean_itl_ms"] == 500.0
     assert s["mean_e2el_ms"] == pytest.approx((1750 + 1000 + 500) / 3)
     assert s["mean_nfe_ttft"] == 1.0 and s["mean_nfe_total"] == 4.0 and s["max_nfe_total"] == 5.0
+    assert s["mean_tpf"] == pytest.approx(2 / 3)
     per = s["per_request"]
+    assert per["tpf"] == [1.0, 1 / 3, None, None]
     assert per["ttft_ms"] == [500.0, 125.0, None, 250.0]
     assert per["tpot_ms"] == [312.5, None, None, None]
     assert per["error"] == [None, None, "HTTP 503: busy", None]

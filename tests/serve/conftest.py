@@ -45,6 +45,7 @@ class Server:
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
+    from ray._private import auto_init_hook
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={
@@ -55,6 +56,10 @@ def ray_cluster():
                      resources={"accelerator_type:A100": 1, "gpu_worker_node": 1})
     ray.init(address=cluster.address, include_dashboard=False)
     yield cluster
+    # Serve handles made in this process push metrics from background threads; after
+    # ray.shutdown() their next call would silently re-initialise Ray (auto-connect), and
+    # cluster.shutdown() then fails: "Removing a node that is connected to this Ray client".
+    auto_init_hook.enable_auto_connect = False
     ray.shutdown()
     cluster.shutdown()
 

@@ -71,7 +71,8 @@ class DiffusionOptions(StrictModel):
     threshold: float = Field(0.9, ge=0.0, le=1.0, description="Confidence a token needs to be committed (decoding: threshold).")
     confidence: ConfidenceKind = Field(
         "probability", description="Confidence that ranks commits and meets `threshold`: the proposed token's "
-        "probability, the top-1 minus top-2 probability, or exp(-entropy) of the distribution."
+        "probability, the top-1 minus top-2 probability, or exp(-entropy) of the distribution. Ultra-fast's own "
+        "thresholds always judge by probability."
     )
     cache: Literal["none", "prefix", "dual"] = Field(
         "none", description="Block-wise approximate KV cache (Fast-dLLM): reuse the keys/values of the decided "

@@ -22,10 +22,13 @@ class Engine(Protocol):
     ) -> Iterator[StreamingChunk]: ...
 
 
-def build_engine(model: DiffusionLM | CausalLM, diffusion_defaults: DiffusionOptions | None = None) -> Engine:
+def build_engine(
+    model: DiffusionLM | CausalLM, diffusion_defaults: DiffusionOptions | None = None, max_batch_size: int = 8
+) -> Engine:
+    """The engine for ``model``; ``max_batch_size`` bounds how many sequences one forward pass of ``step`` runs."""
     if isinstance(model, DiffusionLM):
-        return DiffusionEngine(model, diffusion_defaults)
-    return AREngine(model)
+        return DiffusionEngine(model, diffusion_defaults, max_batch_size)
+    return AREngine(model, max_batch_size)
 
 
 __all__ = ["AREngine", "DiffusionEngine", "Engine", "GenerationRequest", "SamplingParams", "StreamingChunk", "build_engine"]

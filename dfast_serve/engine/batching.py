@@ -24,6 +24,8 @@ import torch
 def left_pad(tensors: Sequence[torch.Tensor], dim: int = 0, value: float = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack ``tensors`` (equal shapes except along ``dim``) into a new batch dimension, padded at
     the front of ``dim`` to the longest; and a (batch, longest) long mask, 1 on real entries."""
+    if len(tensors) == 1:  # nothing to pad: no copy
+        return tensors[0].unsqueeze(0), torch.ones(1, tensors[0].shape[dim], dtype=torch.long, device=tensors[0].device)
     longest = max(t.shape[dim] for t in tensors)
     rows, masks = [], []
     for t in tensors:

@@ -201,6 +201,14 @@ class ReplicaConfig(StrictModel):
         16, ge=-1, description="Requests waiting for a replica before new ones get 503 + Retry-After (-1: unbounded)."
     )
     autoscaling: dict[str, Any] | None = Field(None, description="Ray Serve autoscaling_config; None = fixed count.")
+    max_batch_size: int = Field(
+        8, ge=1, description="In-flight requests that share one forward pass per step (step-level batching); "
+        "1 = each request gets its own pass every step."
+    )
+    batch_invariant_only: bool = Field(
+        True, description="Batch only float32 models: in bf16/fp16 a request's greedy output can change with its "
+        "batch mates (measured on SmolLM2 bf16), so such models run with max_batch_size 1 unless this is false."
+    )
 
     @model_validator(mode="after")
     def _accelerator_needs_gpu(self) -> "ReplicaConfig":

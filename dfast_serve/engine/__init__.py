@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from dfast_serve.config import DiffusionOptions
 from dfast_serve.engine.ar import AREngine
@@ -12,10 +12,16 @@ from dfast_serve.models.adapters import CausalLM, DiffusionLM
 
 
 class Engine(Protocol):
-    """What every engine offers: a stream of chunks for one request."""
+    """What every engine offers: a stream of chunks for one request, or ``start`` + ``step`` to run
+    many requests' sequences together (each sequence then ``drain()``s its own chunks)."""
 
     kind: str
     forward_passes: int
+    max_batch_size: int
+
+    def start(self, request: GenerationRequest) -> Any: ...
+
+    def step(self, sequences: list[Any]) -> None: ...
 
     def generate(
         self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None

@@ -44,7 +44,7 @@ def build_app(args: dict[str, Any]) -> Application:
         deployment = DiffusionReplica if model.engine == "diffusion" else ARReplica
         options = model.replica.deployment_options()
         replicas[model.name] = deployment.options(name=replica_deployment_name(model, config), **options).bind(
-            model.model_dump(exclude={"replica", "diffusion"}), config.diffusion_base(model)
+            model.model_dump(exclude={"replica", "diffusion"}), config.diffusion_base(model), model.replica.model_dump()
         )
     router = Router.options(
         num_replicas=config.router.num_replicas,

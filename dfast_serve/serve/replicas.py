@@ -2,27 +2,26 @@
 
 ``generate`` is an async generator of StreamingChunk dicts, called by the router through a
 ``DeploymentHandle`` with ``stream=True``. The engine is plain synchronous torch code; it runs
-on one dedicated thread so the replica's event loop stays free to accept and cancel requests.
-Concurrent requests interleave chunk by chunk on that thread. A request whose caller goes away
-(client disconnect, timeout) sets a stop flag that the engine polls before every forward pass,
-so its generation ends within one step.
+on the replica's step loop thread (``step_loop.StepLoop``), so the event loop stays free to accept
+and cancel requests. Concurrent requests share each step's forward passes (step-level batching,
+``replica.max_batch_size``). A request whose caller goes away (client disconnect, timeout) is
+cancelled and leaves the batch before the next step.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator
 
+import torch
 from ray import serve
 
 from dfast_serve.api.errors import APIError
-from dfast_serve.config import DiffusionOptions, ModelConfig
-from dfast_serve.engine import GenerationRequest, SamplingParams, StreamingChunk, build_engine
+from dfast_serve.config import DiffusionOptions, ModelConfig, ReplicaConfig
+from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
 from dfast_serve.models.registry import load_model
+from dfast_serve.serve.step_loop import StepLoop
 
 TTFT_WINDOW_S = 30.0  # recent TTFTs the autoscaler sees
 
@@ -30,16 +29,19 @@ TTFT_WINDOW_S = 30.0  # recent TTFTs the autoscaler sees
 class ModelReplica:
     """Shared body of both replica deployments: the router does not care which engine it talks to."""
 
-    def __init__(self, model: dict[str, Any], diffusion_base: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: dict[str, Any], diffusion_base: dict[str, Any] | None = None,
+                 replica: dict[str, Any] | None = None) -> None:
         config = ModelConfig.model_validate({k: model[k] for k in ModelConfig.model_fields if k in model})
+        replica_config = ReplicaConfig.model_validate(replica or {})
         self.name = config.name
         self.model = load_model(config)
-        self.engine = build_engine(self.model, DiffusionOptions.model_validate(diffusion_base or {}))
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{self.name}")
+        self.engine = build_engine(self.model, DiffusionOptions.model_validate(diffusion_base or {}),
+                                   batch_size_for(self.model, replica_config))
+        self._warm_up()
+        self._loop = StepLoop(self.engine, max_active=replica_config.max_ongoing_requests, name=self.name)
         self._in_flight = 0
         self._requests = 0
         self._recent_ttfts: deque[tuple[float, float]] = deque(maxlen=1024)
-        self._warm_up()
 
     def _warm_up(self) -> None:
         """One tiny generation so the first real request does not pay for lazy initialisation."""
@@ -77,29 +79,25 @@ class ModelReplica:
         except APIError as err:
             yield {"error": err.body()["error"], "status": err.status}
             return
-        stop = threading.Event()
-        chunks = self.engine.generate(request, should_stop=stop.is_set)
-        loop = asyncio.get_running_loop()
+        subscription = self._loop.submit(request)
         started = time.monotonic()
         self._in_flight += 1
         self._requests += 1
         try:
-            while True:
-                chunk = await loop.run_in_executor(self._thread, _next_or_none, chunks)
-                if chunk is None:
-                    return
+            async for chunk in subscription.chunks():
                 if chunk.is_first:
                     self._recent_ttfts.append((time.monotonic(), time.monotonic() - started))
                 yield chunk.to_dict()
         finally:
-            stop.set()  # caller gone or stream done: the engine stops before its next forward pass
+            subscription.cancel()  # caller gone or stream done: it leaves the batch before the next step
             self._in_flight -= 1
 
     # ---- observability ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Counters the tests and the router read (forward passes prove a cancelled request stopped)."""
         return {"model": self.name, "engine": self.engine.kind, "forward_passes": self.engine.forward_passes,
-                "in_flight": self._in_flight, "requests": self._requests}
+                "in_flight": self._in_flight, "requests": self._requests, "steps": self._loop.steps,
+                "max_batch_size": self.engine.max_batch_size}
 
     def ttft_p90_s(self) -> float:
         horizon = time.monotonic() - TTFT_WINDOW_S
@@ -122,9 +120,12 @@ class ModelReplica:
         return ray.get_runtime_context().get_node_id()
 
 
-def _next_or_none(chunks: Iterator[StreamingChunk]) -> StreamingChunk | None:
-    """``next`` that ends with None: a StopIteration must not cross a Future."""
-    return next(chunks, None)
+def batch_size_for(model: Any, replica: ReplicaConfig) -> int:
+    """``replica.max_batch_size``, or 1 for a non-float32 model when batch invariance is required."""
+    dtype = next(model.network.parameters()).dtype
+    if replica.batch_invariant_only and dtype != torch.float32:
+        return 1
+    return replica.max_batch_size
 
 
 @serve.deployment(name="DiffusionReplica")

@@ -1,0 +1,134 @@
+"""Step-level batching: one engine thread runs every in-flight request, one step at a time.
+
+A replica's requests do not each run their own generator. They join one loop that, before every
+step, drops the requests whose caller left, admits new ones (up to ``max_active``), and calls
+``engine.step(sequences)`` once for all of them: the engine shares forward passes among them (up
+to its batch size) and each sequence queues its own chunks, which are handed to that request's
+asyncio queue. A request that arrives mid-generation joins at the next step without restarting
+the others; a cancelled one leaves at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Protocol
+
+from dfast_serve.engine import GenerationRequest, StreamingChunk
+
+
+class Sequence(Protocol):
+    finished: bool
+
+    def drain(self) -> list[StreamingChunk]: ...
+
+
+class SteppingEngine(Protocol):
+    forward_passes: int
+
+    def start(self, request: GenerationRequest) -> Any: ...
+
+    def step(self, sequences: list[Any]) -> None: ...
+
+
+_END = object()
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One request inside the loop: its chunks arrive on ``queue``; ``cancel`` takes it out."""
+
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    sequence: Any = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def _send(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    async def chunks(self) -> AsyncIterator[StreamingChunk]:
+        """The request's chunks in order; re-raises an error the engine hit on its behalf."""
+        while True:
+            item = await self.queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+class StepLoop:
+    """The thread that owns the engine. ``submit`` may be called from any event loop."""
+
+    def __init__(self, engine: SteppingEngine, max_active: int, name: str = "engine") -> None:
+        self.engine = engine
+        self.max_active = max_active
+        self._waiting: deque[Subscription] = deque()
+        self._active: list[Subscription] = []
+        self._wake = threading.Condition()
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name=f"step-loop-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest) -> Subscription:
+        subscription = Subscription(request, asyncio.get_running_loop())
+        with self._wake:
+            self._waiting.append(subscription)
+            self._wake.notify()
+        return subscription
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting and not self._active:
+                    self._wake.wait()
+                self._admit()
+            self._active = [s for s in self._active if not s.cancelled.is_set()]
+            if self._active:
+                self._step()
+
+    def _admit(self) -> None:
+        """Move waiting requests into the batch (called with the lock held)."""
+        while self._waiting and len(self._active) < self.max_active:
+            subscription = self._waiting.popleft()
+            if subscription.cancelled.is_set():
+                continue
+            try:
+                subscription.sequence = self.engine.start(subscription.request)
+            except Exception as exc:  # noqa: BLE001 - reported to that request alone
+                subscription._send(exc)
+                continue
+            self._active.append(subscription)
+
+    def _step(self) -> None:
+        try:
+            self.engine.step([s.sequence for s in self._active])
+        except Exception as exc:  # noqa: BLE001 - every request in the failed step gets the error
+            for subscription in self._active:
+                subscription._send(exc)
+            self._active = []
+            return
+        self.steps += 1
+        still_running = []
+        for subscription in self._active:
+            for chunk in subscription.sequence.drain():
+                subscription._send(chunk)
+            if subscription.sequence.finished:
+                subscription._send(_END)
+            else:
+                still_running.append(subscription)
+        self._active = still_running

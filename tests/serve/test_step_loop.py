@@ -1,0 +1,97 @@
+"""The replica's step loop without Ray: requests join and leave a running batch between steps,
+and a request's greedy output does not depend on who it shared forward passes with."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from dfast_serve.config import DiffusionOptions, ReplicaConfig
+from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
+from dfast_serve.serve.replicas import batch_size_for
+from dfast_serve.serve.step_loop import StepLoop
+
+STANDARD = DiffusionOptions(ultra_fast=False, block_length=8)
+
+
+def request(model, prompt: str, max_tokens: int) -> GenerationRequest:
+    return GenerationRequest(model.encode_prompt(prompt), SamplingParams(max_tokens=max_tokens), diffusion=STANDARD)
+
+
+async def collect(subscription, after_first=None) -> str:
+    text = ""
+    async for chunk in subscription.chunks():
+        if after_first is not None and chunk.is_first:
+            after_first()
+        text = chunk.full_text
+    return text
+
+
+def alone(model, req: GenerationRequest) -> str:
+    chunks = list(build_engine(model, max_batch_size=1).generate(req))
+    return chunks[-1].full_text
+
+
+def test_a_request_joining_mid_generation_shares_steps_and_changes_no_output(tiny_mdlm):
+    long_req = request(tiny_mdlm, "In the beginning God created", 32)
+    short_req = request(tiny_mdlm, "And the earth was", 16)
+    engine = build_engine(tiny_mdlm, max_batch_size=8)
+    loop = StepLoop(engine, max_active=8)
+
+    async def run() -> tuple[str, str]:
+        first = loop.submit(long_req)
+        joined: dict[str, asyncio.Task] = {}
+        long_text = await collect(first, after_first=lambda: joined.setdefault(
+            "task", asyncio.ensure_future(collect(loop.submit(short_req)))))
+        return long_text, await joined["task"]
+
+    long_text, short_text = asyncio.run(run())
+    assert long_text == alone(tiny_mdlm, long_req)
+    assert short_text == alone(tiny_mdlm, short_req)
+    # 32 + 16 steps if run one after the other; the joined request rode along the running batch.
+    assert loop.steps < 48
+    assert engine.forward_passes < 48  # shared passes: max_batch_size 8 puts both in one forward
+
+
+def test_a_cancelled_request_leaves_the_batch_at_the_next_step(tiny_mdlm):
+    engine = build_engine(tiny_mdlm, max_batch_size=8)
+    loop = StepLoop(engine, max_active=8)
+
+    async def run() -> tuple[int, str]:
+        keeper = loop.submit(request(tiny_mdlm, "In the beginning", 32))
+        leaver = loop.submit(request(tiny_mdlm, "And God said", 32))
+        async for _ in leaver.chunks():
+            leaver.cancel()  # the client went away after its first chunk
+            break
+        steps_at_cancel = loop.steps
+        while loop.active > 1 and loop.steps < steps_at_cancel + 2:
+            await asyncio.sleep(0.001)
+        active_after = loop.active
+        text = await collect(keeper)
+        return active_after, text
+
+    active_after, text = asyncio.run(run())
+    assert active_after == 1
+    assert text
+
+
+def test_an_engine_error_reaches_the_request_as_an_exception(tiny_mdlm):
+    loop = StepLoop(build_engine(tiny_mdlm), max_active=2)
+    too_long = GenerationRequest([1, 2, 3], SamplingParams(max_tokens=tiny_mdlm.max_context), diffusion=STANDARD)
+
+    async def run() -> None:
+        await collect(loop.submit(too_long))
+
+    with pytest.raises(ValueError, match="exceeds the context"):
+        asyncio.run(run())
+
+
+def test_batching_is_only_on_for_float32_models_unless_asked(tiny_mdlm):
+    class Half:
+        network = torch.nn.Linear(2, 2).to(torch.bfloat16)
+
+    assert batch_size_for(tiny_mdlm, ReplicaConfig(max_batch_size=6)) == 6  # float32 on CPU
+    assert batch_size_for(Half, ReplicaConfig(max_batch_size=6)) == 1
+    assert batch_size_for(Half, ReplicaConfig(max_batch_size=6, batch_invariant_only=False)) == 6

@@ -11,6 +11,8 @@ it (a copy of the config on a free 127.0.0.1 port), and stops both at the end. E
 3. ``floor``       in-process TTFT / forward-pass floor, ultra-fast diffusion and AR
 4. ``overhead``    in-process vs through the server (Ray Serve + HTTP), TTFT p50/p99
 5. ``concurrency`` 1, 4, 16 concurrent clients: TTFT p50/p99 and throughput
+6. ``batching``    the same sweep for the diffusion model with step-level batching on (its config)
+                    and off (a copy served beside it with ``max_batch_size: 1``), levels taking turns
 
 Each run is saved as JSON; ``summary.md`` holds the tables, ``experiments.json`` all figures,
 and the PNGs show TTFT distributions and one request's reveal timeline. In-process runs use as
@@ -43,7 +45,8 @@ from benchmarks.results import markdown_table, save_result
 from benchmarks.serving import BenchConfig, run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ("matrix", "schedules", "floor", "overhead", "concurrency")
+EXPERIMENTS = ("matrix", "schedules", "floor", "overhead", "concurrency", "batching")
+UNBATCHED_SUFFIX = "-batch1"
 # Ray processes stay on loopback and run at normal priority (Ray's default nice 15 starves them).
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0",
            "RAY_USAGE_STATS_ENABLED": "0"}
@@ -73,9 +76,19 @@ def private_ray_cluster(num_cpus: int) -> Iterator[str]:
 
 
 @contextmanager
-def local_server(config_path: Path, workdir: Path, startup_timeout_s: float = 300) -> Iterator[str]:
-    """``serve run`` of a copy of ``config_path`` (free loopback port) on a private cluster; yields its URL."""
+def local_server(config_path: Path, workdir: Path, startup_timeout_s: float = 300,
+                 unbatched_copy_of: str | None = None) -> Iterator[str]:
+    """``serve run`` of a copy of ``config_path`` (free loopback port) on a private cluster; yields its URL.
+
+    ``unbatched_copy_of`` also serves that model a second time, named with ``UNBATCHED_SUFFIX``,
+    with step-level batching off (``max_batch_size: 1``), for the batching experiment."""
     config = yaml.safe_load(config_path.read_text())
+    if unbatched_copy_of:
+        models = config["applications"][0]["args"]["models"]
+        copy_of = next(m for m in models if m["name"] == unbatched_copy_of)
+        unbatched = {**copy_of, "name": unbatched_copy_of + UNBATCHED_SUFFIX,
+                     "replica": {**copy_of.get("replica", {}), "max_batch_size": 1}}
+        models.append(unbatched)
     port = _free_port()
     config["http_options"].update(host="127.0.0.1", port=port)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -250,6 +263,27 @@ def concurrency(run: Run, diffusion: str, ar: str, levels: tuple[int, ...]) -> N
               "64 tokens, streaming; max(num_prompts, 2 x clients) requests per level; one replica per model.")
 
 
+def batching(run: Run, diffusion: str, levels: tuple[int, ...]) -> None:
+    rows = []
+    for c in levels:
+        results = {}
+        for name, model in (("on", diffusion), ("off", diffusion + UNBATCHED_SUFFIX)):
+            results[name] = run.serving(f"batching-{name}-c{c}", model, max_tokens=64, concurrency=c,
+                                        num_prompts=max(run.num_prompts, 2 * c))
+        on, off = results["on"], results["off"]
+        for name, r in results.items():
+            rows.append([c, name, r["completed"], r["failed"], r.get("median_ttft_ms"), r.get("p99_ttft_ms"),
+                         r.get("output_throughput"), r.get("mean_nfe_total")])
+        rows.append([c, "on / off", None, None, _ratio(on.get("median_ttft_ms"), off.get("median_ttft_ms")),
+                     _ratio(on.get("p99_ttft_ms"), off.get("p99_ttft_ms")),
+                     _ratio(on.get("output_throughput"), off.get("output_throughput")), None])
+    run.table("Step-level batching on vs off",
+              ["clients", "batching", "ok", "failed", "TTFT p50 (ms)", "TTFT p99 (ms)", "tokens/s",
+               "forward passes / request"], rows,
+              f"{diffusion}, 64 tokens, streaming; 'off' is the same model served beside it with max_batch_size 1 "
+              "(every in-flight request still advances each step, one forward pass each).")
+
+
 # ---- entry point -------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -285,10 +319,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     threads = args.threads or replica_cpus(Path(args.config), args.diffusion_model)
     out = Path(args.out).resolve()
     started = time.time()
-    with (local_server(Path(args.config), out / "server") if args.base_url is None
+    unbatched = args.diffusion_model if "batching" in chosen else None
+    with (local_server(Path(args.config), out / "server", unbatched_copy_of=unbatched) if args.base_url is None
           else _existing(args.base_url)) as url:
         models = served_models(url)
-        for name in (args.diffusion_model, args.ar_model):
+        needed = [args.diffusion_model, args.ar_model] + ([args.diffusion_model + UNBATCHED_SUFFIX] if unbatched else [])
+        for name in needed:
             if name not in models:
                 raise SystemExit(f"model {name!r} is not served at {url} (served: {sorted(models)})")
         run = Run(out, url, num_prompts)
@@ -301,6 +337,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "floor" in chosen, "overhead" in chosen)
         if "concurrency" in chosen:
             concurrency(run, args.diffusion_model, args.ar_model, levels)
+        if "batching" in chosen:
+            batching(run, args.diffusion_model, levels)
     machine = f"{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} on {machine}; "
               f"{time.time() - started:.0f} s; command: `python -m benchmarks.experiments "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import openai
+import pytest
 
 from tests.serve.test_api import AR, DIFFUSION, MESSAGES, PROMPT
 
@@ -37,9 +38,8 @@ def test_openai_client_streams_chat(server):
 
 def test_openai_client_raises_not_found_for_unknown_model(server):
     client = _client(server)
-    try:
+    with pytest.raises(openai.NotFoundError) as caught:
         client.completions.create(model="nope", prompt="x", max_tokens=4)
-    except openai.NotFoundError as exc:
-        assert exc.body["code"] == "model_not_found" if isinstance(exc.body, dict) else True
-    else:
-        raise AssertionError("expected NotFoundError")
+    # the openai client unwraps {"error": {...}} into .body and reads .code from it
+    assert caught.value.code == "model_not_found"
+    assert caught.value.body["param"] == "model"

@@ -28,15 +28,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.engine import run_request
+from benchmarks.engine import load_bench_model, run_request
 from benchmarks.metrics import RequestRecord, summarize
 from benchmarks.prompts import get_prompts
 from benchmarks.results import markdown_table, save_result, stamp
-from dfast_serve.config import ModelConfig, resolve_diffusion_options
+from dfast_serve.config import resolve_diffusion_options
 from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.engine.diffusion import DiffusionEngine
 from dfast_serve.models.adapters import DiffusionLM
-from dfast_serve.models.registry import load_model
 
 # label -> (options besides the shared ones, the uncached variant its output is compared with)
 VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
@@ -119,10 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = load_model(ModelConfig(name="diffusion-decoding", engine="diffusion", source=args.source,
-                                   path=args.path, device=args.device))
+    model = load_bench_model(args, "diffusion", "diffusion-decoding")
     assert isinstance(model, DiffusionLM)
     return bench(model, args)
 

@@ -151,11 +151,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Load the model the arguments name and benchmark it."""
     args = parse_args(argv)
+    return bench(load_bench_model(args, args.engine, f"{args.engine}-bench"), args)
+
+
+def load_bench_model(args: argparse.Namespace, engine: str, name: str) -> DiffusionLM | CausalLM:
+    """Set ``--threads`` and load the model ``--source/--path/--device`` name (shared by the in-process tools)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(ModelConfig(name=f"{args.engine}-bench", engine=args.engine, source=args.source,
-                                   path=args.path, device=args.device))
-    return bench(model, args)
+    return load_model(ModelConfig(name=name, engine=engine, source=args.source, path=args.path, device=args.device))
 
 
 def bench(model: DiffusionLM | CausalLM, args: argparse.Namespace) -> dict[str, Any]:

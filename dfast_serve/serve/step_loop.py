@@ -14,24 +14,9 @@ import asyncio
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncIterator
 
-from dfast_serve.engine import GenerationRequest, StreamingChunk
-
-
-class Sequence(Protocol):
-    finished: bool
-
-    def drain(self) -> list[StreamingChunk]: ...
-
-
-class SteppingEngine(Protocol):
-    forward_passes: int
-
-    def start(self, request: GenerationRequest) -> Any: ...
-
-    def step(self, sequences: list[Any]) -> None: ...
-
+from dfast_serve.engine import Engine, GenerationRequest, StreamingChunk
 
 _END = object()
 
@@ -66,7 +51,7 @@ class Subscription:
 class StepLoop:
     """The thread that owns the engine. ``submit`` may be called from any event loop."""
 
-    def __init__(self, engine: SteppingEngine, max_active: int, name: str = "engine") -> None:
+    def __init__(self, engine: Engine, max_active: int, name: str = "engine") -> None:
         self.engine = engine
         self.max_active = max_active
         self._waiting: deque[Subscription] = deque()

@@ -10,80 +10,11 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from dfast_serve.engine.options import ConfidenceKind, DiffusionOptions, StrictModel, UltraFastConfig
 
-ConfidenceKind = Literal["probability", "margin", "entropy"]
-
-
-class StrictModel(BaseModel):
-    """Unknown keys are errors: a typo in a config or request must not be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class UltraFastConfig(StrictModel):
-    """Early streaming for diffusion models (see README, "Ultra-fast streaming")."""
-
-    enable_instant_first_token: bool = Field(True, description="Reveal leading tokens after the first forward pass(es).")
-    first_token_steps: int = Field(1, ge=1, le=64, description="Forward passes before the first reveal.")
-    first_token_confidence_threshold: float = Field(
-        0.7, ge=0.0, le=1.0, description="Leading tokens above this confidence are revealed at the first reveal."
-    )
-    stream_confidence_threshold: float = Field(
-        0.8, ge=0.0, le=1.0, description="At each step, leading tokens above this confidence are committed at once."
-    )
-    stream_every_n_tokens: int = Field(
-        4, ge=0, description="Fallback: after this many tokens are decided without the visible prefix moving, "
-        "the leading token is committed. 0 disables."
-    )
-    min_steps: int = Field(8, ge=1, description="Lower bound of the step budget; no early stop before it.")
-    max_steps: int = Field(32, ge=1, description="Upper bound of the step budget (forward passes).")
-    early_stop_confidence: float = Field(
-        0.95, ge=0.0, le=1.0, description="Mean confidence of undecided tokens that ends generation in one go."
-    )
-    early_stop_min_progress: float = Field(0.5, ge=0.0, le=1.0, description="Share decided before early stop may fire.")
-    enable_early_stop: bool = Field(True, description="Switch early stop off entirely.")
-    schedule: Literal["front_loaded", "uniform"] = Field(
-        "front_loaded", description="How each block's step budget is spent: small steps first, or evenly."
-    )
-
-    @model_validator(mode="after")
-    def _steps_in_order(self) -> "UltraFastConfig":
-        if self.min_steps > self.max_steps:
-            raise ValueError(f"min_steps ({self.min_steps}) must not exceed max_steps ({self.max_steps})")
-        return self
-
-
-class DiffusionOptions(StrictModel):
-    """Per-request diffusion knobs; the ``dfast`` extension object of a request body."""
-
-    steps: int | None = Field(None, ge=1, le=4096, description="Denoising steps; default: one per token.")
-    block_length: int = Field(32, ge=1, le=4096, description="Semi-autoregressive block size in tokens.")
-    remasking: Literal["low_confidence", "random"] = Field("low_confidence", description="Which tokens to commit.")
-    ultra_fast: bool = Field(True, description="Use the ultra-fast streaming scheduler.")
-    ultra_fast_config: UltraFastConfig = Field(default_factory=UltraFastConfig)
-    decoding: Literal["schedule", "threshold"] = Field(
-        "schedule", description="How many tokens a step commits in the current block: the step schedule's count, "
-        "or every token whose confidence reaches `threshold` (at least one; Fast-dLLM parallel decoding). "
-        "`steps` (and ultra-fast's min/max_steps) still bound the forward passes."
-    )
-    threshold: float = Field(0.9, ge=0.0, le=1.0, description="Confidence a token needs to be committed (decoding: threshold).")
-    confidence: ConfidenceKind = Field(
-        "probability", description="Confidence that ranks commits and meets `threshold`: the proposed token's "
-        "probability, the top-1 minus top-2 probability, or exp(-entropy) of the distribution. Ultra-fast's own "
-        "thresholds always judge by probability."
-    )
-    cache: Literal["none", "prefix", "dual"] = Field(
-        "none", description="Block-wise approximate KV cache (Fast-dLLM): reuse the keys/values of the decided "
-        "prefix (and, dual, of the masked suffix) within a block. Models without cache support run without it."
-    )
-
-    @model_validator(mode="after")
-    def _threshold_ranks_by_confidence(self) -> "DiffusionOptions":
-        if self.decoding == "threshold" and self.remasking == "random":
-            raise ValueError("decoding 'threshold' commits by confidence; it cannot be combined with remasking 'random'")
-        return self
+# ConfidenceKind, DiffusionOptions and UltraFastConfig are the engine's (engine/options.py), re-exported here.
 
 
 ENV_PREFIX = "DFASTLLM_"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Protocol
 
-from dfast_serve.config import DiffusionOptions
+from dfast_serve.engine.options import DiffusionOptions
 from dfast_serve.engine.ar import AREngine
 from dfast_serve.engine.diffusion import DiffusionEngine
 from dfast_serve.engine.types import GenerationRequest, SamplingParams, StreamingChunk

@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from dfast_serve.config import DiffusionOptions, UltraFastConfig
+from dfast_serve.engine.options import DiffusionOptions, UltraFastConfig
 from dfast_serve.engine.batching import chunks, left_pad
 from dfast_serve.engine.confidence import confidence_of
 from dfast_serve.engine.detokenize import StreamingDetokenizer
@@ -49,7 +49,7 @@ from dfast_serve.engine.sampling import choose_tokens, make_generator
 from dfast_serve.engine.schedule import front_loaded_schedule, uniform_schedule
 from dfast_serve.engine.types import FinishReason, GenerationRequest, StreamingChunk
 from dfast_serve.models.adapters import DiffusionLM
-from dfast_serve.models.tiny_mdlm import KeyValues
+from dfast_serve.tensor_types import KeyValues
 
 # After the instant reveal, reveal up to this many more leading tokens if the text is still
 # held back (half a UTF-8 character, or a possible stop-string start), so the first chunk has text.

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dfast_serve.models.tiny_mdlm import KeyValues
+from dfast_serve.tensor_types import KeyValues
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from dfast_serve.config import DiffusionOptions
+from dfast_serve.engine.options import DiffusionOptions
 
 FinishReason = Literal["stop", "length", "cancelled"]
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dfast_serve.models.tiny_mdlm import KeyValues
+from dfast_serve.tensor_types import KeyValues
 
 DiffusionKind = Literal["llada", "dream", "tiny-mdlm"]
 

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfast_serve.tensor_types import KeyValues
+
 WEIGHTS_FILE = "model.safetensors"
-KeyValues = tuple[torch.Tensor, torch.Tensor]  # one layer's (keys, values): (batch, heads, seq, head_dim)
 CONFIG_FILE = "config.json"
 
 

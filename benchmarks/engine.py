@@ -62,10 +62,10 @@ def run_request(engine: Engine, request: GenerationRequest, stream: bool = True,
                 on_chunk: Callable[[float, int], None] | None = None) -> RequestRecord:
     """One generation, timed like a client would see it; ``stream=False`` keeps only the end."""
     record = RequestRecord(start=time.perf_counter(), prompt_tokens=len(request.prompt_ids))
-    final = None
+    final, text = None, ""
     for chunk in engine.generate(request):
         now = time.perf_counter()
-        final = chunk
+        final, text = chunk, text + chunk.new_text
         if stream:
             record.chunks.append(ChunkEvent(now, chunk.new_text, chunk.nfe))
         if on_chunk is not None:
@@ -75,7 +75,7 @@ def run_request(engine: Engine, request: GenerationRequest, stream: bool = True,
         record.error = "the engine yielded nothing"
         return record
     if not stream:
-        record.chunks.append(ChunkEvent(record.end, final.full_text, final.nfe))
+        record.chunks.append(ChunkEvent(record.end, text, final.nfe))
     record.output_tokens, record.final_nfe = final.total_tokens, final.nfe
     return record
 

@@ -40,15 +40,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps:
         request_options["steps"] = args.steps
     options = resolve_diffusion_options(request=request_options)
-    engine = build_engine(model, options)
+    engine = build_engine(model)
     prompt_ids = model.encode_chat([{"role": "user", "content": args.prompt}]) if args.chat else model.encode_prompt(args.prompt)
     params = SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed, stop=args.stop,
     )
-    final = None
+    final, text = None, ""
     for chunk in engine.generate(GenerationRequest(prompt_ids, params, options if args.engine == "diffusion" else None)):
-        final = chunk
+        final, text = chunk, text + chunk.new_text
         if args.json:
             print(json.dumps(chunk.to_dict()), flush=True)
         elif args.stream:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.stdout.flush()
     if final is not None and not args.json:
         if not args.stream:
-            sys.stdout.write(final.full_text)
+            sys.stdout.write(text)
         print(f"\n[{final.finish_reason}; {final.total_tokens} tokens; {final.nfe} forward passes; {final.time_ms:.0f} ms]")
 
 

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Protocol
 
-from dfast_serve.engine.options import DiffusionOptions
 from dfast_serve.engine.ar import AREngine
 from dfast_serve.engine.diffusion import DiffusionEngine
+from dfast_serve.engine.sequence import Sequence
 from dfast_serve.engine.types import GenerationRequest, SamplingParams, StreamingChunk
 from dfast_serve.models.adapters import CausalLM, DiffusionLM
 
 
 class Engine(Protocol):
     """What every engine offers: a stream of chunks for one request, or ``start`` + ``step`` to run
-    many requests' sequences together (each sequence then ``drain()``s its own chunks)."""
+    many requests' sequences together (each sequence then ``drain()``s its own chunks; one whose
+    own work failed is finished with its ``error``)."""
 
     kind: str
     forward_passes: int
     max_batch_size: int
 
-    def start(self, request: GenerationRequest) -> Any: ...
+    def start(self, request: GenerationRequest) -> Sequence: ...
 
     def step(self, sequences: list[Any]) -> None: ...
 
@@ -28,13 +29,14 @@ class Engine(Protocol):
     ) -> Iterator[StreamingChunk]: ...
 
 
-def build_engine(
-    model: DiffusionLM | CausalLM, diffusion_defaults: DiffusionOptions | None = None, max_batch_size: int = 8
-) -> Engine:
-    """The engine for ``model``; ``max_batch_size`` bounds how many sequences one forward pass of ``step`` runs."""
+def build_engine(model: DiffusionLM | CausalLM, max_batch_size: int = 8) -> Engine:
+    """The engine for ``model``; ``max_batch_size`` bounds how many sequences one forward pass of ``step`` runs.
+    A diffusion request without options runs with ``DiffusionOptions()``: callers resolve a
+    model's defaults into each request (``config.resolve_diffusion_options``)."""
     if isinstance(model, DiffusionLM):
-        return DiffusionEngine(model, diffusion_defaults, max_batch_size)
+        return DiffusionEngine(model, max_batch_size)
     return AREngine(model, max_batch_size)
 
 
-__all__ = ["AREngine", "DiffusionEngine", "Engine", "GenerationRequest", "SamplingParams", "StreamingChunk", "build_engine"]
+__all__ = ["AREngine", "DiffusionEngine", "Engine", "GenerationRequest", "SamplingParams", "Sequence", "StreamingChunk",
+           "build_engine"]

@@ -15,39 +15,29 @@ own bookkeeping): a model whose cache has other layers steps its sequences one a
 from __future__ import annotations
 
 import inspect
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
 
-from dfast_serve.engine.batching import chunks, left_pad
+from dfast_serve.engine.batching import left_pad, split_into
 from dfast_serve.engine.detokenize import StreamingDetokenizer
 from dfast_serve.engine.sampling import choose_tokens, make_generator
-from dfast_serve.engine.types import FinishReason, GenerationRequest, StreamingChunk
+from dfast_serve.engine.sequence import Sequence, generate_alone
+from dfast_serve.engine.types import GenerationRequest, StreamingChunk
 from dfast_serve.models.adapters import CausalLM
 
 
-@dataclass
-class ARSequence:
-    """One request's state: the next input, its KV cache and its stream."""
+@dataclass(eq=False)
+class ARSequence(Sequence):
+    """One request's next input, KV cache and count of generated tokens."""
 
-    request: GenerationRequest
     next_input: torch.Tensor  # (1, n): the prompt before prefill, then the last sampled token
-    detokenizer: StreamingDetokenizer
-    eos_ids: frozenset[int]
-    generator: torch.Generator
     past_key_values: Any = None
-    started: float = field(default_factory=time.perf_counter)
-    nfe: int = 0
     generated: int = 0
-    finish_reason: FinishReason | None = None
-    chunks_sent: int = 0
-    pending: list[StreamingChunk] = field(default_factory=list)
 
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
+    def progress(self) -> float:
+        return self.generated / self.target_tokens
 
     def advance(self, last_logits: torch.Tensor, past_key_values: Any) -> None:
         """Take the logits of the last position, choose the next token and stream it."""
@@ -56,38 +46,9 @@ class ARSequence:
         self.past_key_values = past_key_values
         token = int(choose_tokens(last_logits, params.temperature, self.generator, params.top_k, params.top_p))
         self.next_input = torch.tensor([[token]], device=self.next_input.device)
-        is_eos = token in self.eos_ids
-        new_ids = [] if is_eos else [token]
-        self.generated += len(new_ids)
-        text = self.detokenizer.add(new_ids)
-        if self.detokenizer.stopped or is_eos:
-            self.finish_reason = "stop"
-        elif self.generated >= params.max_tokens:
-            self.finish_reason = "length"
-        if self.finished:
-            text += self.detokenizer.finish()
-        if text or self.finished:
-            self.pending.append(
-                StreamingChunk(
-                    new_text=text,
-                    full_text=self.detokenizer.text,
-                    new_tokens=len(new_ids),
-                    total_tokens=self.generated,
-                    target_tokens=params.max_tokens,
-                    progress=1.0 if self.finished else self.generated / params.max_tokens,
-                    time_ms=(time.perf_counter() - self.started) * 1000.0,
-                    is_first=self.chunks_sent + len(self.pending) == 0,
-                    is_final=self.finished,
-                    nfe=self.nfe,
-                    finish_reason=self.finish_reason,
-                    prompt_tokens=len(self.request.prompt_ids),
-                )
-            )
-
-    def drain(self) -> list[StreamingChunk]:
-        out, self.pending = self.pending, []
-        self.chunks_sent += len(out)
-        return out
+        if token not in self.eos_ids:
+            self.generated += 1
+        self.emit([token], exhausted=self.generated >= params.max_tokens)
 
 
 class AREngine:
@@ -118,23 +79,32 @@ class AREngine:
         device = self.model.device
         return ARSequence(
             request=request,
-            next_input=torch.tensor([request.prompt_ids], dtype=torch.long, device=device),
             detokenizer=StreamingDetokenizer(self.model.tokenizer, request.params.stop),
             eos_ids=self.model.eos_token_ids,
             generator=make_generator(request.params.seed, device),
+            next_input=torch.tensor([request.prompt_ids], dtype=torch.long, device=device),
         )
 
     @torch.inference_mode()
     def step(self, sequences: list[ARSequence]) -> None:
-        """Prefill (first call) or decode one token, for each sequence: ``max_batch_size`` a pass."""
-        for batch in chunks(sequences, self.max_batch_size):
+        """Prefill (first call) or decode one token, for each sequence: ``max_batch_size`` a pass.
+        A batch whose pass fails is retried one sequence at a time, so an error ends only the
+        request that causes it."""
+        for batch in split_into(sequences, self.max_batch_size):
             if len(batch) > 1 and self._mergeable:
-                self._run_batch(batch)
-                continue
+                try:
+                    self._run_batch(batch)
+                    continue
+                except Exception:  # noqa: BLE001 - the pass failed before any sequence moved: retry each alone
+                    pass
             for seq in batch:
-                out = self.model.network(input_ids=seq.next_input, use_cache=True, **{self._cache_arg: seq.past_key_values})
-                self.forward_passes += 1
-                seq.advance(out.logits[0, -1].float(), _cache_of(out))
+                try:
+                    out = self.model.network(input_ids=seq.next_input, use_cache=True,
+                                             **{self._cache_arg: seq.past_key_values})
+                    self.forward_passes += 1
+                    seq.advance(out.logits[0, -1].float(), _cache_of(out))
+                except Exception as exc:  # noqa: BLE001 - reported to this request alone
+                    seq.fail(exc)
 
     def _run_batch(self, batch: list[ARSequence]) -> None:
         """One pass for sequences at different points: [cache padding | cache | input padding | input] per row."""
@@ -161,20 +131,18 @@ class AREngine:
         self.forward_passes += 1
         merged = _cache_of(out)
         for i, seq in enumerate(batch):
-            real = mask[i].nonzero()[:, 0]
-            own = DynamicCache(ddp_cache_data=[(layer.keys[i : i + 1, :, real], layer.values[i : i + 1, :, real])
-                                               for layer in merged.layers])
-            seq.advance(out.logits[i, -1].float(), own)
+            try:
+                real = mask[i].nonzero()[:, 0]
+                own = DynamicCache(ddp_cache_data=[(layer.keys[i : i + 1, :, real], layer.values[i : i + 1, :, real])
+                                                   for layer in merged.layers])
+                seq.advance(out.logits[i, -1].float(), own)
+            except Exception as exc:  # noqa: BLE001 - reported to this request alone
+                seq.fail(exc)
 
     def generate(
         self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None
     ) -> Iterator[StreamingChunk]:
-        seq = self.start(request)
-        while not seq.finished:
-            if should_stop is not None and should_stop():
-                return
-            self.step([seq])
-            yield from seq.drain()
+        return generate_alone(self, request, should_stop)
 
 
 def _cache_of(out: Any) -> Any:

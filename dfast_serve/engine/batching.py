@@ -37,6 +37,6 @@ def left_pad(tensors: Sequence[torch.Tensor], dim: int = 0, value: float = 0) ->
     return torch.stack(rows), torch.stack(masks).to(tensors[0].device)
 
 
-def chunks(items: list, size: int) -> list[list]:
+def split_into(items: list, size: int) -> list[list]:
     """``items`` in order, ``size`` at a time."""
     return [items[i : i + size] for i in range(0, len(items), size)]

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dfast_serve.engine.batching import left_pad
+
 from dfast_serve.tensor_types import KeyValues
 
 
@@ -37,6 +39,10 @@ class ForwardPlan:
     end: int
     context: list[KeyValues] | None = None  # per layer, (heads, n, head_dim)
     refresh: bool = False
+
+    @property
+    def context_len(self) -> int:
+        return 0 if self.context is None else self.context[0][0].shape[1]
 
 
 @dataclass
@@ -68,3 +74,18 @@ class BlockCache:
     def _key(self, key: tuple[int, int]) -> tuple[int, int]:
         # The prefix cache recomputes the suffix at every step: decisions there do not stale it.
         return key if self.dual else (key[0], 0)
+
+
+def stack_contexts(contexts: list[list[KeyValues] | None]) -> tuple[list[KeyValues] | None, torch.Tensor | None]:
+    """Several sequences' cached contexts as one batch: per layer, keys and values left-padded to the
+    longest (a sequence without a cache contributes none), and the (batch, longest) mask of real entries."""
+    reference = next((c for c in contexts if c is not None), None)
+    if reference is None:
+        return None, None
+    past, mask = [], None
+    for layer, (ref_keys, _) in enumerate(reference):
+        empty = ref_keys[:, :0]
+        keys, mask = left_pad([c[layer][0] if c else empty for c in contexts], dim=1)
+        values, _ = left_pad([c[layer][1] if c else empty for c in contexts], dim=1)
+        past.append((keys, values))
+    return past, mask

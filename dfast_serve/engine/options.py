@@ -22,27 +22,42 @@ class StrictModel(BaseModel):
 class UltraFastConfig(StrictModel):
     """Early streaming for diffusion models (see README, "Ultra-fast streaming")."""
 
-    enable_instant_first_token: bool = Field(True, description="Reveal leading tokens after the first forward pass(es).")
-    first_token_steps: int = Field(1, ge=1, le=64, description="Forward passes before the first reveal.")
+    enable_instant_first_token: bool = Field(
+        True, description="At pass `first_token_steps`, decide the confident leading tokens (at least one) so "
+        "text can stream at once."
+    )
+    first_token_steps: int = Field(
+        1, ge=1, le=64, description="No text is sent before this forward pass; passes before it decide tokens by "
+        "the schedule as usual (held back, not suppressed), and the instant reveal runs at this pass."
+    )
     first_token_confidence_threshold: float = Field(
-        0.7, ge=0.0, le=1.0, description="Leading tokens above this confidence are revealed at the first reveal."
+        0.7, ge=0.0, le=1.0, description="Leading tokens above this probability are decided at the instant reveal."
     )
     stream_confidence_threshold: float = Field(
-        0.8, ge=0.0, le=1.0, description="At each step, leading tokens above this confidence are committed at once."
+        0.8, ge=0.0, le=1.0, description="At each step, undecided leading tokens of the block above this "
+        "probability are decided at once."
     )
     stream_every_n_tokens: int = Field(
-        4, ge=0, description="Fallback: after this many tokens are decided without the visible prefix moving, "
-        "the leading token is committed. 0 disables."
+        4, ge=0, le=4096, description="Stall fallback: once this many tokens were decided without the cursor "
+        "(first undecided position) moving, the token at the cursor is decided. 0 disables."
     )
-    min_steps: int = Field(8, ge=1, description="Lower bound of the step budget; no early stop before it.")
-    max_steps: int = Field(32, ge=1, description="Upper bound of the step budget (forward passes).")
+    steps_per_block: int = Field(
+        16, ge=1, le=4096, description="Forward passes each block may spend, plus what earlier blocks left "
+        "unspent (independent of max_tokens)."
+    )
+    min_steps: int = Field(
+        8, ge=1, le=4096, description="Lower bound on a request's forward passes (capped at max_tokens); an "
+        "answer that ends early at EOS or a stop string may use fewer. No early stop before it."
+    )
+    max_steps: int = Field(32, ge=1, le=4096, description="Upper bound on a request's forward passes; the last "
+                           "one decides every remaining token.")
     early_stop_confidence: float = Field(
-        0.95, ge=0.0, le=1.0, description="Mean confidence of undecided tokens that ends generation in one go."
+        0.95, ge=0.0, le=1.0, description="Mean probability of the undecided tokens that ends generation in one go."
     )
     early_stop_min_progress: float = Field(0.5, ge=0.0, le=1.0, description="Share decided before early stop may fire.")
     enable_early_stop: bool = Field(True, description="Switch early stop off entirely.")
     schedule: Literal["front_loaded", "uniform"] = Field(
-        "front_loaded", description="How each block's step budget is spent: small steps first, or evenly."
+        "front_loaded", description="How each block's passes are spent: small steps first, or evenly."
     )
 
     @model_validator(mode="after")
@@ -55,7 +70,10 @@ class UltraFastConfig(StrictModel):
 class DiffusionOptions(StrictModel):
     """Per-request diffusion knobs; the ``dfast`` extension object of a request body."""
 
-    steps: int | None = Field(None, ge=1, le=4096, description="Denoising steps; default: one per token.")
+    steps: int | None = Field(
+        None, ge=1, le=4096, description="Standard path: forward passes in all, split evenly among blocks "
+        "(default: one per token). Ultra-fast: a further cap on max_steps (never below min_steps)."
+    )
     block_length: int = Field(32, ge=1, le=4096, description="Semi-autoregressive block size in tokens.")
     remasking: Literal["low_confidence", "random"] = Field("low_confidence", description="Which tokens to commit.")
     ultra_fast: bool = Field(True, description="Use the ultra-fast streaming scheduler.")

@@ -37,15 +37,17 @@ class GenerationRequest:
 
 @dataclass
 class StreamingChunk:
-    """One stream event. ``full_text`` is the concatenation of every ``new_text`` so far.
+    """One stream event: a delta. The text so far is the concatenation of every ``new_text``
+    (consumers that want it, such as the native SSE stream's ``full_text``, accumulate it: sending it
+    with every chunk would make a stream quadratic in its length).
 
-    ``total_tokens`` counts committed answer tokens (EOS excluded), ``target_tokens`` is
-    ``max_tokens``, ``progress`` is the share of the answer decided (1.0 on the final chunk),
-    ``nfe`` the forward passes spent so far, ``time_ms`` the time since the request started.
+    ``total_tokens`` counts the answer tokens behind the text so far (EOS excluded; after a stop
+    string, only the tokens before the cut), ``target_tokens`` is ``max_tokens``, ``progress`` is
+    the share of the answer decided (1.0 on the final chunk), ``nfe`` the forward passes spent so
+    far, ``time_ms`` the time since the request started.
     """
 
     new_text: str
-    full_text: str
     new_tokens: int
     total_tokens: int
     target_tokens: int

@@ -35,8 +35,7 @@ class ModelReplica:
         replica_config = ReplicaConfig.model_validate(replica or {})
         self.name = config.name
         self.model = load_model(config)
-        self.engine = build_engine(self.model, DiffusionOptions.model_validate(diffusion_base or {}),
-                                   batch_size_for(self.model, replica_config))
+        self.engine = build_engine(self.model, batch_size_for(self.model, replica_config))
         self._warm_up()
         self._loop = StepLoop(self.engine, max_active=replica_config.max_ongoing_requests, name=self.name)
         self._in_flight = 0
@@ -83,11 +82,13 @@ class ModelReplica:
         started = time.monotonic()
         self._in_flight += 1
         self._requests += 1
+        text = ""
         try:
             async for chunk in subscription.chunks():
                 if chunk.is_first:
                     self._recent_ttfts.append((time.monotonic(), time.monotonic() - started))
-                yield chunk.to_dict()
+                text += chunk.new_text
+                yield {**chunk.to_dict(), "full_text": text}
         finally:
             subscription.cancel()  # caller gone or stream done: it leaves the batch before the next step
             self._in_flight -= 1

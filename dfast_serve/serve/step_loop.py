@@ -100,9 +100,12 @@ class StepLoop:
             self._active.append(subscription)
 
     def _step(self) -> None:
+        """One engine step for every active request. A request whose own work failed (the engine
+        marks its sequence with the ``error``) gets that error and leaves; its batch mates go on.
+        Only an error of the step as a whole (an engine bug) reaches every request in it."""
         try:
             self.engine.step([s.sequence for s in self._active])
-        except Exception as exc:  # noqa: BLE001 - every request in the failed step gets the error
+        except Exception as exc:  # noqa: BLE001 - the engine itself failed: nobody's step ran
             for subscription in self._active:
                 subscription._send(exc)
             self._active = []
@@ -110,9 +113,12 @@ class StepLoop:
         self.steps += 1
         still_running = []
         for subscription in self._active:
-            for chunk in subscription.sequence.drain():
+            sequence = subscription.sequence
+            for chunk in sequence.drain():
                 subscription._send(chunk)
-            if subscription.sequence.finished:
+            if sequence.error is not None:
+                subscription._send(sequence.error)
+            elif sequence.finished:
                 subscription._send(_END)
             else:
                 still_running.append(subscription)

@@ -1,23 +1,52 @@
-"""Test helpers: run an engine to completion and check the stream's invariants."""
+"""Test helpers: run an engine to completion and check the stream against the tokenizer itself."""
 
 from __future__ import annotations
 
-from dfast_serve.engine.types import StreamingChunk
+from dfast_serve.engine.types import GenerationRequest, StreamingChunk
+
+
+def text_of(chunks: list[StreamingChunk]) -> str:
+    return "".join(c.new_text for c in chunks)
 
 
 def check_chunk_invariants(chunks: list[StreamingChunk]) -> None:
     assert chunks, "no chunk"
     assert sum(c.is_first for c in chunks) == 1 and chunks[0].is_first
     assert sum(c.is_final for c in chunks) == 1 and chunks[-1].is_final
-    text = ""
     last_total, last_nfe = 0, 0
     for c in chunks:
-        text += c.new_text
-        assert c.full_text == text
         assert c.total_tokens >= last_total and c.nfe >= last_nfe
+        assert c.new_tokens == c.total_tokens - last_total
         assert 0.0 <= c.progress <= 1.0
         last_total, last_nfe = c.total_tokens, c.nfe
     assert chunks[-1].progress == 1.0
     assert chunks[-1].finish_reason in ("stop", "length")
     assert all(c.finish_reason is None for c in chunks[:-1])
-    assert "\ufffd" not in text
+    assert "\ufffd" not in text_of(chunks)
+
+
+def committed_ids(seq) -> list[int]:
+    """The answer tokens a sequence decided in reading order (diffusion: its canvas; AR: what it sampled)."""
+    if hasattr(seq, "answer"):
+        return seq.answer[: seq.streamed].tolist()
+    return list(seq.detokenizer.token_ids)
+
+
+def run_checked(engine, request: GenerationRequest) -> tuple[list[StreamingChunk], object]:
+    """Step one request alone; check the stream's invariants and that its text is what the
+    tokenizer decodes from the committed ids, cut at the first EOS and the first stop string."""
+    seq = engine.start(request)
+    chunks: list[StreamingChunk] = []
+    while not seq.finished:
+        engine.step([seq])
+        chunks += seq.drain()
+    assert seq.error is None, seq.error
+    check_chunk_invariants(chunks)
+    ids = committed_ids(seq)
+    eos = next((i for i, t in enumerate(ids) if t in seq.eos_ids), len(ids))
+    tokenizer = engine.model.tokenizer
+    decoded = tokenizer.decode(ids[:eos], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    cuts = [i for s in request.params.stop if (i := decoded.find(s)) != -1]
+    expected = decoded[: min(cuts)] if cuts else decoded.rstrip("\ufffd")
+    assert text_of(chunks) == expected
+    return chunks, seq

@@ -10,6 +10,7 @@ from dfast_serve.engine.diffusion import DiffusionEngine
 from dfast_serve.engine.types import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import LLADA_MASK_ID, wrap_dream, wrap_llada
 from dfast_serve.models.tiny_mdlm import TinyMDLM, TinyMDLMConfig
+from tests.engine.helpers import text_of
 
 
 class IdTokenizer:
@@ -35,7 +36,7 @@ def test_llada_style_random_model_generates_with_mask_id_126336():
     engine = DiffusionEngine(adapter)
     chunks = list(engine.generate(GenerationRequest([5, 6, 7], SamplingParams(max_tokens=8), DiffusionOptions(ultra_fast=False))))
     assert chunks[-1].is_final and engine.forward_passes >= 1
-    assert "t126336" not in chunks[-1].full_text  # no mask left in the answer
+    assert "t126336" not in text_of(chunks)  # no mask left in the answer
 
 
 class NextPositionNet(nn.Module):
@@ -61,7 +62,7 @@ def test_dream_shift_is_applied():
     chunks = list(DiffusionEngine(adapter).generate(
         GenerationRequest(prompt, SamplingParams(max_tokens=5), DiffusionOptions(ultra_fast=False))))
     # after the shift, absolute position p receives token p % vocab: 3, 4, 5, 6, 7
-    assert chunks[-1].full_text == "t3 t4 t5 t6 t7 "
+    assert text_of(chunks) == "t3 t4 t5 t6 t7 "
 
 
 def test_dream_style_transformers_network_runs_through_adapter():
@@ -73,4 +74,4 @@ def test_dream_style_transformers_network_runs_through_adapter():
     torch.manual_seed(0)
     adapter = wrap_dream(Qwen2ForCausalLM(cfg).eval(), IdTokenizer())
     chunks = list(DiffusionEngine(adapter).generate(GenerationRequest([4, 5], SamplingParams(max_tokens=6))))
-    assert chunks[-1].is_final and "t299" not in chunks[-1].full_text
+    assert chunks[-1].is_final and "t299" not in text_of(chunks)

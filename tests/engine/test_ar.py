@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dfast_serve.engine.ar import AREngine
 from dfast_serve.engine.types import GenerationRequest, SamplingParams
-from tests.engine.helpers import check_chunk_invariants
+from tests.engine.helpers import check_chunk_invariants, run_checked, text_of
 
 
 def run(engine, ids, **params):
@@ -29,8 +29,8 @@ def test_first_chunk_after_exactly_one_prefill_pass(smollm2):
 def test_greedy_is_coherent_and_deterministic(smollm2):
     engine = AREngine(smollm2)
     ids = smollm2.encode_chat([{"role": "user", "content": "What color is the sky on a clear day?"}])
-    a = run(engine, ids, max_tokens=24)[-1].full_text
-    assert a == run(engine, ids, max_tokens=24)[-1].full_text
+    a = text_of(run(engine, ids, max_tokens=24))
+    assert a == text_of(run(engine, ids, max_tokens=24))
     assert "blue" in a.lower()
 
 
@@ -39,11 +39,11 @@ def test_sampling_seed_top_k_top_p(smollm2):
     ids = smollm2.encode_prompt("Once upon a time")
     a = run(engine, ids, max_tokens=12, temperature=1.0, top_p=0.95, seed=3)
     b = run(engine, ids, max_tokens=12, temperature=1.0, top_p=0.95, seed=3)
-    assert a[-1].full_text == b[-1].full_text
-    texts = {run(engine, ids, max_tokens=12, temperature=1.2, top_k=50, seed=s)[-1].full_text for s in range(4)}
+    assert text_of(a) == text_of(b)
+    texts = {text_of(run(engine, ids, max_tokens=12, temperature=1.2, top_k=50, seed=s)) for s in range(4)}
     assert len(texts) > 1
-    greedy = run(engine, ids, max_tokens=12)[-1].full_text
-    assert run(engine, ids, max_tokens=12, temperature=1.0, top_k=1, seed=9)[-1].full_text == greedy
+    greedy = text_of(run(engine, ids, max_tokens=12))
+    assert text_of(run(engine, ids, max_tokens=12, temperature=1.0, top_k=1, seed=9)) == greedy
 
 
 def test_eos_and_stop_string_across_tokens(smollm2):
@@ -51,11 +51,15 @@ def test_eos_and_stop_string_across_tokens(smollm2):
     ids = smollm2.encode_chat([{"role": "user", "content": "Say hello."}])
     done = run(engine, ids, max_tokens=64)
     assert done[-1].finish_reason == "stop" and done[-1].total_tokens < 64  # the model ended on EOS
-    text = run(engine, smollm2.encode_chat([{"role": "user", "content": "Why is the sky blue?"}]), max_tokens=24)[-1].full_text
+    text = text_of(run(engine, smollm2.encode_chat([{"role": "user", "content": "Why is the sky blue?"}]), max_tokens=24))
     words = text.split(" ")
     stop = words[3][-2:] + " " + words[4][:2]  # starts mid-token, spans two tokens
-    chunks = run(engine, smollm2.encode_chat([{"role": "user", "content": "Why is the sky blue?"}]), max_tokens=24, stop=[stop])
-    check_chunk_invariants(chunks)
+    request = GenerationRequest(smollm2.encode_chat([{"role": "user", "content": "Why is the sky blue?"}]),
+                                SamplingParams(max_tokens=24, stop=[stop]))
+    chunks, _ = run_checked(engine, request)
     expected = text[: text.index(stop)]
-    assert chunks[-1].full_text == expected and chunks[-1].finish_reason == "stop"
-    assert all(expected.startswith(c.full_text) for c in chunks)
+    assert text_of(chunks) == expected and chunks[-1].finish_reason == "stop"
+    # usage counts only the tokens up to the cut: the tokenizer's own count of the kept text, +1 at
+    # most for the token the stop string starts in
+    kept = len(smollm2.tokenizer.encode(expected))
+    assert kept <= chunks[-1].total_tokens <= kept + 1 < 24

@@ -22,8 +22,8 @@ JOIN_AT = [0, 0, 2, 5]  # the step before which each request starts
 
 
 def outcome(seq):
-    tokens = seq.tokens[seq.prompt_len :].tolist() if hasattr(seq, "tokens") else None
-    return tokens, seq.detokenizer.text, seq.nfe, seq.finish_reason
+    tokens = seq.answer.tolist() if hasattr(seq, "answer") else None
+    return tokens, "".join(c.new_text for c in seq.pending), seq.nfe, seq.finish_reason
 
 
 def run_alone(engine, requests):

@@ -16,7 +16,7 @@ def test_multibyte_characters_split_across_tokens_are_held_back(smollm2, tiny_md
         detok, pieces = stream_one_by_one(model.tokenizer, ids)
         assert all("\ufffd" not in p for p in pieces)
         assert "".join(pieces) == text
-        assert detok.text == text
+        assert detok.token_count == len(ids)
 
 
 def test_stop_string_across_tokens_is_never_sent(smollm2):
@@ -36,3 +36,35 @@ def test_possible_stop_prefix_is_released_when_it_turns_out_not_to_be_one(smollm
     detok, pieces = stream_one_by_one(smollm2.tokenizer, ids, ["red hat"])
     assert "".join(pieces) == "red shirt and red shoes"
     assert not detok.stopped
+
+
+def test_some_token_really_decodes_to_half_a_character(smollm2):
+    ids = smollm2.tokenizer.encode("你好")
+    assert any("\ufffd" in smollm2.tokenizer.decode(ids[:k]) for k in range(1, len(ids)))
+
+
+def test_a_stream_that_ends_on_half_a_character_sends_only_whole_characters(smollm2):
+    ids = smollm2.tokenizer.encode("ok 你好")
+    cut = next(k for k in range(1, len(ids)) if smollm2.tokenizer.decode(ids[:k]).endswith("\ufffd"))
+    _, pieces = stream_one_by_one(smollm2.tokenizer, ids[:cut])
+    assert "".join(pieces) == smollm2.tokenizer.decode(ids[:cut]).rstrip("\ufffd")
+    assert all("\ufffd" not in p for p in pieces)
+
+
+class CountingTokenizer:
+    """Wraps a tokenizer and counts the token ids it is asked to decode."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.decoded_ids = inner, 0
+
+    def decode(self, ids, **kwargs):
+        self.decoded_ids += len(ids)
+        return self.inner.decode(ids, **kwargs)
+
+
+def test_decoding_work_is_linear_in_the_answer_length(smollm2):
+    ids = smollm2.tokenizer.encode("In the beginning God created the heaven and the earth. " * 60)[:2000]
+    counting = CountingTokenizer(smollm2.tokenizer)
+    detok, pieces = stream_one_by_one(counting, ids)
+    assert "".join(pieces) == smollm2.tokenizer.decode(ids)
+    assert counting.decoded_ids <= 8 * len(ids)  # re-decoding everything each time would be ~len(ids)**2 / 2

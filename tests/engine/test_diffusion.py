@@ -9,7 +9,7 @@ from dfast_serve.config import DiffusionOptions
 from dfast_serve.engine.diffusion import DiffusionEngine
 from dfast_serve.engine.types import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import DiffusionLM
-from tests.engine.helpers import check_chunk_invariants
+from tests.engine.helpers import check_chunk_invariants, run_checked, text_of
 
 STANDARD = DiffusionOptions(ultra_fast=False)
 PROMPTS = ["Recite Genesis 1:1.", "Continue: And God said", "Recite Psalms 23:1.", "Recite John 3:16."]
@@ -49,11 +49,11 @@ def test_matches_plain_llada_reference_token_for_token(tiny_mdlm):
         seq = engine.start(GenerationRequest(ids, SamplingParams(max_tokens=gen_len), options))
         while not seq.finished:
             engine.step([seq])
-        ours = seq.tokens[len(ids):].tolist()
+        ours = seq.answer.tolist()
         eos = next((i for i, t in enumerate(reference) if t in tiny_mdlm.eos_token_ids), gen_len - 1)
         assert ours[: eos + 1] == reference[: eos + 1]  # the engine stops once the prefix reaches EOS
         text = tiny_mdlm.tokenizer.decode([t for t in reference[:eos + 1] if t not in tiny_mdlm.eos_token_ids])
-        assert seq.detokenizer.text == text
+        assert text_of(seq.drain()) == text
 
 
 def test_fixed_seed_is_deterministic_and_streaming_equals_final_text(tiny_mdlm):
@@ -64,13 +64,13 @@ def test_fixed_seed_is_deterministic_and_streaming_equals_final_text(tiny_mdlm):
         a = run(engine, ids, options=options, temperature=0.8, seed=7)
         b = run(engine, ids, options=options, temperature=0.8, seed=7)
         assert [c.new_text for c in a] == [c.new_text for c in b]
-        assert "".join(c.new_text for c in a) == a[-1].full_text
+        assert [c.nfe for c in a] == [c.nfe for c in b]
 
 
 def test_different_seeds_sample_differently(tiny_mdlm):
     engine = DiffusionEngine(tiny_mdlm)
     ids = chat(tiny_mdlm, PROMPTS[0])
-    texts = {run(engine, ids, temperature=1.5, seed=s, max_tokens=24)[-1].full_text for s in range(4)}
+    texts = {text_of(run(engine, ids, temperature=1.5, seed=s, max_tokens=24)) for s in range(4)}
     assert len(texts) > 1
 
 
@@ -78,8 +78,7 @@ def test_chunk_invariants_and_streaming_starts_before_the_end(tiny_mdlm):
     engine = DiffusionEngine(tiny_mdlm)
     for prompt in PROMPTS:
         for options in (STANDARD, DiffusionOptions()):
-            chunks = run(engine, chat(tiny_mdlm, prompt), max_tokens=48, options=options)
-            check_chunk_invariants(chunks)
+            run_checked(engine, GenerationRequest(chat(tiny_mdlm, prompt), SamplingParams(max_tokens=48), options))
     chunks = run(engine, chat(tiny_mdlm, PROMPTS[0]), max_tokens=48, options=DiffusionOptions())
     assert len(chunks) > 1 and chunks[0].nfe < chunks[-1].nfe
 
@@ -94,11 +93,11 @@ def test_finish_reasons_length_eos_and_stop(tiny_mdlm):
     short = run(engine, ids, max_tokens=2)
     assert short[-1].finish_reason == "length" and short[-1].total_tokens == 2
     # a stop string taken from the answer itself
-    text = long_run[-1].full_text
+    text = text_of(long_run)
     stop = text[len(text) // 2 : len(text) // 2 + 3]
     stopped = run(engine, ids, max_tokens=96, stop=[stop])
     assert stopped[-1].finish_reason == "stop"
-    assert stopped[-1].full_text == text[: text.index(stop)]
+    assert text_of(stopped) == text[: text.index(stop)]
 
 
 class ForcedAnswer(nn.Module):
@@ -131,9 +130,8 @@ def test_streaming_never_emits_broken_utf8_or_stop_string(tiny_mdlm):
     )
     engine = DiffusionEngine(forced)
     for options in (STANDARD, DiffusionOptions(), DiffusionOptions(ultra_fast=False, steps=len(answer))):
-        chunks = run(engine, prompt, max_tokens=len(answer) + 4, options=options)
-        check_chunk_invariants(chunks)
-        assert chunks[-1].full_text == answer_text and chunks[-1].finish_reason == "stop"
-        stopped = run(engine, prompt, max_tokens=len(answer) + 4, options=options, stop=["Amen and"])
-        assert stopped[-1].full_text == "Peace ☕ 你好 be with you. "
-        assert all("Peace ☕ 你好 be with you. ".startswith(c.full_text) for c in stopped)
+        chunks, _ = run_checked(engine, GenerationRequest(prompt, SamplingParams(max_tokens=len(answer) + 4), options))
+        assert text_of(chunks) == answer_text and chunks[-1].finish_reason == "stop"
+        stopped, _ = run_checked(engine, GenerationRequest(prompt, SamplingParams(max_tokens=len(answer) + 4,
+                                                                                  stop=["Amen and"]), options))
+        assert text_of(stopped) == "Peace ☕ 你好 be with you. "

@@ -27,7 +27,7 @@ def answer_tokens(model, prompt_ids, options, max_tokens=24):
     seq = engine.start(GenerationRequest(prompt_ids, SamplingParams(max_tokens=max_tokens), options))
     while not seq.finished:
         engine.step([seq])
-    return seq.tokens[seq.prompt_len :].tolist(), seq.detokenizer.text, seq.nfe
+    return seq.answer.tolist(), "".join(c.new_text for c in seq.pending), seq.nfe
 
 
 def test_a_fresh_cache_reproduces_the_full_pass(tiny_mdlm):

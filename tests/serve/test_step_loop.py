@@ -25,13 +25,20 @@ async def collect(subscription, after_first=None) -> str:
     async for chunk in subscription.chunks():
         if after_first is not None and chunk.is_first:
             after_first()
-        text = chunk.full_text
+        text += chunk.new_text
     return text
 
 
 def alone(model, req: GenerationRequest) -> str:
-    chunks = list(build_engine(model, max_batch_size=1).generate(req))
-    return chunks[-1].full_text
+    return "".join(c.new_text for c in build_engine(model, max_batch_size=1).generate(req))
+
+
+async def until(condition, timeout_s: float = 30.0) -> None:
+    """Poll ``condition`` on the event loop until it holds; fail after ``timeout_s``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
 
 
 def test_a_request_joining_mid_generation_shares_steps_and_changes_no_output(tiny_mdlm):
@@ -50,9 +57,8 @@ def test_a_request_joining_mid_generation_shares_steps_and_changes_no_output(tin
     long_text, short_text = asyncio.run(run())
     assert long_text == alone(tiny_mdlm, long_req)
     assert short_text == alone(tiny_mdlm, short_req)
-    # 32 + 16 steps if run one after the other; the joined request rode along the running batch.
-    assert loop.steps < 48
-    assert engine.forward_passes < 48  # shared passes: max_batch_size 8 puts both in one forward
+    # Each step ran both sequences in one pass while both were active: one pass per step.
+    assert engine.forward_passes == loop.steps
 
 
 def test_a_cancelled_request_leaves_the_batch_at_the_next_step(tiny_mdlm):
@@ -66,15 +72,41 @@ def test_a_cancelled_request_leaves_the_batch_at_the_next_step(tiny_mdlm):
             leaver.cancel()  # the client went away after its first chunk
             break
         steps_at_cancel = loop.steps
-        while loop.active > 1 and loop.steps < steps_at_cancel + 2:
-            await asyncio.sleep(0.001)
+        await until(lambda: loop.active == 1 or loop.steps >= steps_at_cancel + 2)
         active_after = loop.active
         text = await collect(keeper)
         return active_after, text
 
     active_after, text = asyncio.run(run())
     assert active_after == 1
-    assert text
+    assert text == alone(tiny_mdlm, request(tiny_mdlm, "In the beginning", 32))
+
+
+def test_a_request_that_fails_ends_alone_and_its_batch_mates_continue(tiny_mdlm):
+    """One request's forward pass fails (a simulated out-of-memory on its long canvas): it gets the
+    error, the request batched with it finishes with the text it has alone."""
+    from dfast_serve.models.adapters import DiffusionLM
+    from tests.engine.test_scheduler_semantics import FailsOnLongCanvas
+
+    short_req = request(tiny_mdlm, "In the beginning", 16)
+    long_req = request(tiny_mdlm, "And God said " * 30, 16)
+    fragile = DiffusionLM(tokenizer=tiny_mdlm.tokenizer, network=FailsOnLongCanvas(tiny_mdlm.network, 40),
+                          mask_token_id=tiny_mdlm.mask_token_id, eos_token_ids=tiny_mdlm.eos_token_ids,
+                          padded_batches=True, max_context=tiny_mdlm.max_context)
+    loop = StepLoop(build_engine(fragile, max_batch_size=8), max_active=8)
+
+    async def run() -> tuple[str, BaseException | None]:
+        failing, fine = loop.submit(long_req), loop.submit(short_req)
+        error = None
+        try:
+            await collect(failing)
+        except RuntimeError as exc:
+            error = exc
+        return await collect(fine), error
+
+    text, error = asyncio.run(run())
+    assert isinstance(error, RuntimeError) and "out of memory" in str(error)
+    assert text == alone(tiny_mdlm, short_req)
 
 
 def test_an_engine_error_reaches_the_request_as_an_exception(tiny_mdlm):

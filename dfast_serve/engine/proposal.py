@@ -1,0 +1,47 @@
+"""What one diffusion forward pass proposes for the answer: a token, its confidence and a rank per position."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dfast_serve.engine.confidence import confidence_of
+from dfast_serve.engine.options import DiffusionOptions
+from dfast_serve.engine.sampling import choose_tokens
+from dfast_serve.engine.types import SamplingParams
+
+
+@dataclass
+class Proposal:
+    """Per answer position (1-D, ``max_tokens`` long); positions the pass did not score (``known``
+    False) have confidence 0 and score -inf."""
+
+    tokens: torch.Tensor  # proposed token ids
+    confidence: torch.Tensor  # probability of the proposed token
+    certainty: torch.Tensor  # the `confidence` option's measure, met against `threshold`
+    score: torch.Tensor  # ranking used to pick commits (certainty, or random)
+    known: torch.Tensor  # positions this pass scored
+
+
+def propose(window_logits: torch.Tensor, offset: int, gen_len: int, params: SamplingParams,
+            options: DiffusionOptions, generator: torch.Generator) -> Proposal:
+    """The proposal from logits scoring answer positions ``offset .. offset + len(window_logits)``."""
+    proposed = choose_tokens(window_logits, params.temperature, generator, params.top_k, params.top_p)
+    probs = window_logits.float().softmax(-1)
+    confidence = probs.gather(-1, proposed[:, None])[:, 0]
+    certainty = confidence_of(probs, confidence, options.confidence)
+    if options.remasking == "random":
+        score = torch.rand(confidence.shape, generator=generator, device=confidence.device)
+    else:
+        score = certainty
+    window = slice(offset, offset + len(proposed))
+
+    def spread(values: torch.Tensor, fill: float) -> torch.Tensor:
+        out = torch.full((gen_len,), fill, dtype=values.dtype, device=values.device)
+        out[window] = values
+        return out
+
+    known = torch.zeros(gen_len, dtype=torch.bool, device=window_logits.device)
+    known[window] = True
+    return Proposal(spread(proposed, 0), spread(confidence, 0.0), spread(certainty, 0.0), spread(score, -torch.inf), known)

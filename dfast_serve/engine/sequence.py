@@ -1,0 +1,104 @@
+"""Per-request state shared by both engines: the stream a sequence builds as its answer grows.
+
+An engine's ``step`` advances sequences; each sequence turns its newly final answer tokens into
+chunks with ``emit`` (EOS, stop strings, UTF-8 hold-back, finish reasons, usage), and the caller
+takes them with ``drain``. A sequence whose own work failed carries the ``error`` and is finished;
+its batch mates are untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
+
+import torch
+
+from dfast_serve.engine.detokenize import StreamingDetokenizer
+from dfast_serve.engine.types import FinishReason, GenerationRequest, StreamingChunk
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request in flight: its stream and counters; engines subclass it with their own state."""
+
+    request: GenerationRequest
+    detokenizer: StreamingDetokenizer
+    eos_ids: frozenset[int]
+    generator: torch.Generator
+    started: float = field(default_factory=time.perf_counter, kw_only=True)
+    nfe: int = field(default=0, kw_only=True)  # forward passes this request took part in
+    finish_reason: FinishReason | None = field(default=None, kw_only=True)
+    error: Exception | None = field(default=None, kw_only=True)
+    chunks_sent: int = field(default=0, kw_only=True)
+    pending: list[StreamingChunk] = field(default_factory=list, kw_only=True)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+    @property
+    def target_tokens(self) -> int:
+        return self.request.params.max_tokens
+
+    def progress(self) -> float:
+        """Share of the answer decided so far."""
+        raise NotImplementedError
+
+    def emit(self, new_ids: list[int], exhausted: bool) -> None:
+        """Stream answer tokens that just became final, in order. An EOS among them ends the answer
+        there; ``exhausted`` says no token can follow (``max_tokens`` reached)."""
+        hit_eos = next((i for i, t in enumerate(new_ids) if t in self.eos_ids), None)
+        if hit_eos is not None:
+            new_ids = new_ids[:hit_eos]
+        counted = self.detokenizer.token_count
+        text = self.detokenizer.add(new_ids)
+        if self.detokenizer.stopped or hit_eos is not None:
+            self.finish_reason = "stop"
+        elif exhausted:
+            self.finish_reason = "length"
+        if self.finish_reason is not None:
+            text += self.detokenizer.finish()
+        if text or self.finish_reason is not None:
+            self._queue(text, self.detokenizer.token_count - counted)
+
+    def fail(self, error: Exception) -> None:
+        """This request alone failed (bad parameters, a forward pass it could not run)."""
+        self.error = error
+
+    def _queue(self, text: str, new_tokens: int) -> None:
+        final = self.finish_reason is not None
+        self.pending.append(StreamingChunk(
+            new_text=text, new_tokens=new_tokens, total_tokens=self.detokenizer.token_count,
+            target_tokens=self.target_tokens, progress=1.0 if final else self.progress(),
+            time_ms=(time.perf_counter() - self.started) * 1000.0,
+            is_first=self.chunks_sent + len(self.pending) == 0, is_final=final, nfe=self.nfe,
+            finish_reason=self.finish_reason, prompt_tokens=len(self.request.prompt_ids),
+        ))
+
+    def drain(self) -> list[StreamingChunk]:
+        """The chunks queued since the last call."""
+        out, self.pending = self.pending, []
+        self.chunks_sent += len(out)
+        return out
+
+
+class SteppedEngine(Protocol):
+    def start(self, request: GenerationRequest) -> Sequence: ...
+
+    def step(self, sequences: list) -> None: ...
+
+
+def generate_alone(
+    engine: SteppedEngine, request: GenerationRequest, should_stop: Callable[[], bool] | None = None
+) -> Iterator[StreamingChunk]:
+    """One request's chunks as its sequence is stepped alone; ``should_stop`` is polled before
+    every step; the sequence's own error is raised."""
+    seq = engine.start(request)
+    while not seq.finished:
+        if should_stop is not None and should_stop():
+            return
+        engine.step([seq])
+        if seq.error is not None:
+            raise seq.error
+        yield from seq.drain()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks.body_memory import parse_and_validate, peak_bytes, worst_case_bodies
-from dfast_serve.api.body import MAX_JSON_DEPTH, parse_json, validate
+from dfast_serve.api.body import MAX_JSON_DEPTH, MAX_OBJECT_KEYS, parse_json, validate
 from dfast_serve.api.errors import APIError
 from dfast_serve.api.protocol import ChatCompletionRequest, CompletionRequest
 from dfast_serve.config import ServerConfig, load_server_config
@@ -139,3 +139,12 @@ def test_repeated_keys_are_refused_at_any_depth(raw, param):
 def test_equal_keys_in_different_objects_are_fine():
     body = parse_json(b'{"a": {"k": 1}, "b": {"k": 2}, "c": [{"k": 3}, {"k": 4}]}')
     assert body["c"][1]["k"] == 4
+
+
+def test_objects_of_more_than_64_keys_are_refused_where_they_are():
+    def body(n: int) -> bytes:
+        return json.dumps({"dfast": {f"k{i}": i for i in range(n)}}).encode()
+
+    assert len(parse_json(body(MAX_OBJECT_KEYS))["dfast"]) == MAX_OBJECT_KEYS
+    error = _error(parse_json, body(MAX_OBJECT_KEYS + 1))
+    assert (error.code, error.param) == ("invalid_json", "dfast") and "more than 64 keys" in error.message

@@ -36,7 +36,7 @@ def _fill(head: bytes, unit: bytes, tail: bytes, size: int, sep: bytes = b",") -
 
 
 def _keyed(head: bytes, key_length: int, value: bytes, tail: bytes, size: int) -> bytes:
-    """An object of distinct keys of at least ``key_length`` characters, each mapped to ``value``, about ``size`` bytes."""
+    """About ``size`` bytes of an object of distinct keys (``key_length`` characters or more), each to ``value``."""
     length = max(key_length, len(str(size)))  # room for the key's number
     n = max(1, (size - len(head) - len(tail)) // (length + len(value) + 4))
     keys = (str(i).rjust(length, "k").encode() for i in range(n))

@@ -115,7 +115,10 @@ def _children(container: dict[str, Any] | list[Any]) -> Iterator[tuple[str | int
 
 
 def _check_tree(body: dict[str, Any]) -> None:
-    """Depth limit, object keys (unrepeated, not too many) and well-formed strings, depth-first with one iterator per level."""
+    """Depth limit, object keys (unrepeated, not too many) and well-formed strings.
+
+    Depth-first with one iterator per level: the stack is as deep as the body, never as wide.
+    """
     path: list[str | int] = []  # path[i]: the key or index being visited at level i + 1
     _check_object(body, path)
     stack = [_children(body)]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, Mapping
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from dfast_serve.api.protocol import MAX_TOKENS_CEILING
 from dfast_serve.engine.options import ConfidenceKind, DiffusionOptions, StrictModel, UltraFastConfig
 
 # ConfidenceKind, DiffusionOptions and UltraFastConfig are the engine's (engine/options.py), re-exported here.
@@ -124,16 +125,17 @@ class ReplicaConfig(StrictModel):
     """Ray placement and admission control for one model's replicas."""
 
     num_replicas: int = Field(1, ge=1, le=1024, description="Fixed replica count (ignored when autoscaling is set).")
-    num_gpus: float = Field(0, ge=0, description="GPUs per replica: 1 on a GPU pool, 0 on a laptop.")
-    num_cpus: float = Field(1, ge=0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(0, ge=0, le=16, description="GPUs per replica: 1 on a GPU pool, 0 on a laptop.")
+    num_cpus: float = Field(1, ge=0, le=256, description="CPUs reserved per replica.")
     accelerator_type: str | None = Field(None, description='Ray accelerator label, e.g. "A100" (needs num_gpus > 0).')
-    max_ongoing_requests: int = Field(8, ge=1, description="Requests a replica generates at once.")
+    max_ongoing_requests: int = Field(8, ge=1, le=1024, description="Requests a replica generates at once.")
     max_queued_requests: int = Field(
-        16, ge=-1, description="Requests waiting for a replica before new ones get 503 + Retry-After (-1: unbounded)."
+        16, ge=-1, le=100_000,
+        description="Requests waiting for a replica before new ones get 503 + Retry-After (-1: unbounded)."
     )
     autoscaling: dict[str, Any] | None = Field(None, description="Ray Serve autoscaling_config; None = fixed count.")
     max_batch_size: int = Field(
-        8, ge=1, description="In-flight requests that share one forward pass per step (step-level batching); "
+        8, ge=1, le=1024, description="In-flight requests that share one forward pass per step (step-level batching); "
         "1 = each request gets its own pass every step."
     )
     batch_invariant_only: bool = Field(
@@ -176,11 +178,13 @@ class ServedModelConfig(ModelConfig):
 class RouterConfig(StrictModel):
     """The HTTP ingress: light on CPU, never on a GPU."""
 
-    num_replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(0.5, ge=0)
-    max_ongoing_requests: int = Field(256, ge=1, description="Concurrent HTTP requests one router replica relays.")
+    num_replicas: int = Field(1, ge=1, le=1024)
+    num_cpus: float = Field(0.5, ge=0, le=256)
+    max_ongoing_requests: int = Field(
+        256, ge=1, le=100_000, description="Concurrent HTTP requests one router replica relays."
+    )
     max_queued_requests: int = Field(
-        256, ge=-1, description="HTTP requests waiting for a router replica before the proxy answers 503 + "
+        256, ge=-1, le=100_000, description="HTTP requests waiting for a router replica before the proxy answers 503 + "
         "Retry-After (-1: unbounded)."
     )
     on_head: bool = Field(
@@ -192,21 +196,47 @@ class RouterConfig(StrictModel):
 class ServerConfig(StrictModel):
     """Everything ``serve_config.yaml`` passes to the application builder (its ``args``)."""
 
+    # Errors never show input values: a config error must not print the API key (a model-level
+    # error would show the whole input, key included).
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     models: list[ServedModelConfig] = Field(min_length=1)
     router: RouterConfig = Field(default_factory=RouterConfig)
     ultra_fast: UltraFastSwitches = Field(default_factory=UltraFastSwitches)
     auto_ar_below_tokens: int = Field(
-        16, ge=0, description='model "auto": AR when max_tokens is below this, diffusion otherwise.'
+        16, ge=0, le=MAX_TOKENS_CEILING,
+        description='model "auto": AR when max_tokens is below this, diffusion otherwise.'
     )
-    default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request leaves it out.")
-    request_timeout_s: float = Field(300.0, gt=0, description="A generation running longer is ended with an error.")
+    default_max_tokens: int = Field(
+        64, ge=1, le=MAX_TOKENS_CEILING, description="max_tokens when a request leaves it out."
+    )
+    request_timeout_s: float = Field(
+        300.0, gt=0, le=86_400, description="A generation running longer is ended with an error."
+    )
     queue_timeout_s: float = Field(
-        30.0, gt=0, description="A request with no output this long after arrival (waiting for a replica slot, "
-        "then its first forward pass) gets 503 + Retry-After."
+        30.0, gt=0, le=86_400, description="A request with no output this long after arrival (waiting for a "
+        "replica slot, then its first forward pass) gets 503 + Retry-After."
     )
     retry_after_s: int = Field(1, ge=0, le=3600, description="Retry-After seconds sent with every 503.")
-    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
-    api_key: str | None = Field(None, description="Require Authorization: Bearer <key> (env DFASTLLM_API_KEY).")
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, le=16_000_000, description="Larger request bodies get 413. The router parses each body "
+        "in its event loop with up to ~10 bytes of memory per body byte (benchmarks/body_memory.py)."
+    )
+    api_key: str | None = Field(
+        None, min_length=1, repr=False, description="Require Authorization: Bearer <key> (env DFASTLLM_API_KEY). "
+        "Sent as UTF-8 bytes; no leading/trailing spaces or control characters (a header cannot carry them)."
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_fits_a_header(cls, key: str | None) -> str | None:
+        if key is None:
+            return key
+        if key != key.strip(" \t"):
+            raise ValueError("must not start or end with a space or tab (HTTP drops them from a header)")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+            raise ValueError("must not contain control characters (a header cannot carry them)")
+        return key
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ServerConfig":
@@ -230,9 +260,12 @@ class ServerConfig(StrictModel):
 
 
 def load_server_config(args: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServerConfig:
-    """Validate the builder args; ``DFASTLLM_API_KEY`` fills ``api_key`` when the file leaves it out."""
+    """Validate the builder args; ``DFASTLLM_API_KEY`` fills ``api_key`` when the file leaves it out.
+
+    Set but empty, the variable is an error like an empty ``api_key``, not a server without auth.
+    """
     env = os.environ if environ is None else environ
     data = dict(args)
-    if data.get("api_key") is None and env.get(ENV_PREFIX + "API_KEY"):
+    if data.get("api_key") is None and env.get(ENV_PREFIX + "API_KEY") is not None:
         data["api_key"] = env[ENV_PREFIX + "API_KEY"]
     return ServerConfig.model_validate(data)

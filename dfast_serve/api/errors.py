@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Iterable
 
 from pydantic import ValidationError
 
@@ -42,7 +43,7 @@ def bad_request(message: str, param: str | None = None, code: str | None = "inva
     return APIError(400, message, "invalid_request_error", param, code)
 
 
-def _loc_to_param(loc: tuple) -> str | None:
+def loc_to_param(loc: Iterable[str | int]) -> str | None:
     """('ultra_fast_config', 'min_steps') -> 'ultra_fast_config.min_steps'; list indices as [i]."""
     out = ""
     for part in loc:
@@ -58,7 +59,7 @@ def from_validation_error(exc: ValidationError, prefix: str = "") -> APIError:
     first = exc.errors(include_url=False)[0]
     # Union members show up as extra loc parts ("str", "list[str]"); they say nothing to a client.
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool"})))
-    param = _loc_to_param(loc)
+    param = loc_to_param(loc)
     if prefix:
         param = f"{prefix}.{param}" if param else prefix
     message = first["msg"].removeprefix("Value error, ")

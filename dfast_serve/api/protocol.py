@@ -4,17 +4,21 @@ Unknown top-level fields are refused (a typo must not be silently ignored), exce
 that OpenAI clients send routinely and that change nothing here (``user``; penalties and
 ``n`` only at their neutral values). Diffusion knobs travel in the ``dfast`` extension object.
 Types are strict: ``"5"``, ``5.0`` and ``true`` are not integers (ints are accepted as floats).
+Every list stops at its first bad item (``fail_fast``): a small body of many bad items must not
+make pydantic build an error object for each.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 256
 MAX_TOKENS_CEILING = 1_000_000  # model context limits apply later; this only refuses absurd numbers early
+
+Strings = Annotated[list[str], Field(fail_fast=True)]
 
 
 class _Strict(BaseModel):
@@ -33,7 +37,7 @@ class _Sampling(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=-1, le=1_000_000, description="vLLM extension; 0 or -1: off.")
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
-    stop: str | list[str] | None = None
+    stop: str | Strings | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="One choice per request.")
@@ -77,7 +81,7 @@ class _Sampling(_Strict):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] = Field(description="One prompt (a list of exactly one string is accepted).")
+    prompt: str | Strings = Field(description="One prompt (a list of exactly one string is accepted).")
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
     echo: Literal[False] = Field(False, description="Not supported.")
     logprobs: Literal[0] | None = Field(None, description="Not supported.")
@@ -104,7 +108,7 @@ class TextPart(_Strict):
 
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | Annotated[list[TextPart], Field(fail_fast=True)]
     name: str | None = Field(None, max_length=64)
 
     def text(self) -> str:
@@ -114,7 +118,7 @@ class ChatMessage(_Strict):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1024, fail_fast=True)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING, description="Deprecated by OpenAI; accepted.")
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
     logprobs: Literal[False] = Field(False, description="Not supported.")

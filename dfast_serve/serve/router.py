@@ -11,7 +11,6 @@ timed for ``/metrics`` (``serve.metrics``).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 import uuid
 from typing import Any, AsyncIterator
@@ -27,6 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from dfast_serve.api import sse
+from dfast_serve.api.auth import key_matches
 from dfast_serve.api.body import parse_json, validate
 from dfast_serve.api.errors import APIError, bad_request
 from dfast_serve.api.protocol import ChatCompletionRequest, CompletionRequest
@@ -195,9 +195,7 @@ class Router:
         key = self.config.api_key
         if key is None:
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        # compare_digest: the time taken does not depend on how much of the key was right.
-        if not (hmac.compare_digest(token.strip().encode(), key.encode()) and scheme.lower() == "bearer"):
+        if not key_matches(request.headers.get("authorization"), key):
             raise APIError(401, "Missing or invalid API key (Authorization: Bearer <key>)", "authentication_error",
                            None, "invalid_api_key")
 

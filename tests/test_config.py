@@ -14,7 +14,7 @@ AR = {"name": "smollm2-135m", "engine": "ar"}
 
 def test_each_diffusion_model_resolves_env_then_server_switches_then_its_own_section():
     args = {"models": [{**DIFFUSION, "diffusion": {"ultra_fast_config": {"early_stop_confidence": 0.99}}}, AR],
-            "ultra_fast": {"stream_confidence_threshold": 0.7}}
+            "ultra_fast": {"stream_confidence_threshold": 0.7, "early_stop_confidence": 0.5}}
     env = {"DFASTLLM_STREAM_CONFIDENCE_THRESHOLD": "0.6", "DFASTLLM_EARLY_STOP_CONFIDENCE": "0.9",
            "DFASTLLM_INSTANT_FIRST_TOKEN": "false"}
     resolved = load_server_config(args, environ={}).resolve_diffusion(environ=env)
@@ -22,7 +22,7 @@ def test_each_diffusion_model_resolves_env_then_server_switches_then_its_own_sec
     options = resolved["tiny-mdlm"].ultra_fast_config
     assert options.enable_instant_first_token is False  # env, nothing above it
     assert options.stream_confidence_threshold == 0.7  # server switch over env
-    assert options.early_stop_confidence == 0.99  # the model's section over both
+    assert options.early_stop_confidence == 0.99  # the model's section over the switches and env
     assert load_server_config({"models": [DIFFUSION]}, environ={}).resolve_diffusion(environ={}) == \
         {"tiny-mdlm": DiffusionOptions()}
 

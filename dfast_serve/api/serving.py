@@ -88,7 +88,7 @@ class EventStream:
 class ReplicaStream:
     """A generation whose first chunk is in hand, bounded by the request deadline.
 
-    Iterating yields the chunks and turns a failure or the deadline into an ``APIError``; however
+    Iterating (once) yields the chunks and turns a failure or the deadline into an ``APIError``; however
     it ends (done, failed, timed out, or abandoned by a client that left), ``close`` cancels the
     replica's generation, which then leaves the batch before its next forward pass.
     """

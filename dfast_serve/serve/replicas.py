@@ -32,8 +32,9 @@ class ModelReplica:
     """Any served model, diffusion or AR; ``build_app`` deploys it once per model under the names
     ``DiffusionReplica`` / ``ARReplica`` (``app.replica_deployment_name``).
 
-    ``diffusion`` is the model's resolved diffusion options (``config.resolve_diffusion_options``,
-    run once in ``build_app``); requests from the ingress bring their own, with overrides applied.
+    ``diffusion`` is the model's resolved diffusion options (``ServerConfig.resolve_diffusion``, run
+    once in ``build_app``): the engine's defaults and what ``stats`` reports. Requests from the
+    ingress carry their own, the same options with the request's ``dfast`` overrides applied.
     """
 
     def __init__(self, model: dict[str, Any], diffusion: DiffusionOptions | None = None,

@@ -1,8 +1,16 @@
 """The one configuration tree of dfast_serve, and the one place environment variables are read.
 
-Precedence for diffusion options, highest first:
-request extension field (``"dfast": {...}`` in the body) > serve_config.yaml > ``DFASTLLM_*``
-environment variables > the defaults below.
+Diffusion options resolve in one place, ``resolve_diffusion_options``, highest first:
+request extension field (``"dfast": {...}`` in the body) > serve_config.yaml (the model's
+``diffusion`` section, then the server-wide ``ultra_fast`` switches) > ``DFASTLLM_*`` environment
+variables > the defaults of ``DiffusionOptions``. A server resolves everything but the request
+layer once, in ``build_app`` (``ServerConfig.resolve_diffusion``); the ingress applies each
+request's ``dfast`` overrides on top.
+
+Where the environment is read: ``build_app`` runs in a Ray task that the Serve controller starts
+with the application's ``runtime_env``, so ``runtime_env.env_vars`` in serve_config.yaml (or the
+Ray cluster's own environment) is what counts; a variable set in the shell of a ``serve run``
+that attaches to an existing cluster never gets there.
 """
 
 from __future__ import annotations
@@ -59,10 +67,11 @@ def resolve_diffusion_options(
     configured: Mapping[str, Any] | None = None,
     request: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    strict: bool = False,
 ) -> DiffusionOptions:
     """Defaults < environment < serve_config.yaml (``configured``) < request; validated as a whole."""
     layered = deep_merge(diffusion_env_overrides(environ), configured or {})
-    return DiffusionOptions.model_validate(deep_merge(layered, request or {}))
+    return DiffusionOptions.model_validate(deep_merge(layered, request or {}), strict=strict)
 
 
 class ModelConfig(StrictModel):
@@ -218,6 +227,10 @@ class ServerConfig(StrictModel):
         "replica slot, then its first forward pass) gets 503 + Retry-After."
     )
     retry_after_s: int = Field(1, ge=0, le=3600, description="Retry-After seconds sent with every 503.")
+    require_api_key: bool = Field(
+        False, description="Refuse to start without an API key (from api_key or DFASTLLM_API_KEY), so that a key "
+        "the environment failed to deliver cannot leave the server open."
+    )
     max_body_bytes: int = Field(
         1_000_000, ge=1024, le=16_000_000, description="Larger request bodies get 413. The router parses each body "
         "in its event loop with up to ~10 bytes of memory per body byte (benchmarks/body_memory.py)."
@@ -247,25 +260,33 @@ class ServerConfig(StrictModel):
             raise ValueError('"auto" is reserved for engine selection')
         return self
 
-    def diffusion_base(self, model: ServedModelConfig, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """A model's diffusion defaults before the request layer: env < server switches < model section.
+    def resolve_diffusion(self, environ: Mapping[str, str] | None = None) -> dict[str, DiffusionOptions]:
+        """Each diffusion model's options before the request layer: env < ``ultra_fast`` < its section.
 
-        Validated here, strictly as requests are, so that a bad serve_config.yaml fails at start,
-        not on every request.
+        Strictly validated, as requests are, so that a bad serve_config.yaml or env value fails at
+        start, not on every request.
         """
-        layered = deep_merge(diffusion_env_overrides(environ), self.ultra_fast.as_overrides())
-        layered = deep_merge(layered, model.diffusion)
-        DiffusionOptions.model_validate(layered, strict=True)
-        return layered
+        return {m.name: resolve_diffusion_options(deep_merge(self.ultra_fast.as_overrides(), m.diffusion),
+                                                  environ=environ, strict=True)
+                for m in self.models if m.engine == "diffusion"}
 
 
 def load_server_config(args: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServerConfig:
     """Validate the builder args; ``DFASTLLM_API_KEY`` fills ``api_key`` when the file leaves it out.
 
     Set but empty, the variable is an error like an empty ``api_key``, not a server without auth.
+    With ``require_api_key`` a missing key is an error here, so the application fails to deploy
+    (``serve status``: DEPLOY_FAILED with this message) instead of serving without auth.
     """
     env = os.environ if environ is None else environ
     data = dict(args)
     if data.get("api_key") is None and env.get(ENV_PREFIX + "API_KEY") is not None:
         data["api_key"] = env[ENV_PREFIX + "API_KEY"]
-    return ServerConfig.model_validate(data)
+    config = ServerConfig.model_validate(data)
+    if config.require_api_key and not config.api_key:
+        raise ValueError(
+            f"require_api_key is true but no API key reached the application: set args.api_key, or "
+            f"{ENV_PREFIX}API_KEY in the application's runtime_env.env_vars (a variable exported in the shell of "
+            f"a `serve run` that attaches to a running cluster does not reach it)"
+        )
+    return config

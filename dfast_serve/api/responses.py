@@ -1,4 +1,4 @@
-"""OpenAI response objects built from engine StreamingChunk dicts.
+"""OpenAI response objects built from the replica's chunk deltas (``serve.contract.ReplicaChunk``).
 
 Every chunk of a stream also carries ``"dfast": {"nfe", "progress"}`` so that clients and
 benchmarks can read time to first token in forward passes; OpenAI clients ignore it.
@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from dfast_serve.serve.contract import ReplicaChunk
 
 Kind = Literal["completion", "chat"]
 
@@ -23,7 +26,7 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 @dataclass
 class ResponseBuilder:
-    """Turns engine chunks into OpenAI objects for one request."""
+    """Turns chunk deltas into OpenAI objects for one request."""
 
     kind: Kind
     model: str
@@ -38,9 +41,9 @@ class ResponseBuilder:
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.request_id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
 
-    def stream_chunk(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
-        """One SSE payload for an engine chunk, or None when it carries nothing to say."""
-        text, finish = chunk["new_text"], chunk["finish_reason"]
+    def stream_chunk(self, chunk: ReplicaChunk) -> dict[str, Any] | None:
+        """One SSE payload for a chunk, or None when it carries nothing to say."""
+        text, finish = chunk.new_text, chunk.finish_reason
         if not text and finish is None:
             return None
         if self.kind == "completion":
@@ -52,7 +55,7 @@ class ResponseBuilder:
                 self.role_sent = True
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         payload = self._envelope(self._chunk_object, [choice])
-        payload["dfast"] = {"nfe": chunk["nfe"], "progress": chunk["progress"]}
+        payload["dfast"] = {"nfe": chunk.nfe, "progress": chunk.progress}
         return payload
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:

@@ -1,1 +1,1 @@
-"""Ray Serve layer: the router (HTTP ingress), the model replicas, the app builder."""
+"""Ray Serve layer: the ingress deployment, the model replica deployment, the Ray replica client, the app builder."""

@@ -1,8 +1,11 @@
 """The application builder ``serve_config.yaml`` names: ``import_path: dfast_serve.serve.app:build_app``.
 
-It validates the whole config (so a typo fails at start with a message naming the option),
-reads the ``DFASTLLM_*`` environment where ``serve run`` runs, and composes one replica
-deployment per served model plus the router with ``bind()``.
+For ``serve run <config>`` the Serve controller runs ``build_app`` as a Ray task with the
+application's ``runtime_env``, never in the ``serve run`` process: this is the one place the
+``DFASTLLM_*`` environment is read (``runtime_env.env_vars``, or the Ray cluster's own
+environment). It validates the whole config (a typo fails at start, naming the option), resolves
+each diffusion model's options once, and composes one ``ModelReplica`` deployment per served model
+plus the ``Ingress`` with ``bind()``, passing the resolved options to both as arguments.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
 from dfast_serve.config import ServerConfig, ServedModelConfig, load_server_config
-from dfast_serve.serve.replicas import ARReplica, DiffusionReplica
-from dfast_serve.serve.router import Router
+from dfast_serve.serve.ingress import Ingress
+from dfast_serve.serve.replicas import ModelReplica
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 
@@ -29,7 +32,7 @@ def replica_deployment_name(model: ServedModelConfig, config: ServerConfig) -> s
 
 
 def router_actor_options(config: ServerConfig) -> dict[str, Any]:
-    """The router never takes a GPU; with ``router.on_head`` it also asks for a sliver of Ray's
+    """The ingress never takes a GPU; with ``router.on_head`` it also asks for a sliver of Ray's
     ``node:__internal_head__`` resource, which only the head node has."""
     options: dict[str, Any] = {"num_cpus": config.router.num_cpus, "num_gpus": 0}
     if config.router.on_head:
@@ -39,19 +42,19 @@ def router_actor_options(config: ServerConfig) -> dict[str, Any]:
 
 def build_app(args: dict[str, Any]) -> Application:
     config = load_server_config(args)
+    diffusion = config.resolve_diffusion()
     replicas = {}
     for model in config.models:
-        deployment = DiffusionReplica if model.engine == "diffusion" else ARReplica
-        options = model.replica.deployment_options()
-        replicas[model.name] = deployment.options(name=replica_deployment_name(model, config), **options).bind(
-            model.model_dump(exclude={"replica", "diffusion"}), config.diffusion_base(model), model.replica.model_dump()
-        )
-    router = Router.options(
+        deployment = ModelReplica.options(name=replica_deployment_name(model, config),
+                                          **model.replica.deployment_options())
+        replicas[model.name] = deployment.bind(model.model_dump(exclude={"replica", "diffusion"}),
+                                               diffusion.get(model.name), model.replica.model_dump())
+    ingress = Ingress.options(
         num_replicas=config.router.num_replicas,
         max_ongoing_requests=config.router.max_ongoing_requests,
         max_queued_requests=config.router.max_queued_requests,
-        # The proxy answers these itself (plain text): the router never sees them.
+        # The proxy answers these itself (plain text): the ingress never sees them.
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s),
         ray_actor_options=router_actor_options(config),
     )
-    return router.bind(config.model_dump(), replicas)
+    return ingress.bind(config.model_dump(), replicas, diffusion)

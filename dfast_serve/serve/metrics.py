@@ -1,10 +1,11 @@
-"""Prometheus metrics of the router, named after vLLM's (``vllm:`` becomes ``dfast:``).
+"""Prometheus metrics of the ingress, named after vLLM's (``vllm:`` becomes ``dfast:``).
 
-Every request passes through the router, so the router owns the registry and serves it at
-``GET /metrics``. The registry lives in one router replica: with ``router.num_replicas > 1``
-each replica counts only what it relayed, and a scrape through the HTTP proxy reaches one of
-them at random. Times are measured at the router with a monotonic clock, from the moment the
-request arrived (before its body was read):
+Every request passes through the ingress, so the ingress owns the registry and serves it at
+``GET /metrics``; the serving logic (``api/serving.py``) reports to it through ``RequestMetrics``.
+The registry lives in one ingress replica: with ``router.num_replicas > 1`` each replica counts
+only what it relayed, and a scrape through the HTTP proxy reaches one of them at random. Times
+are measured at the ingress with a monotonic clock, from the moment the request arrived (before
+its body was read):
 
 * time to first token: until the first chunk (the first committed tokens) comes back from the
   model replica;
@@ -24,9 +25,12 @@ back, including those of aborted requests.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from dfast_serve.serve.contract import ReplicaChunk
 
 PREFIX = "dfast:"
 
@@ -43,8 +47,8 @@ TOKENS_PER_PASS_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 1
 MODEL = ("model_name",)
 
 
-class RouterMetrics:
-    """The metric families; one instance per router replica, with its own registry."""
+class ServingMetrics:
+    """The metric families; one instance per ingress replica, with its own registry."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -84,19 +88,19 @@ class RouterMetrics:
 
 
 class RequestMetrics:
-    """One request's path through the router: routed → first chunk → chunks → exactly one end.
+    """One request's path through the ingress: routed → first chunk → chunks → exactly one end.
 
     Every method is safe to call in any state; only the first end (``finish``, ``abort``,
     ``fail``) counts, so cleanup code can call ``abort`` unconditionally.
     """
 
-    def __init__(self, metrics: RouterMetrics) -> None:
+    def __init__(self, metrics: ServingMetrics) -> None:
         self._m = metrics
         self.arrived = time.monotonic()
         self.model = ""
         self._state = "new"  # new → waiting → running → ended
         self._last_at = 0.0
-        self._last: dict[str, Any] | None = None
+        self._last: ReplicaChunk | None = None
 
     def routed(self, model: str) -> None:
         if self._state != "new":
@@ -104,7 +108,7 @@ class RequestMetrics:
         self.model, self._state = model, "waiting"
         self._m.waiting.labels(model).inc()
 
-    def chunk(self, chunk: dict[str, Any]) -> None:
+    def chunk(self, chunk: ReplicaChunk) -> None:
         now = time.monotonic()
         if self._state == "waiting":
             self._m.waiting.labels(self.model).dec()
@@ -112,7 +116,7 @@ class RequestMetrics:
             self._state = "running"
             ttft = now - self.arrived
             self._m.ttft.labels(self.model).observe(ttft)
-            self._m.queue.labels(self.model).observe(max(0.0, ttft - chunk.get("time_ms", 0.0) / 1000.0))
+            self._m.queue.labels(self.model).observe(max(0.0, ttft - chunk.time_ms / 1000.0))
         elif self._state == "running":
             self._m.itl.labels(self.model).observe(now - self._last_at)
         else:
@@ -125,12 +129,11 @@ class RequestMetrics:
         if not self._end() or last is None:
             return
         model = self.model
-        self._m.success.labels(model, last.get("finish_reason") or "stop").inc()
+        self._m.success.labels(model, last.finish_reason or "stop").inc()
         self._m.e2e.labels(model).observe(self._last_at - self.arrived)
-        nfe = last.get("nfe", 0)
-        self._m.forward_passes.labels(model).observe(nfe)
-        if nfe:
-            self._m.tokens_per_pass.labels(model).observe(last.get("total_tokens", 0) / nfe)
+        self._m.forward_passes.labels(model).observe(last.nfe)
+        if last.nfe:
+            self._m.tokens_per_pass.labels(model).observe(last.total_tokens / last.nfe)
 
     def abort(self) -> None:
         """The client went away (or cleanup ran after another end, then this does nothing)."""
@@ -151,6 +154,6 @@ class RequestMetrics:
             self._m.running.labels(self.model).dec()
         self._state = "ended"
         if self._last is not None:
-            self._m.prompt_tokens.labels(self.model).inc(self._last.get("prompt_tokens", 0))
-            self._m.generation_tokens.labels(self.model).inc(self._last.get("total_tokens", 0))
+            self._m.prompt_tokens.labels(self.model).inc(self._last.prompt_tokens)
+            self._m.generation_tokens.labels(self.model).inc(self._last.total_tokens)
         return True

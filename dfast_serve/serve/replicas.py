@@ -1,7 +1,8 @@
-"""Model replicas: one model each, loaded once in the constructor, generating for the router.
+"""The model replica deployment: one model, loaded once in the constructor, generating for the ingress.
 
-``generate`` is an async generator of StreamingChunk dicts, called by the router through a
-``DeploymentHandle`` with ``stream=True``. The engine is plain synchronous torch code; it runs
+``generate`` takes a ``ReplicaRequest`` and is an async generator of ``ReplicaChunk`` deltas (or
+one ``ReplicaError``), called by the ingress's replica client (``serve/replica_client.py``)
+through a ``DeploymentHandle`` with ``stream=True``. The engine is plain synchronous torch code; it runs
 on the replica's step loop thread (``step_loop.StepLoop``), so the event loop stays free to accept
 and cancel requests. Concurrent requests share each step's forward passes (step-level batching,
 ``replica.max_batch_size``). A request whose caller goes away (client disconnect, timeout) is
@@ -17,24 +18,32 @@ from typing import Any, AsyncIterator
 import torch
 from ray import serve
 
-from dfast_serve.api.errors import APIError
 from dfast_serve.config import DiffusionOptions, ModelConfig, ReplicaConfig
 from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
 from dfast_serve.models.registry import load_model
+from dfast_serve.serve.contract import ReplicaChunk, ReplicaError, ReplicaRequest
 from dfast_serve.serve.step_loop import StepLoop
 
 TTFT_WINDOW_S = 30.0  # recent TTFTs the autoscaler sees
 
 
+@serve.deployment
 class ModelReplica:
-    """Shared body of both replica deployments: the router does not care which engine it talks to."""
+    """Any served model, diffusion or AR; ``build_app`` deploys it once per model under the names
+    ``DiffusionReplica`` / ``ARReplica`` (``app.replica_deployment_name``).
 
-    def __init__(self, model: dict[str, Any], diffusion_base: dict[str, Any] | None = None,
+    ``diffusion`` is the model's resolved diffusion options (``ServerConfig.resolve_diffusion``, run
+    once in ``build_app``): the engine's defaults and what ``stats`` reports. Requests from the
+    ingress carry their own, the same options with the request's ``dfast`` overrides applied.
+    """
+
+    def __init__(self, model: dict[str, Any], diffusion: DiffusionOptions | None = None,
                  replica: dict[str, Any] | None = None) -> None:
         config = ModelConfig.model_validate({k: model[k] for k in ModelConfig.model_fields if k in model})
         replica_config = ReplicaConfig.model_validate(replica or {})
         self.name = config.name
         self.model = load_model(config)
+        self.diffusion = diffusion or DiffusionOptions()
         self.engine = build_engine(self.model, batch_size_for(self.model, replica_config))
         self._warm_up()
         self._loop = StepLoop(self.engine, max_active=replica_config.max_ongoing_requests, name=self.name)
@@ -49,56 +58,52 @@ class ModelReplica:
             pass
 
     # ---- request path -----------------------------------------------------------------------
-    def _encode(self, payload: dict[str, Any]) -> GenerationRequest:
-        params = SamplingParams(**payload["params"])
-        if payload.get("messages") is not None:
-            ids, field = self.model.encode_chat(payload["messages"]), "messages"
+    def _encode(self, request: ReplicaRequest) -> GenerationRequest | ReplicaError:
+        """Tokenize and check the context; a refusal names the field at fault."""
+        params = request.params
+        if request.messages is not None:
+            ids, field = self.model.encode_chat(request.messages), "messages"
         else:
-            ids, field = self.model.encode_prompt(payload["prompt"]), "prompt"
+            ids, field = self.model.encode_prompt(request.prompt or ""), "prompt"
         if not ids:
-            raise APIError(400, f"{field} encodes to no tokens", param=field, code="invalid_value")
+            return ReplicaError(400, f"{field} encodes to no tokens", param=field, code="invalid_value")
         limit = self.model.max_context
         if len(ids) + params.max_tokens > limit:
             if len(ids) >= limit:
-                raise APIError(400, f"{field} is {len(ids)} tokens; the model's context is {limit}",
-                               param=field, code="context_length_exceeded")
-            raise APIError(400, f"{field} is {len(ids)} tokens and max_tokens {params.max_tokens}; together they "
-                           f"exceed the model's context of {limit} (max_tokens can be at most {limit - len(ids)})",
-                           param="max_tokens", code="context_length_exceeded")
-        diffusion = payload.get("diffusion")
-        return GenerationRequest(
-            prompt_ids=ids, params=params, request_id=payload.get("request_id", ""),
-            diffusion=None if diffusion is None else DiffusionOptions.model_validate(diffusion),
-        )
+                return ReplicaError(400, f"{field} is {len(ids)} tokens; the model's context is {limit}",
+                                    param=field, code="context_length_exceeded")
+            return ReplicaError(400, f"{field} is {len(ids)} tokens and max_tokens {params.max_tokens}; together "
+                                f"they exceed the model's context of {limit} (max_tokens can be at most "
+                                f"{limit - len(ids)})", param="max_tokens", code="context_length_exceeded")
+        return GenerationRequest(prompt_ids=ids, params=params, request_id=request.request_id,
+                                 diffusion=request.diffusion)
 
-    async def generate(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Stream chunk dicts; a request the replica refuses yields one ``{"error", "status"}`` item."""
-        try:
-            request = self._encode(payload)
-        except APIError as err:
-            yield {"error": err.body()["error"], "status": err.status}
+    async def generate(self, request: ReplicaRequest) -> AsyncIterator[ReplicaChunk | ReplicaError]:
+        """Stream chunk deltas; a request the replica refuses yields one ``ReplicaError``."""
+        encoded = self._encode(request)
+        if isinstance(encoded, ReplicaError):
+            yield encoded
             return
-        subscription = self._loop.submit(request)
+        subscription = self._loop.submit(encoded)
         started = time.monotonic()
         self._in_flight += 1
         self._requests += 1
-        text = ""
         try:
             async for chunk in subscription.chunks():
                 if chunk.is_first:
                     self._recent_ttfts.append((time.monotonic(), time.monotonic() - started))
-                text += chunk.new_text
-                yield {**chunk.to_dict(), "full_text": text}
+                yield ReplicaChunk.from_engine(chunk)
         finally:
             subscription.cancel()  # caller gone or stream done: it leaves the batch before the next step
             self._in_flight -= 1
 
     # ---- observability ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Counters the tests and the router read (forward passes prove a cancelled request stopped)."""
+        """Counters the tests read (forward passes prove a cancelled request stopped), and the diffusion
+        options this replica was given (they show that settings reached it)."""
         return {"model": self.name, "engine": self.engine.kind, "forward_passes": self.engine.forward_passes,
                 "in_flight": self._in_flight, "requests": self._requests, "steps": self._loop.steps,
-                "max_batch_size": self.engine.max_batch_size}
+                "max_batch_size": self.engine.max_batch_size, "diffusion": self.diffusion.model_dump()}
 
     def ttft_p90_s(self) -> float:
         horizon = time.monotonic() - TTFT_WINDOW_S
@@ -127,13 +132,3 @@ def batch_size_for(model: Any, replica: ReplicaConfig) -> int:
     if replica.batch_invariant_only and dtype != torch.float32:
         return 1
     return replica.max_batch_size
-
-
-@serve.deployment(name="DiffusionReplica")
-class DiffusionReplica(ModelReplica):
-    """A masked-diffusion model; placed on a GPU when its replica config asks for one."""
-
-
-@serve.deployment(name="ARReplica")
-class ARReplica(ModelReplica):
-    """An autoregressive model; GPU or CPU by config."""

@@ -37,6 +37,7 @@ class Server:
     base_url: str
     process: subprocess.Popen
     log_path: Path
+    config: dict  # the serve_config.yaml it runs (its declarative Serve config)
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
@@ -79,7 +80,7 @@ def server(ray_cluster, tmp_path_factory) -> Server:
         [str(serve_bin), "run", "--address", ray_cluster.address, str(config_path)],
         stdout=log_path.open("w"), stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True,
     )
-    srv = Server(f"http://127.0.0.1:{port}", process, log_path)
+    srv = Server(f"http://127.0.0.1:{port}", process, log_path, config)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while True:
         if process.poll() is not None:

@@ -14,15 +14,18 @@ import time
 import pytest
 from ray import serve
 
+from dfast_serve.config import DiffusionOptions
+from dfast_serve.engine.types import SamplingParams
 from dfast_serve.serve.autoscaling import TTFTAutoscalingPolicyConfig, autoscaling_config_for
-from dfast_serve.serve.replicas import DiffusionReplica
+from dfast_serve.serve.contract import ReplicaRequest
+from dfast_serve.serve.replicas import ModelReplica
 
 APP = "autoscale"
 DEPLOYMENT = "AutoscaledReplica"
 SCALE_TIMEOUT_S = 120
 # A long standard-schedule generation: one forward pass per token keeps a request in flight.
-PAYLOAD = {"params": {"max_tokens": 128}, "prompt": "In the beginning",
-           "diffusion": {"ultra_fast": False, "block_length": 32}}
+REQUEST = ReplicaRequest("autoscale", SamplingParams(max_tokens=128), prompt="In the beginning",
+                         diffusion=DiffusionOptions(ultra_fast=False, block_length=32))
 
 
 def running_replicas() -> int:
@@ -45,9 +48,9 @@ def test_ttft_policy_scales_a_loaded_deployment_up_to_two_and_back_to_one(server
     policy = TTFTAutoscalingPolicyConfig(target_ongoing_requests_per_replica=1.0, target_ttft_p90_s=30.0)
     autoscaling = autoscaling_config_for(policy, min_replicas=1, max_replicas=2, upscale_delay_s=0.0,
                                          downscale_delay_s=2.0, look_back_period_s=2.0, metrics_interval_s=0.5)
-    app = DiffusionReplica.options(name=DEPLOYMENT, autoscaling_config=autoscaling, max_ongoing_requests=4,
-                                   ray_actor_options={"num_cpus": 0.25}).bind(
-        {"name": "tiny-mdlm-autoscaled", "engine": "diffusion"}, {})
+    app = ModelReplica.options(name=DEPLOYMENT, autoscaling_config=autoscaling, max_ongoing_requests=4,
+                               ray_actor_options={"num_cpus": 0.25}).bind(
+        {"name": "tiny-mdlm-autoscaled", "engine": "diffusion"})
     handle = serve.run(app, name=APP, route_prefix=None)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -55,7 +58,7 @@ def test_ttft_policy_scales_a_loaded_deployment_up_to_two_and_back_to_one(server
     def keep_generating() -> None:
         try:
             while not stop.is_set():
-                for _ in handle.options(stream=True).generate.remote(PAYLOAD):
+                for _ in handle.options(stream=True).generate.remote(REQUEST):
                     if stop.is_set():
                         break
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below

@@ -1,29 +1,30 @@
-"""The router's request accounting (no Ray): every way a request can end leaves the gauges at zero
+"""The ingress's request accounting (no Ray): every way a request can end leaves the gauges at zero
 and is counted once."""
 
 from __future__ import annotations
 
 import pytest
 
-from dfast_serve.serve.metrics import RouterMetrics
+from dfast_serve.serve.contract import ReplicaChunk
+from dfast_serve.serve.metrics import ServingMetrics
 
 MODEL = "tiny-mdlm"
 
 
-def _chunk(total: int, nfe: int, finish: str | None = None, time_ms: float = 0.0) -> dict:
-    return {"prompt_tokens": 5, "total_tokens": total, "nfe": nfe, "finish_reason": finish, "time_ms": time_ms}
+def _chunk(total: int, nfe: int, finish: str | None = None, time_ms: float = 0.0) -> ReplicaChunk:
+    return ReplicaChunk("x", 1, total, 64, 0.5, time_ms, False, finish is not None, nfe, finish, prompt_tokens=5)
 
 
-def _value(metrics: RouterMetrics, name: str, **labels: str) -> float:
+def _value(metrics: ServingMetrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, {"model_name": MODEL, **labels}) or 0.0
 
 
-def _gauges(metrics: RouterMetrics) -> tuple[float, float]:
+def _gauges(metrics: ServingMetrics) -> tuple[float, float]:
     return _value(metrics, "dfast:num_requests_waiting"), _value(metrics, "dfast:num_requests_running")
 
 
 def test_a_finished_request_is_timed_and_counted_once():
-    metrics = RouterMetrics()
+    metrics = ServingMetrics()
     request = metrics.request()
     request.routed(MODEL)
     assert _gauges(metrics) == (1, 0)
@@ -44,7 +45,7 @@ def test_a_finished_request_is_timed_and_counted_once():
 
 
 def test_queue_time_is_time_to_first_chunk_minus_the_engines_own_time():
-    metrics = RouterMetrics()
+    metrics = ServingMetrics()
     request = metrics.request()
     request.arrived -= 10.0  # arrived 10 s ago; the engine spent 4 s of them on the first chunk
     request.routed(MODEL)
@@ -56,7 +57,7 @@ def test_queue_time_is_time_to_first_chunk_minus_the_engines_own_time():
 
 @pytest.mark.parametrize("ending", ["abort_waiting", "abort_running", "fail_waiting", "fail_running", "fail_unrouted"])
 def test_every_other_ending_leaves_the_gauges_at_zero(ending):
-    metrics = RouterMetrics()
+    metrics = ServingMetrics()
     request = metrics.request()
     if ending != "fail_unrouted":
         request.routed(MODEL)

@@ -1,0 +1,280 @@
+"""The OpenAI serving logic, without Ray: plan a request, wait for its first chunk, relay or collect.
+
+``OpenAIServing`` receives a mapping of model name → ``ReplicaClient`` (after vLLM's
+``OpenAIServingCompletion(engine_client)`` and Ray Serve LLM's injected engine): in production the
+ingress deployment gives it Ray clients (``serve/replica_client.py``), in tests a fake. The ingress
+keeps only HTTP: routes, auth, body limits. Here a request goes
+
+    ``create``: parse + validate the body (4xx naming the field) → ``plan``: choose the model,
+    apply the request's ``dfast`` overrides to the model's resolved diffusion options, build the
+    ``ReplicaRequest`` → ``_open``: start the generation and wait for its first chunk, so every
+    refusal and overload is a proper HTTP status → an SSE relay or a collected JSON response.
+
+Every failure is an ``APIError``: raised before the first byte, an ``error`` event after it.
+Deadlines run from the request's arrival: no first chunk within ``queue_timeout_s`` is 503
+``queue_timeout``, anything past ``request_timeout_s`` is 504 ``timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Literal, Mapping, Protocol
+
+from dfast_serve.api import sse
+from dfast_serve.api.body import parse_json, validate
+from dfast_serve.api.errors import APIError, bad_request
+from dfast_serve.api.model_choice import ServedModel, choose_model
+from dfast_serve.api.protocol import ChatCompletionRequest, CompletionRequest
+from dfast_serve.api.responses import ResponseBuilder
+from dfast_serve.config import DiffusionOptions, ServerConfig, deep_merge
+from dfast_serve.engine.types import SamplingParams
+from dfast_serve.serve.contract import ReplicaChunk, ReplicaRequest
+
+Kind = Literal["completion", "chat", "native"]
+HEALTH_TIMEOUT_S = 5.0
+ID_PREFIX = {"completion": "cmpl", "chat": "chatcmpl", "native": "dfast"}
+
+
+class ReplicaCall(Protocol):
+    """One generation on a replica: ``ReplicaChunk`` deltas, then ``StopAsyncIteration``.
+
+    Every failure (a refusal, overload, a dead replica) is raised as an ``APIError``.
+    """
+
+    def __aiter__(self) -> "ReplicaCall": ...
+
+    async def __anext__(self) -> ReplicaChunk: ...
+
+    def cancel(self) -> None:
+        """Stop the generation; safe to call at any time, any number of times."""
+
+
+class ReplicaClient(Protocol):
+    """The replicas of one served model."""
+
+    def generate(self, request: ReplicaRequest) -> ReplicaCall: ...
+
+    async def check_ready(self, timeout_s: float) -> str:
+        """"ok", or why no replica can take a request now."""
+
+
+class RequestTracker(Protocol):
+    """Metrics hooks for one request (``serve/metrics.py``); only the first end counts."""
+
+    arrived: float  # time.monotonic() at arrival
+
+    def routed(self, model: str) -> None: ...
+    def chunk(self, chunk: ReplicaChunk) -> None: ...
+    def finish(self) -> None: ...
+    def abort(self) -> None: ...
+    def fail(self, code: str | None) -> None: ...
+
+
+class Metrics(Protocol):
+    def request(self) -> RequestTracker: ...
+
+
+@dataclass
+class EventStream:
+    """An SSE body; ``close`` must run when the response ends, however it ends."""
+
+    events: AsyncIterator[bytes]
+    close: Callable[[], None]
+
+
+class ReplicaStream:
+    """A generation whose first chunk is in hand, bounded by the request deadline.
+
+    Iterating (once) yields the chunks and turns a failure or the deadline into an ``APIError``; however
+    it ends (done, failed, timed out, or abandoned by a client that left), ``close`` cancels the
+    replica's generation, which then leaves the batch before its next forward pass.
+    """
+
+    def __init__(self, first: ReplicaChunk, call: ReplicaCall, tracker: RequestTracker, timeout_s: float) -> None:
+        self.first = first
+        self.call = call
+        self.tracker = tracker
+        self.timeout_s = timeout_s
+        self.deadline = tracker.arrived + timeout_s
+
+    async def __aiter__(self) -> AsyncIterator[ReplicaChunk]:
+        try:
+            yield self.first
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(self.call.__anext__(), max(self.deadline - time.monotonic(), 0.0))
+                except StopAsyncIteration:
+                    self.tracker.finish()
+                    return
+                except asyncio.TimeoutError:
+                    raise self._failed(timeout_error(self.timeout_s)) from None
+                except APIError as err:
+                    raise self._failed(err) from None
+                self.tracker.chunk(chunk)
+                yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the replica (a no-op after a normal end); a request nothing else ended was aborted."""
+        self.call.cancel()
+        self.tracker.abort()
+
+    def _failed(self, err: APIError) -> APIError:
+        self.tracker.fail(err.code)
+        return err
+
+
+class OpenAIServing:
+    """Completions, chat completions and the native stream over a set of replica clients.
+
+    ``diffusion`` holds each diffusion model's resolved options (``ServerConfig.resolve_diffusion``,
+    run once by the app builder); a request only layers its ``dfast`` overrides on them.
+    """
+
+    def __init__(self, config: ServerConfig, clients: Mapping[str, ReplicaClient],
+                 diffusion: Mapping[str, DiffusionOptions], metrics: Metrics) -> None:
+        self.config = config
+        self.clients = dict(clients)
+        self.served = [ServedModel(m.name, m.engine) for m in config.models]
+        missing = {m.name for m in config.models} - set(self.clients)
+        missing |= {m.name for m in config.models if m.engine == "diffusion"} - set(diffusion)
+        if missing:
+            raise ValueError(f"no replica client or no diffusion options for {sorted(missing)}")
+        self.diffusion = {name: (options, options.model_dump()) for name, options in diffusion.items()}
+        self.metrics = metrics
+        self.created = int(time.time())
+
+    # ---- generation ---------------------------------------------------------------------------
+    async def create(self, kind: Kind, raw_body: bytes, tracker: RequestTracker) -> dict[str, Any] | EventStream:
+        """A JSON response (``stream: false``) or an SSE stream; ``APIError`` before any byte is sent."""
+        try:
+            body = parse_json(raw_body)
+            if kind == "native":
+                schema = ChatCompletionRequest if "messages" in body else CompletionRequest
+            else:
+                schema = ChatCompletionRequest if kind == "chat" else CompletionRequest
+            parsed = validate(schema, body)
+            request_id = f"{ID_PREFIX[kind]}-{uuid.uuid4().hex}"
+            model, request = self.plan(parsed, request_id, tracker.arrived)
+            tracker.routed(model.name)
+            stream = await self._open(model, request, tracker)
+        except APIError as err:
+            tracker.fail(err.code)
+            raise
+        if kind == "native":
+            return EventStream(self._relay_native(stream, model.name), stream.close)
+        builder = ResponseBuilder(kind, model.name, request_id)
+        if parsed.stream:
+            return EventStream(self._relay_openai(stream, builder, parsed.include_usage()), stream.close)
+        return await self._collect(stream, builder)
+
+    def plan(self, parsed: CompletionRequest | ChatCompletionRequest, request_id: str,
+             arrived: float) -> tuple[ServedModel, ReplicaRequest]:
+        """The model and the replica's request; every check that needs no tokenizer is here."""
+        max_tokens = parsed.requested_max_tokens() or self.config.default_max_tokens
+        model = choose_model(parsed.model, max_tokens, self.served, self.config.auto_ar_below_tokens)
+        diffusion = None
+        if model.engine == "diffusion":
+            base, base_dump = self.diffusion[model.name]
+            diffusion = validate(DiffusionOptions, deep_merge(base_dump, parsed.dfast), "dfast") if parsed.dfast else base
+        elif parsed.dfast:
+            raise bad_request(f"dfast options apply to diffusion models; '{model.name}' is autoregressive", "dfast")
+        chat = isinstance(parsed, ChatCompletionRequest)
+        request = ReplicaRequest(
+            request_id=request_id,
+            params=SamplingParams(**parsed.sampling_params(max_tokens)),
+            prompt=None if chat else parsed.prompt,
+            messages=parsed.message_dicts() if chat else None,
+            diffusion=diffusion,
+            arrived=time.time() - (time.monotonic() - arrived),
+        )
+        return model, request
+
+    async def _open(self, model: ServedModel, request: ReplicaRequest, tracker: RequestTracker) -> ReplicaStream:
+        """Start the generation and wait for its first chunk (bounded by both timeouts, from arrival)."""
+        call = self.clients[model.name].generate(request)
+        deadline = tracker.arrived + self.config.request_timeout_s
+        first_by = min(deadline, tracker.arrived + self.config.queue_timeout_s)
+        try:
+            first = await asyncio.wait_for(call.__anext__(), max(first_by - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            call.cancel()
+            if first_by < deadline:
+                raise APIError(503, f"Model '{model.name}' did not start the request within "
+                               f"{self.config.queue_timeout_s:g} s; retry shortly", "server_overloaded", None,
+                               "queue_timeout", retry_after_s=self.config.retry_after_s) from None
+            raise timeout_error(self.config.request_timeout_s) from None
+        except StopAsyncIteration:
+            raise APIError(500, "The replica ended the stream without output", "server_error", None,
+                           "internal_error") from None
+        except APIError:
+            call.cancel()
+            raise
+        tracker.chunk(first)
+        return ReplicaStream(first, call, tracker, self.config.request_timeout_s)
+
+    async def _relay_openai(self, stream: ReplicaStream, builder: ResponseBuilder,
+                            include_usage: bool) -> AsyncIterator[bytes]:
+        last: ReplicaChunk | None = None
+        try:
+            async for chunk in stream:
+                last = chunk
+                payload = builder.stream_chunk(chunk)
+                if payload is not None:
+                    yield sse.event(payload)
+        except APIError as err:
+            yield sse.event(err.body())
+            yield sse.DONE
+            return
+        if include_usage and last is not None:
+            yield sse.event(builder.usage_chunk(last.prompt_tokens, last.total_tokens))
+        yield sse.DONE
+
+    async def _relay_native(self, stream: ReplicaStream, model: str) -> AsyncIterator[bytes]:
+        """The chunk records as SSE, each with ``full_text``, rebuilt here from the deltas."""
+        text = ""
+        try:
+            async for chunk in stream:
+                text += chunk.new_text
+                yield sse.event(native_event(chunk, text, model))
+        except APIError as err:
+            yield sse.event(err.body())
+        yield sse.DONE
+
+    async def _collect(self, stream: ReplicaStream, builder: ResponseBuilder) -> dict[str, Any]:
+        text, last = [], stream.first
+        async for chunk in stream:
+            text.append(chunk.new_text)
+            last = chunk
+        return builder.full_response("".join(text), last.finish_reason, last.prompt_tokens, last.total_tokens,
+                                     last.nfe)
+
+    # ---- models and health --------------------------------------------------------------------
+    def list_models(self) -> dict[str, Any]:
+        data = [{"id": m.name, "object": "model", "created": self.created, "owned_by": "dfast_serve",
+                 "engine": m.engine} for m in self.served]
+        return {"object": "list", "data": data}
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        """Ready only when a replica of every served model answers within ``HEALTH_TIMEOUT_S``."""
+        probes = await asyncio.gather(*(client.check_ready(HEALTH_TIMEOUT_S) for client in self.clients.values()))
+        models = dict(zip(self.clients, probes))
+        ok = all(state == "ok" for state in models.values())
+        return ok, {"status": "ok" if ok else "unavailable", "models": models}
+
+
+def native_event(chunk: ReplicaChunk, full_text: str, model: str) -> dict[str, Any]:
+    """One ``/v1/dfast/stream`` event: the chunk's fields, the text so far and the model."""
+    return {"model": model, "new_text": chunk.new_text, "full_text": full_text, "new_tokens": chunk.new_tokens,
+            "total_tokens": chunk.total_tokens, "target_tokens": chunk.target_tokens, "progress": chunk.progress,
+            "time_ms": chunk.time_ms, "is_first": chunk.is_first, "is_final": chunk.is_final, "nfe": chunk.nfe,
+            "finish_reason": chunk.finish_reason, "prompt_tokens": chunk.prompt_tokens}
+
+
+def timeout_error(limit_s: float) -> APIError:
+    return APIError(504, f"Generation exceeded the request timeout of {limit_s:g} s", "timeout_error", None,
+                    "timeout")

@@ -1,0 +1,110 @@
+"""The one place Ray's errors become API errors: a ``ReplicaClient`` over a Serve DeploymentHandle.
+
+``OpenAIServing`` (``api/serving.py``) sees only ``ReplicaChunk`` deltas and ``APIError``s. What a
+Ray failure means depends on when it happens:
+
+=============================  ===================================  =================================
+Ray raises                     before the first chunk               after it
+=============================  ===================================  =================================
+``BackPressureError``          503 ``overloaded`` + Retry-After     (cannot happen)
+``RayTaskError`` (our bug)     500 ``internal_error``               503 ``replica_failed`` + Retry-After
+anything else (actor died,     503 ``replica_unavailable``          503 ``replica_failed`` + Retry-After
+unreachable)                   + Retry-After
+=============================  ===================================  =================================
+
+A ``ReplicaError`` the replica yields (it refused the request) becomes the error it describes.
+Deadlines are the serving logic's, not Ray's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray.exceptions import RayTaskError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
+
+from dfast_serve.api.errors import APIError
+from dfast_serve.serve.contract import ReplicaChunk, ReplicaError, ReplicaRequest
+
+
+class RayReplicaClient:
+    """The replicas of one model deployment, reached through its handle."""
+
+    def __init__(self, model: str, handle: DeploymentHandle, retry_after_s: int) -> None:
+        self.model = model
+        self.retry_after_s = retry_after_s
+        self._handle = handle
+        self._streaming = handle.options(stream=True)
+
+    def generate(self, request: ReplicaRequest) -> "RayReplicaCall":
+        return RayReplicaCall(self._streaming.generate.remote(request), self.model, self.retry_after_s)
+
+    async def check_ready(self, timeout_s: float) -> str:
+        """A no-op call through the same handle and admission queue as generation: a replica that is
+        dead, restarting, or has its queue full is not ready."""
+        response = self._handle.ready.remote()
+        try:
+            await asyncio.wait_for(response, timeout_s)
+        except asyncio.TimeoutError:
+            cancel(response)
+            return f"no replica answered within {timeout_s:g} s"
+        except BackPressureError:
+            return "overloaded"
+        except Exception as exc:  # noqa: BLE001 - any failure to reach a replica means not ready
+            return type(exc).__name__
+        return "ok"
+
+
+class RayReplicaCall:
+    """One generation through a streaming handle; see the module docstring for its errors."""
+
+    def __init__(self, generator: DeploymentResponseGenerator, model: str, retry_after_s: int) -> None:
+        self._generator = generator
+        self._model = model
+        self._retry_after_s = retry_after_s
+        self._started = False
+
+    def __aiter__(self) -> "RayReplicaCall":
+        return self
+
+    async def __anext__(self) -> ReplicaChunk:
+        try:
+            item = await self._generator.__anext__()
+        except StopAsyncIteration:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every Ray failure is mapped; CancelledError passes
+            self.cancel()
+            raise self._api_error(exc) from None
+        if isinstance(item, ReplicaError):
+            raise item.to_api_error()
+        self._started = True
+        return item
+
+    def cancel(self) -> None:
+        cancel(self._generator)
+
+    def _api_error(self, exc: Exception) -> APIError:
+        retry = self._retry_after_s
+        if self._started:
+            return APIError(503, f"Generation failed: {type(exc).__name__}", "server_error", None, "replica_failed",
+                            retry)
+        if isinstance(exc, BackPressureError):
+            return APIError(503, f"Model '{self._model}' is at capacity; retry shortly", "server_overloaded", None,
+                            "overloaded", retry)
+        if isinstance(exc, RayTaskError):  # the replica's own code raised: a bug, not unavailability
+            return APIError(500, f"The replica failed: {type(exc).__name__}", "server_error", None, "internal_error")
+        return APIError(503, f"Model '{self._model}' is unavailable ({type(exc).__name__}); retry shortly",
+                        "server_error", None, "replica_unavailable", retry)
+
+
+def cancel(call: DeploymentResponse | DeploymentResponseGenerator) -> None:
+    """Best-effort cancel of a handle call, which may have ended already in any way.
+
+    Ray's ``cancel()`` re-raises the error of a call whose assignment to a replica failed (a
+    ``BackPressureError``, say); every caller here has handled that error already.
+    """
+    try:
+        call.cancel()
+    except Exception:  # noqa: BLE001, S110 - see above
+        pass

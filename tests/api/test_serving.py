@@ -1,0 +1,280 @@
+"""The OpenAI serving logic alone (``api/serving.py``), in milliseconds and without Ray.
+
+The replica client here is a FAKE, standing in for one layer: it plays back scripted chunk deltas
+and ``APIError``s the way ``serve/replica_client.py`` delivers them, so that every error the
+serving class produces, and every relay, is checked in-process. What only Ray can show (the real
+handle, backpressure, a replica dying, the proxy's own plain-text 503, disconnects reaching the
+engine) is proven by the real-Ray tests in ``tests/serve`` (``test_api``, ``test_limits``,
+``test_hardening``); the Ray error mapping itself is ``tests/serve/test_replica_client.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from dfast_serve.api.errors import APIError
+from dfast_serve.api.serving import EventStream, OpenAIServing
+from dfast_serve.config import ServerConfig
+from dfast_serve.serve.contract import ReplicaChunk, ReplicaRequest
+from dfast_serve.serve.metrics import ServingMetrics
+
+DIFFUSION, AR = "tiny-mdlm", "smollm2-135m"
+HANG = object()  # in a script: the replica never sends the next item
+
+
+def chunk(text: str, nfe: int, final: bool = False, total: int = 0, first: bool = False) -> ReplicaChunk:
+    return ReplicaChunk(text, len(text.split()), total, 8, 1.0 if final else 0.5, 1.0, first, final, nfe,
+                        "length" if final else None, prompt_tokens=3)
+
+
+STORY = [chunk("In the ", 1, first=True, total=2), chunk("beginning", 2, total=3),
+         chunk(" was", 3, final=True, total=4)]
+
+
+class FakeCall:
+    """Plays a script: ReplicaChunk items are yielded, APIError items raised, HANG waits forever."""
+
+    def __init__(self, script: list[Any]) -> None:
+        self.script = list(script)
+        self.cancelled = False
+
+    def __aiter__(self) -> "FakeCall":
+        return self
+
+    async def __anext__(self) -> ReplicaChunk:
+        if not self.script:
+            raise StopAsyncIteration
+        item = self.script.pop(0)
+        if item is HANG:
+            await asyncio.Event().wait()
+        if isinstance(item, APIError):
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClient:
+    def __init__(self, script: list[Any] | None = None, ready: str = "ok") -> None:
+        self.script = STORY if script is None else script
+        self.ready = ready
+        self.requests: list[ReplicaRequest] = []
+        self.calls: list[FakeCall] = []
+
+    def generate(self, request: ReplicaRequest) -> FakeCall:
+        self.requests.append(request)
+        self.calls.append(FakeCall(self.script))
+        return self.calls[-1]
+
+    async def check_ready(self, timeout_s: float) -> str:
+        return self.ready
+
+
+def make(diffusion_script: list[Any] | None = None, ar_script: list[Any] | None = None,
+         **config: Any) -> tuple[OpenAIServing, dict[str, FakeClient]]:
+    settings = ServerConfig.model_validate({
+        "models": [{"name": DIFFUSION, "engine": "diffusion", "diffusion": {"block_length": 16}},
+                   {"name": AR, "engine": "ar"}],
+        "retry_after_s": 7, **config})
+    clients = {DIFFUSION: FakeClient(diffusion_script), AR: FakeClient(ar_script)}
+    return OpenAIServing(settings, clients, settings.resolve_diffusion(environ={}), ServingMetrics()), clients
+
+
+def body(**fields: Any) -> bytes:
+    return json.dumps({"model": DIFFUSION, "prompt": "In the beginning", "max_tokens": 8, **fields}).encode()
+
+
+def create(serving: OpenAIServing, raw: bytes, kind: str = "completion") -> dict | EventStream:
+    return asyncio.run(serving.create(kind, raw, serving.metrics.request()))
+
+
+def error_of(serving: OpenAIServing, raw: bytes, kind: str = "completion") -> APIError:
+    with pytest.raises(APIError) as caught:
+        create(serving, raw, kind)
+    return caught.value
+
+
+def events(stream: EventStream) -> list[Any]:
+    async def read() -> list[bytes]:
+        return [event async for event in stream.events]
+
+    out = []
+    for raw in asyncio.run(read()):
+        assert raw.startswith(b"data: ") and raw.endswith(b"\n\n")
+        data = raw[len(b"data: "):-2].decode()
+        out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def errors(serving: OpenAIServing, code: str) -> float:
+    """Requests ended by ``code``, whatever model they were routed to (none for a bad body)."""
+    return sum(s.value for family in serving.metrics.registry.collect() for s in family.samples
+               if s.name == "dfast:request_errors_total" and s.labels["code"] == code)
+
+
+# ---- relays -----------------------------------------------------------------------------------------
+def test_streamed_completion_relays_each_delta_then_usage_then_done():
+    serving, clients = make()
+    out = events(create(serving, body(stream=True, stream_options={"include_usage": True})))
+    assert [e["choices"][0]["text"] for e in out[:3]] == ["In the ", "beginning", " was"]
+    assert [e["choices"][0]["finish_reason"] for e in out[:3]] == [None, None, "length"]
+    assert [e["dfast"]["nfe"] for e in out[:3]] == [1, 2, 3]
+    assert out[3]["choices"] == [] and out[3]["usage"] == {"prompt_tokens": 3, "completion_tokens": 4,
+                                                           "total_tokens": 7}
+    assert out[4] == "[DONE]" and len(out) == 5
+    assert clients[DIFFUSION].calls[0].cancelled  # close() ran at the end: cleanup is unconditional
+
+
+def test_chat_stream_sends_the_role_once_and_a_collected_chat_joins_the_deltas():
+    serving, _ = make()
+    chat = json.dumps({"model": DIFFUSION, "messages": [{"role": "user", "content": "Hi"}], "stream": True}).encode()
+    out = events(create(serving, chat, "chat"))
+    assert out[0]["choices"][0]["delta"] == {"role": "assistant", "content": "In the "}
+    assert out[1]["choices"][0]["delta"] == {"content": "beginning"}
+    full = create(serving, chat.replace(b'"stream": true', b'"stream": false'), "chat")
+    assert full["object"] == "chat.completion" and full["choices"][0]["message"]["content"] == "In the beginning was"
+    assert full["usage"]["completion_tokens"] == 4 and full["dfast"] == {"nfe": 3}
+
+
+def test_native_stream_rebuilds_full_text_from_the_deltas():
+    serving, _ = make()
+    out = events(create(serving, body(), "native"))
+    assert [e["full_text"] for e in out[:3]] == ["In the ", "In the beginning", "In the beginning was"]
+    assert {"model", "new_text", "new_tokens", "total_tokens", "target_tokens", "progress", "time_ms", "is_first",
+            "is_final", "nfe", "finish_reason", "prompt_tokens"} <= set(out[0])
+    assert out[0]["is_first"] and out[2]["is_final"] and out[-1] == "[DONE]"
+
+
+def test_finished_requests_are_counted_by_the_metrics_hooks():
+    serving, _ = make()
+    create(serving, body())
+    events(create(serving, body(stream=True)))
+    sample = serving.metrics.registry.get_sample_value
+    assert sample("dfast:request_success_total", {"model_name": DIFFUSION, "finished_reason": "length"}) == 2
+    assert sample("dfast:time_to_first_token_seconds_count", {"model_name": DIFFUSION}) == 2
+    assert sample("dfast:num_requests_running", {"model_name": DIFFUSION}) == 0
+
+
+# ---- planning ---------------------------------------------------------------------------------------
+def test_plan_layers_the_requests_dfast_overrides_on_the_resolved_options():
+    serving, clients = make()
+    create(serving, body(dfast={"ultra_fast_config": {"min_steps": 2}}, temperature=0.5, seed=3))
+    create(serving, body())
+    overridden, plain = clients[DIFFUSION].requests
+    assert overridden.diffusion.ultra_fast_config.min_steps == 2
+    assert overridden.diffusion.block_length == 16  # the model's serve_config value stays under the override
+    assert plain.diffusion == serving.diffusion[DIFFUSION][0]
+    assert overridden.params.max_tokens == 8 and overridden.params.temperature == 0.5 and overridden.params.seed == 3
+    assert overridden.prompt == "In the beginning" and overridden.messages is None
+    assert overridden.request_id.startswith("cmpl-") and overridden.arrived > 0
+
+
+def test_auto_and_ar_requests_reach_the_ar_client_without_diffusion_options():
+    serving, clients = make()
+    create(serving, body(model="auto", max_tokens=4))
+    chat = json.dumps({"model": AR, "messages": [{"role": "user", "content": "Hi"}]}).encode()
+    create(serving, chat, "chat")
+    short, chatted = clients[AR].requests
+    assert short.diffusion is None and chatted.messages == [{"role": "user", "content": "Hi"}]
+    assert chatted.params.max_tokens == serving.config.default_max_tokens
+    assert not clients[DIFFUSION].requests
+
+
+# ---- every error the serving class produces ---------------------------------------------------------
+@pytest.mark.parametrize("raw,status,param,code", [
+    (b"{not json", 400, None, "invalid_json"),
+    (body(temperature=9), 400, "temperature", "invalid_value"),
+    (body(model="gpt-9"), 404, "model", "model_not_found"),
+    (body(model=AR, dfast={"steps": 4}), 400, "dfast", "invalid_value"),
+    (body(dfast={"ultra_fast_config": {"stream_confidence_threshold": 1.5}}), 400,
+     "dfast.ultra_fast_config.stream_confidence_threshold", "invalid_value"),
+    (body(dfast={"no_such_option": 1}), 400, "dfast.no_such_option", "invalid_value"),
+])
+def test_bad_requests_are_refused_before_any_replica_is_called(raw, status, param, code):
+    serving, clients = make()
+    err = error_of(serving, raw)
+    assert (err.status, err.param, err.code) == (status, param, code)
+    assert not clients[DIFFUSION].requests and not clients[AR].requests
+    assert errors(serving, code) == 1
+
+
+def test_a_refusal_or_overload_from_the_replica_is_the_http_error_and_the_call_is_cancelled():
+    refusal = APIError(400, "prompt is 9000 tokens", param="prompt", code="context_length_exceeded")
+    overload = APIError(503, "at capacity", "server_overloaded", None, "overloaded", retry_after_s=7)
+    for first in (refusal, overload):
+        serving, clients = make([first])
+        assert error_of(serving, body(stream=True)) is first
+        assert clients[DIFFUSION].calls[0].cancelled
+        assert errors(serving, first.code) == 1
+
+
+def test_no_first_chunk_within_the_queue_timeout_is_503_queue_timeout_with_retry_after():
+    serving, clients = make([HANG], queue_timeout_s=0.05)
+    err = error_of(serving, body())
+    assert (err.status, err.code, err.retry_after_s) == (503, "queue_timeout", 7)
+    assert clients[DIFFUSION].calls[0].cancelled
+
+
+def test_no_first_chunk_within_the_request_timeout_is_504():
+    serving, clients = make([HANG], request_timeout_s=0.05, queue_timeout_s=30)
+    err = error_of(serving, body(stream=True))
+    assert (err.status, err.code, err.type) == (504, "timeout", "timeout_error")
+    assert clients[DIFFUSION].calls[0].cancelled
+
+
+def test_a_stream_that_ends_without_output_is_500():
+    serving, _ = make([])
+    err = error_of(serving, body())
+    assert (err.status, err.code) == (500, "internal_error")
+
+
+def test_a_failure_mid_stream_is_an_error_event_then_done_and_a_json_error_when_collected():
+    failed = APIError(503, "Generation failed: ActorDiedError", "server_error", None, "replica_failed", 7)
+    serving, clients = make([STORY[0], failed])
+    out = events(create(serving, body(stream=True)))
+    assert out[0]["choices"][0]["text"] == "In the "
+    assert out[1] == failed.body() and out[2] == "[DONE]" and len(out) == 3
+    native = events(create(serving, body(), "native"))
+    assert native[1] == failed.body() and native[2] == "[DONE]"
+    assert error_of(serving, body()) is failed
+    assert errors(serving, "replica_failed") == 3
+    assert all(call.cancelled for call in clients[DIFFUSION].calls)
+
+
+def test_the_request_timeout_ends_a_running_stream_with_a_timeout_event():
+    serving, clients = make([STORY[0], HANG], request_timeout_s=0.2)
+    out = events(create(serving, body(stream=True)))
+    assert out[1]["error"]["code"] == "timeout" and out[2] == "[DONE]"
+    assert clients[DIFFUSION].calls[0].cancelled
+    assert error_of(serving, body()).status == 504
+
+
+def test_a_client_that_leaves_before_reading_cancels_the_generation_and_counts_an_abort():
+    serving, clients = make()
+    stream = create(serving, body(stream=True))
+    stream.close()  # what the ingress's background task does when the client is gone
+    assert clients[DIFFUSION].calls[0].cancelled
+    sample = serving.metrics.registry.get_sample_value
+    assert sample("dfast:request_success_total", {"model_name": DIFFUSION, "finished_reason": "abort"}) == 1
+
+
+# ---- models and health ------------------------------------------------------------------------------
+def test_models_and_health():
+    serving, clients = make()
+    assert [(m["id"], m["engine"]) for m in serving.list_models()["data"]] == [(DIFFUSION, "diffusion"), (AR, "ar")]
+    assert asyncio.run(serving.health()) == (True, {"status": "ok", "models": {DIFFUSION: "ok", AR: "ok"}})
+    clients[AR].ready = "overloaded"
+    ok, report = asyncio.run(serving.health())
+    assert not ok and report == {"status": "unavailable", "models": {DIFFUSION: "ok", AR: "overloaded"}}
+
+
+def test_the_serving_layer_imports_no_ray():
+    code = "import sys, dfast_serve.api.serving; assert not any(m.split('.')[0] == 'ray' for m in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -63,7 +63,7 @@ class ReplicaChunk:
 
     @classmethod
     def from_engine(cls, chunk: Any) -> "ReplicaChunk":
-        """The delta fields of an engine chunk (its ``full_text``, if it still has one, stays behind)."""
+        """The delta fields of an engine chunk."""
         return cls(chunk.new_text, chunk.new_tokens, chunk.total_tokens, chunk.target_tokens, chunk.progress,
                    chunk.time_ms, chunk.is_first, chunk.is_final, chunk.nfe, chunk.finish_reason, chunk.prompt_tokens)
 

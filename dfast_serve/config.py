@@ -152,10 +152,27 @@ class ReplicaConfig(StrictModel):
         "batch mates (measured on SmolLM2 bf16), so such models run with max_batch_size 1 unless this is false."
     )
 
+    step_token_budget: int = Field(
+        2048, ge=64, le=1_000_000, description="Diffusion: canvas tokens one step's forward passes compute. Each "
+        "step runs the requests that have had the fewest canvas tokens so far, as many as fit, so a short request "
+        "never waits on more than this much other work between two of its passes (a long canvas runs alone)."
+    )
+    max_canvas_tokens: int = Field(
+        2048, ge=16, le=1_000_000, description="Diffusion: prompt + max_tokens of one request at most (also capped "
+        "by the model's context); at most step_token_budget. Larger requests get 400 context_length_exceeded."
+    )
+    max_block_length: int = Field(
+        512, ge=1, le=4096, description="Diffusion: largest dfast.block_length a request may ask for (a block is "
+        "what every pass samples over); larger gets 400 naming dfast.block_length."
+    )
+
     @model_validator(mode="after")
     def _accelerator_needs_gpu(self) -> "ReplicaConfig":
         if self.accelerator_type and self.num_gpus <= 0:
             raise ValueError("accelerator_type needs num_gpus > 0")
+        if self.max_canvas_tokens > self.step_token_budget:
+            raise ValueError(f"max_canvas_tokens ({self.max_canvas_tokens}) must not exceed step_token_budget "
+                             f"({self.step_token_budget}): a canvas longer than a step would stall the others")
         return self
 
     def deployment_options(self) -> dict[str, Any]:

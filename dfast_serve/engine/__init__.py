@@ -29,12 +29,13 @@ class Engine(Protocol):
     ) -> Iterator[StreamingChunk]: ...
 
 
-def build_engine(model: DiffusionLM | CausalLM, max_batch_size: int = 8) -> Engine:
-    """The engine for ``model``; ``max_batch_size`` bounds how many sequences one forward pass of ``step`` runs.
+def build_engine(model: DiffusionLM | CausalLM, max_batch_size: int = 8, step_token_budget: int | None = None) -> Engine:
+    """The engine for ``model``; ``max_batch_size`` bounds how many sequences one forward pass of ``step`` runs,
+    ``step_token_budget`` (diffusion) the canvas tokens one step computes.
     A diffusion request without options runs with ``DiffusionOptions()``: callers resolve a
     model's defaults into each request (``config.resolve_diffusion_options``)."""
     if isinstance(model, DiffusionLM):
-        return DiffusionEngine(model, max_batch_size)
+        return DiffusionEngine(model, max_batch_size, step_token_budget)
     return AREngine(model, max_batch_size)
 
 

@@ -33,15 +33,17 @@ from dfast_serve.tensor_types import KeyValues
 
 class DiffusionEngine:
     """Runs diffusion sequences on one model. ``forward_passes`` counts every pass it makes;
-    ``max_batch_size`` bounds how many sequences ``step`` puts in one pass."""
+    ``max_batch_size`` bounds how many sequences ``step`` puts in one pass, ``step_token_budget`` the
+    canvas tokens one step computes (a canvas longer than it runs alone)."""
 
     kind = "diffusion"
 
-    def __init__(self, model: DiffusionLM, max_batch_size: int = 8) -> None:
+    def __init__(self, model: DiffusionLM, max_batch_size: int = 8, step_token_budget: int | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.model = model
         self.max_batch_size = max_batch_size
+        self.step_token_budget = step_token_budget  # None: every sequence runs every step
         self.forward_passes = 0
 
     def start(self, request: GenerationRequest) -> DiffusionSequence:
@@ -72,33 +74,75 @@ class DiffusionEngine:
         )
 
     def step(self, sequences: list[DiffusionSequence]) -> None:
-        """One denoising step for each sequence, sharing forward passes (``max_batch_size`` a pass,
-        left-padded; for a model without ``padded_batches``, only slices of equal length share one).
-        A pass that fails for a group is retried per sequence, so an error ends only the request
-        that causes it."""
-        plans = [seq.forward_plan() for seq in sequences]
-        if self.model.padded_batches:
-            groups = split_into(list(range(len(plans))), self.max_batch_size)
-        else:
-            by_shape: dict[tuple[int, int], list[int]] = {}
-            for i, plan in enumerate(plans):
-                by_shape.setdefault((plan.end - plan.start, plan.context_len), []).append(i)
-            groups = [group for same in by_shape.values() for group in split_into(same, self.max_batch_size)]
-        for group in groups:
-            batch, batch_plans = [sequences[i] for i in group], [plans[i] for i in group]
+        """One denoising step for the sequences whose turn it is (``_turns``), sharing forward passes
+        (``_passes``). A pass that fails for a group is retried per sequence, so an error ends only
+        the request that causes it."""
+        plans = {id(seq): seq.forward_plan() for seq in sequences}
+        for group in self._passes(self._turns(sequences, plans), plans):
+            batch_plans = [plans[id(seq)] for seq in group]
             try:
-                logits, kv = self._forward(batch, batch_plans)
+                logits, kv = self._forward(group, batch_plans)
             except Exception as exc:  # noqa: BLE001 - isolate the sequence that causes it
-                if len(batch) == 1:
-                    batch[0].fail(exc)
+                if len(group) == 1:
+                    group[0].fail(exc)
                     continue
-                for seq, plan in zip(batch, batch_plans):
+                for seq, plan in zip(group, batch_plans):
                     try:
                         self._postprocess([seq], [plan], *self._forward([seq], [plan]))
                     except Exception as alone_exc:  # noqa: BLE001
                         seq.fail(alone_exc)
                 continue
-            self._postprocess(batch, batch_plans, logits, kv)
+            self._postprocess(group, batch_plans, logits, kv)
+
+    def _turns(self, sequences: list[DiffusionSequence], plans: dict[int, ForwardPlan]) -> list[DiffusionSequence]:
+        """Who runs this step: fair by canvas tokens (weighted fair queueing). Each sequence counts the
+        canvas tokens its passes computed (``work``); a step runs the one whose next pass would finish
+        first (work + cost), and with it those that would finish within one short pass of it, as many
+        as fit ``step_token_budget``. Requests of similar size thus batch every step, while a long
+        canvas runs about once per its length's worth of a short request's passes, and a short request
+        never waits on more than one budget of other work between two of its passes."""
+        if self.step_token_budget is None or len(sequences) == 1:
+            return sequences
+        floor = min((seq.work for seq in sequences if seq.nfe > 0), default=0)
+        for seq in sequences:
+            if seq.nfe == 0:
+                seq.work = max(seq.work, floor)  # a newcomer does not get the backlog of everyone's past passes
+
+        def finish(seq: DiffusionSequence) -> int:
+            return seq.work + plans[id(seq)].tokens
+
+        ordered = sorted(sequences, key=finish)
+        horizon = finish(ordered[0]) + min(plans[id(s)].tokens for s in sequences)
+        chosen, used = [], 0
+        for seq in ordered:
+            cost = plans[id(seq)].tokens
+            if chosen and (finish(seq) > horizon or used + cost > self.step_token_budget):
+                continue
+            chosen.append(seq)
+            used += cost
+        return chosen
+
+    def _passes(self, chosen: list[DiffusionSequence], plans: dict[int, ForwardPlan]) -> list[list[DiffusionSequence]]:
+        """Forward passes for the step, shortest slices first: up to ``max_batch_size`` rows, and (with a
+        budget) rows × longest slice within it, so a long canvas never pads the short ones; a model
+        without ``padded_batches`` shares a pass only among slices of equal shape."""
+        if not self.model.padded_batches:
+            by_shape: dict[tuple[int, int], list[DiffusionSequence]] = {}
+            for seq in chosen:
+                plan = plans[id(seq)]
+                by_shape.setdefault((plan.tokens, plan.context_len), []).append(seq)
+            return [group for same in by_shape.values() for group in split_into(same, self.max_batch_size)]
+        budget = self.step_token_budget
+        passes: list[list[DiffusionSequence]] = []
+        for seq in sorted(chosen, key=lambda s: plans[id(s)].tokens):
+            cost = plans[id(seq)].tokens  # the longest so far: sorted
+            current = passes[-1] if passes else None
+            if current is None or len(current) >= self.max_batch_size or (
+                    budget is not None and (len(current) + 1) * cost > budget):
+                passes.append([seq])
+            else:
+                current.append(seq)
+        return passes
 
     def _forward(self, batch: list[DiffusionSequence], plans: list[ForwardPlan]
                  ) -> tuple[torch.Tensor, list[KeyValues] | None]:
@@ -119,6 +163,7 @@ class DiffusionEngine:
                      kv: list[KeyValues] | None) -> None:
         """Each sequence's step from its rows of the pass; one that fails ends alone."""
         for i, (seq, plan) in enumerate(zip(batch, plans)):
+            seq.work += plan.tokens
             try:
                 if plan.refresh:
                     n = plan.end - plan.start

@@ -45,6 +45,7 @@ class DiffusionSequence(Sequence):
     passes_per_block: list[int] = field(default_factory=list)
     revealed: bool = False
     decided_without_progress: int = 0
+    work: int = 0  # canvas tokens its passes computed: the engine's fairness clock
 
     def __post_init__(self) -> None:
         self.decided = torch.zeros(self.gen_len, dtype=torch.bool, device=self.canvas.device)
@@ -98,18 +99,35 @@ class DiffusionSequence(Sequence):
     def advance(self, window_logits: torch.Tensor, offset: int = 0) -> None:
         """Apply one pass's logits for answer positions ``offset ..``: decide, then stream."""
         self.nfe += 1
-        proposal = propose(window_logits, offset, self.gen_len, self.request.params, self.options, self.generator)
+        proposal = propose(window_logits, offset, self.gen_len, self.request.params, self.options, self.generator,
+                           self._eligible())
         undecided = ~self.decided
         if self.budget.is_last_pass(self.nfe) or self._early_stop_due(proposal):
             commit = policies.everything(undecided, proposal.known)
         else:
             commit = self._step_commits(proposal)
             owed = self.budget.passes_still_owed(self.nfe)
-            commit = policies.keep_undecided(commit, proposal.score, undecided & proposal.known, owed)
+            commit = policies.keep_undecided(commit, proposal.score, undecided, owed)
         self._commit(commit, proposal)
         self.block_step += 1
         self._move_to_next_block()
         self._stream()
+
+    def _eligible(self) -> torch.Tensor:
+        """Positions some policy may decide at this pass: the current block's undecided ones, or every
+        undecided one when the instant reveal, early stop or the budget's last pass may look beyond it."""
+        undecided = ~self.decided
+        ultra = self.ultra
+        beyond_block = self.budget.is_last_pass(self.nfe) or (ultra is not None and (
+            (ultra.enable_instant_first_token and not self.revealed and self.nfe >= ultra.first_token_steps)
+            or (ultra.enable_early_stop and self.nfe >= ultra.min_steps
+                and self.progress() >= ultra.early_stop_min_progress)))
+        if beyond_block:
+            return undecided
+        start, end = self.block_range()
+        in_block = torch.zeros_like(undecided)
+        in_block[start:end] = True
+        return undecided & in_block
 
     def _step_commits(self, proposal: Proposal) -> torch.Tensor:
         """This pass's decisions before the budget's bounds: the block's schedule (or threshold),

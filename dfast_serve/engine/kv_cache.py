@@ -41,6 +41,11 @@ class ForwardPlan:
     refresh: bool = False
 
     @property
+    def tokens(self) -> int:
+        """Canvas tokens the pass computes for this sequence."""
+        return self.end - self.start
+
+    @property
     def context_len(self) -> int:
         return 0 if self.context is None else self.context[0][0].shape[1]
 

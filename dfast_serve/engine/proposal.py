@@ -25,8 +25,16 @@ class Proposal:
 
 
 def propose(window_logits: torch.Tensor, offset: int, gen_len: int, params: SamplingParams,
-            options: DiffusionOptions, generator: torch.Generator) -> Proposal:
-    """The proposal from logits scoring answer positions ``offset .. offset + len(window_logits)``."""
+            options: DiffusionOptions, generator: torch.Generator, eligible: torch.Tensor | None = None) -> Proposal:
+    """The proposal from logits scoring answer positions ``offset .. offset + len(window_logits)``.
+
+    Only ``eligible`` positions (those a commit policy may decide at this pass; default all) are
+    sampled and count as scored: sampling is float64 over the vocabulary (and a sort for top-p), so
+    a long canvas must not pay it for positions no policy can decide now."""
+    rows = torch.arange(offset, offset + len(window_logits), device=window_logits.device)
+    if eligible is not None:
+        keep = eligible[offset : offset + len(window_logits)]
+        rows, window_logits = rows[keep], window_logits[keep]
     proposed = choose_tokens(window_logits, params.temperature, generator, params.top_k, params.top_p)
     probs = window_logits.float().softmax(-1)
     confidence = probs.gather(-1, proposed[:, None])[:, 0]
@@ -35,13 +43,12 @@ def propose(window_logits: torch.Tensor, offset: int, gen_len: int, params: Samp
         score = torch.rand(confidence.shape, generator=generator, device=confidence.device)
     else:
         score = certainty
-    window = slice(offset, offset + len(proposed))
 
     def spread(values: torch.Tensor, fill: float) -> torch.Tensor:
         out = torch.full((gen_len,), fill, dtype=values.dtype, device=values.device)
-        out[window] = values
+        out[rows] = values
         return out
 
     known = torch.zeros(gen_len, dtype=torch.bool, device=window_logits.device)
-    known[window] = True
+    known[rows] = True
     return Proposal(spread(proposed, 0), spread(confidence, 0.0), spread(certainty, 0.0), spread(score, -torch.inf), known)

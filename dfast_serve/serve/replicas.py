@@ -44,7 +44,9 @@ class ModelReplica:
         self.name = config.name
         self.model = load_model(config)
         self.diffusion = diffusion or DiffusionOptions()
-        self.engine = build_engine(self.model, batch_size_for(self.model, replica_config))
+        self.limits = replica_config
+        self.engine = build_engine(self.model, batch_size_for(self.model, replica_config),
+                                   replica_config.step_token_budget)
         self._warm_up()
         self._loop = StepLoop(self.engine, max_active=replica_config.max_ongoing_requests, name=self.name)
         self._in_flight = 0
@@ -68,12 +70,19 @@ class ModelReplica:
         if not ids:
             return ReplicaError(400, f"{field} encodes to no tokens", param=field, code="invalid_value")
         limit = self.model.max_context
+        if request.diffusion is not None:
+            limit = min(limit, self.limits.max_canvas_tokens)
+            if request.diffusion.block_length > self.limits.max_block_length:
+                return ReplicaError(400, f"dfast.block_length {request.diffusion.block_length} exceeds this model's "
+                                    f"max_block_length of {self.limits.max_block_length}",
+                                    param="dfast.block_length", code="invalid_value")
         if len(ids) + params.max_tokens > limit:
             if len(ids) >= limit:
-                return ReplicaError(400, f"{field} is {len(ids)} tokens; the model's context is {limit}",
+                return ReplicaError(400, f"{field} is {len(ids)} tokens; the model's limit is {limit} (its context, "
+                                    f"or replica.max_canvas_tokens for a diffusion model)",
                                     param=field, code="context_length_exceeded")
             return ReplicaError(400, f"{field} is {len(ids)} tokens and max_tokens {params.max_tokens}; together "
-                                f"they exceed the model's context of {limit} (max_tokens can be at most "
+                                f"they exceed the model's limit of {limit} tokens (max_tokens can be at most "
                                 f"{limit - len(ids)})", param="max_tokens", code="context_length_exceeded")
         return GenerationRequest(prompt_ids=ids, params=params, request_id=request.request_id,
                                  diffusion=request.diffusion)

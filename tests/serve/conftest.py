@@ -1,7 +1,7 @@
 """One Ray cluster per test session, and the product started the way users start it.
 
 The cluster has two "nodes" on this machine, both bound to 127.0.0.1: a head with no GPU and
-a worker that advertises one (fake) GPU and the A100 accelerator label, so that GPU placement
+a worker that advertises one (fake) GPU and the A100 labels (A100, A100-40G), so that GPU placement
 can be tested without a GPU. The app is started by ``serve run`` on a copy of
 ``serve_config.yaml`` that differs only in its HTTP port.
 """
@@ -54,7 +54,7 @@ def ray_cluster():
         "resources": {"head_node": 1},
     })
     cluster.add_node(num_cpus=2, num_gpus=1, node_ip_address="127.0.0.1",
-                     resources={"accelerator_type:A100": 1, "gpu_worker_node": 1})
+                     resources={"accelerator_type:A100": 1, "accelerator_type:A100-40G": 1, "gpu_worker_node": 1})
     ray.init(address=cluster.address, include_dashboard=False)
     yield cluster
     # Serve handles made in this process push metrics from background threads; after

@@ -1,11 +1,12 @@
 """Prometheus metrics of the ingress, named after vLLM's (``vllm:`` becomes ``dfast:``).
 
-Every request passes through the ingress, so the ingress owns the registry and serves it at
-``GET /metrics``; the serving logic (``api/serving.py``) reports to it through ``RequestMetrics``.
-The registry lives in one ingress replica: with ``router.num_replicas > 1`` each replica counts
-only what it relayed, and a scrape through the HTTP proxy reaches one of them at random. Times
-are measured at the ingress with a monotonic clock, from the moment the request arrived (before
-its body was read):
+Every request passes through the ingress, so the ingress records them; the serving logic
+(``api/serving.py``) reports through ``RequestMetrics``. Each family is recorded twice
+(``cluster_metrics.py``): in the ingress replica's own registry, served at ``GET /metrics`` (with
+``router.num_replicas > 1`` a scrape through the proxy reaches one replica and shows only what that
+one relayed), and through Ray's metrics API as ``ray_dfast_*``, exported by every node's metrics
+agent: scraping all nodes sees every ingress replica. Times are measured at the ingress with a
+monotonic clock, from the moment the request arrived (before its body was read):
 
 * time to first token: until the first chunk (the first committed tokens) comes back from the
   model replica;
@@ -27,12 +28,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from dfast_serve.serve.cluster_metrics import counter, gauge, histogram
 
 if TYPE_CHECKING:
     from dfast_serve.serve.contract import ReplicaChunk
-
-PREFIX = "dfast:"
 
 # vLLM's buckets, with finer ones at the low end: CPU-sized models answer in milliseconds.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -48,36 +49,40 @@ MODEL = ("model_name",)
 
 
 class ServingMetrics:
-    """The metric families; one instance per ingress replica, with its own registry."""
+    """The metric families; one instance per ingress replica: its own registry (``/metrics``) and Ray
+    metrics (complete across ingress replicas, see cluster_metrics.py)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "Time from arrival to the first chunk of tokens.",
-                              MODEL, buckets=TTFT_BUCKETS, registry=r)
-        self.itl = Histogram(PREFIX + "inter_token_latency_seconds", "Time between consecutive chunks of a request.",
-                             MODEL, buckets=ITL_BUCKETS, registry=r)
-        self.e2e = Histogram(PREFIX + "e2e_request_latency_seconds", "Time from arrival to the last chunk.",
-                             MODEL, buckets=E2E_BUCKETS, registry=r)
-        self.queue = Histogram(PREFIX + "request_queue_time_seconds",
+        self.ttft = histogram("time_to_first_token_seconds", "Time from arrival to the first chunk of tokens.",
+                              MODEL, TTFT_BUCKETS, r)
+        self.itl = histogram("inter_token_latency_seconds", "Time between consecutive chunks of a request.",
+                             MODEL, ITL_BUCKETS, r)
+        self.e2e = histogram("e2e_request_latency_seconds", "Time from arrival to the last chunk.",
+                             MODEL, E2E_BUCKETS, r)
+        self.queue = histogram("request_queue_time_seconds",
                                "Time from arrival until the engine started the request.", MODEL,
-                               buckets=TTFT_BUCKETS, registry=r)
-        self.success = Counter(PREFIX + "request_success", "Requests that ended: stop, length, or abort (client left).",
-                               MODEL + ("finished_reason",), registry=r)
-        self.errors = Counter(PREFIX + "request_errors", "Requests that ended with an error, by error code "
+                               TTFT_BUCKETS, r)
+        self.success = counter("request_success", "Requests that ended: stop, length, or abort (client left).",
+                               MODEL + ("finished_reason",), r)
+        self.errors = counter("request_errors", "Requests that ended with an error, by error code "
                               "(model_name is empty when the request never reached a model).",
-                              MODEL + ("code",), registry=r)
-        self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens of requests that produced output.",
-                                     MODEL, registry=r)
-        self.generation_tokens = Counter(PREFIX + "generation_tokens", "Generated tokens.", MODEL, registry=r)
-        self.forward_passes = Histogram(PREFIX + "forward_passes_per_request", "Model forward passes per request.",
-                                        MODEL, buckets=PASSES_BUCKETS, registry=r)
-        self.tokens_per_pass = Histogram(PREFIX + "tokens_per_forward_pass",
+                              MODEL + ("code",), r)
+        self.prompt_tokens = counter("prompt_tokens", "Prompt tokens of requests that produced output.",
+                                     MODEL, r)
+        self.generation_tokens = counter("generation_tokens", "Generated tokens.", MODEL, r)
+        self.forward_passes = histogram("forward_passes_per_request", "Model forward passes per request.",
+                                        MODEL, PASSES_BUCKETS, r)
+        self.tokens_per_pass = histogram("tokens_per_forward_pass",
                                          "Generated tokens per forward pass, per request.", MODEL,
-                                         buckets=TOKENS_PER_PASS_BUCKETS, registry=r)
-        self.running = Gauge(PREFIX + "num_requests_running", "Requests streaming from a replica.", MODEL, registry=r)
-        self.waiting = Gauge(PREFIX + "num_requests_waiting", "Requests routed to a model, before their first chunk.",
-                             MODEL, registry=r)
+                                         TOKENS_PER_PASS_BUCKETS, r)
+        self.running = gauge("num_requests_running", "Requests streaming from a replica.", MODEL, r)
+        self.waiting = gauge("num_requests_waiting", "Requests routed to a model, before their first chunk.",
+                             MODEL, r)
+        # 1 per live ingress replica: `sum` counts the ingress replicas whose metrics reach the scraper.
+        self.up = gauge("router_up", "1 while this ingress replica is serving and reporting metrics.", (), r)
+        self.up.labels().inc()
 
     def request(self) -> "RequestMetrics":
         return RequestMetrics(self)

@@ -52,6 +52,9 @@ def ray_cluster():
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 4, "node_ip_address": "127.0.0.1", "include_dashboard": False,
         "resources": {"head_node": 1},
+        # Workers report Ray metrics to their node's agent every second (default 10 s), so tests that
+        # scrape the metrics export port wait seconds, not tens of seconds.
+        "_system_config": {"metrics_report_interval_ms": 1000},
     })
     cluster.add_node(num_cpus=2, num_gpus=1, node_ip_address="127.0.0.1",
                      resources={"accelerator_type:A100": 1, "accelerator_type:A100-40G": 1, "gpu_worker_node": 1})

@@ -89,3 +89,13 @@ def test_routers_on_the_head_and_model_replicas_on_the_gpu_worker(cluster_app, r
     routers = set(nodes) - replica_names
     assert len(routers) == 1 and nodes[routers.pop()] == {head}
     assert {name: nodes.get(name) for name in replica_names} == {name: {worker} for name in replica_names}
+
+
+def test_a_ray_task_sees_the_proxy_host_build_app_checks(server):
+    """build_app runs in a Ray task of the Serve controller: from a task, proxy_host() must reach
+    Serve's HTTP options (here 127.0.0.1, so a key-less app may start; 0.0.0.0 would refuse)."""
+    import ray
+
+    from dfast_serve.serve.app import proxy_host
+
+    assert ray.get(ray.remote(num_cpus=0)(proxy_host).remote(), timeout=60) == "127.0.0.1"

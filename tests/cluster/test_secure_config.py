@@ -53,7 +53,7 @@ def test_cluster_config_names_a_key_file_and_no_key():
 
 def test_exposed_proxies_without_a_key_refuse_to_start(monkeypatch):
     monkeypatch.setattr(app_module, "proxy_host", lambda: "0.0.0.0")
-    args = {**cluster_args(), "api_key_file": None}
+    args = {**cluster_args(), "api_key_file": None, "require_api_key": False}  # the exposure rule alone
     with pytest.raises(ValueError, match="listen on 0.0.0.0 .* no API key"):
         app_module.build_app(args)
     app_module.build_app({**args, "allow_unauthenticated": True})  # the explicit opt-out
@@ -63,3 +63,10 @@ def test_exposed_proxies_without_a_key_refuse_to_start(monkeypatch):
 @pytest.mark.parametrize("host", [None, "127.0.0.1", "localhost", "::1"])
 def test_loopback_or_no_serve_needs_no_key(host):
     ServerConfig.model_validate({"models": MODELS}).check_exposure(host)
+
+
+def test_cluster_config_without_its_key_file_fails_at_start(tmp_path):
+    with pytest.raises(ValueError, match="api_key_file: cannot read"):
+        load_server_config({**cluster_args(), "api_key_file": str(tmp_path / "missing")}, environ={})
+    with pytest.raises(ValueError, match="require_api_key"):
+        load_server_config({**cluster_args(), "api_key_file": None}, environ={})

@@ -31,7 +31,7 @@ def test_serve_build_on_the_default_app(tmp_path):
     built = serve_build(tmp_path)
     (app,) = built["applications"]
     assert app["import_path"] == IMPORT_PATH
-    assert {d["name"] for d in app["deployments"]} == {"Router", "DiffusionReplica", "ARReplica"}
+    assert {d["name"] for d in app["deployments"]} == {"Ingress", "DiffusionReplica", "ARReplica"}
 
 
 def test_serve_build_from_the_cluster_config_keeps_placement_and_hides_the_key(tmp_path):
@@ -43,7 +43,7 @@ def test_serve_build_from_the_cluster_config_keeps_placement_and_hides_the_key(t
     config_path.write_text(yaml.safe_dump(config))
     built = serve_build(tmp_path, DFASTLLM_SERVE_CONFIG=str(config_path))
     deployments = {d["name"]: d for d in built["applications"][0]["deployments"]}
-    assert deployments["Router"]["num_replicas"] == 2
+    assert deployments["Ingress"]["num_replicas"] == 2
     replica = deployments["DiffusionReplica"]
     assert replica["ray_actor_options"]["accelerator_type"] == "A100-40G"
     assert replica["autoscaling_config"]["policy"]["policy_function"] == "dfast_serve.serve.autoscaling:TTFTPolicy"

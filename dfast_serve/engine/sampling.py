@@ -25,17 +25,39 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+NUCLEUS_CANDIDATES = 256  # top-p looks at this many best tokens first; the full sort only if they fall short
+
+
 def choose_tokens(
     logits: torch.Tensor, temperature: float, generator: torch.Generator | None, top_k: int = 0, top_p: float = 1.0
 ) -> torch.Tensor:
     """Greedy at temperature 0 (top-k/top-p always keep the argmax); otherwise Gumbel-max sampling
-    (float64, as LLaDA does) from ``softmax(logits / temperature)`` restricted by top-k/top-p."""
+    (float64, as LLaDA does) from ``softmax(logits / temperature)`` restricted by top-k/top-p.
+
+    With top-k or top-p the draw runs over the best candidates only (top-p: the best
+    ``NUCLEUS_CANDIDATES``, whose probability mass almost always covers ``top_p``; where it does not,
+    the whole vocabulary is sorted): exact, without sorting the vocabulary at every position."""
     if temperature <= 0:
         return logits.argmax(-1)
-    tempered = filter_logits(logits.double() / temperature, top_k, top_p)
+    tempered = logits.double() / temperature
+    vocab = tempered.shape[-1]
+    if not (0 < top_k < vocab) and top_p >= 1.0:
+        return _gumbel_argmax(tempered, generator)
+    k = top_k if 0 < top_k < vocab else min(vocab, NUCLEUS_CANDIDATES)
+    values, indices = torch.topk(tempered, k, dim=-1)
+    if top_p < 1.0:
+        # top-k renormalises before top-p (as Hugging Face); without top-k the mass is the whole vocabulary's
+        total = torch.logsumexp(values if 0 < top_k < vocab else tempered, dim=-1, keepdim=True)
+        probs = (values - total).exp()
+        if not 0 < top_k < vocab and bool((probs.sum(-1) < top_p).any()):
+            return _gumbel_argmax(filter_logits(tempered, 0, top_p), generator)
+        values = values.masked_fill(probs.cumsum(-1) - probs >= top_p, float("-inf"))  # keep the one crossing top_p
+    return indices.gather(-1, _gumbel_argmax(values, generator)[..., None])[..., 0]
+
+
+def _gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
-    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))
-    return (tempered + gumbel).argmax(-1)
+    return (logits - torch.log(-torch.log(uniform.clamp_min(1e-20)))).argmax(-1)
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:

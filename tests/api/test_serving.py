@@ -269,9 +269,9 @@ def test_a_client_that_leaves_before_reading_cancels_the_generation_and_counts_a
 def test_models_and_health():
     serving, clients = make()
     assert [(m["id"], m["engine"]) for m in serving.list_models()["data"]] == [(DIFFUSION, "diffusion"), (AR, "ar")]
-    assert asyncio.run(serving.health()) == (True, {"status": "ok", "models": {DIFFUSION: "ok", AR: "ok"}})
+    assert asyncio.run(serving.ready()) == (True, {"status": "ok", "models": {DIFFUSION: "ok", AR: "ok"}})
     clients[AR].ready = "overloaded"
-    ok, report = asyncio.run(serving.health())
+    ok, report = asyncio.run(serving.ready())
     assert not ok and report == {"status": "unavailable", "models": {DIFFUSION: "ok", AR: "overloaded"}}
 
 

@@ -257,12 +257,9 @@ class OpenAIServing:
 
     async def _collect(self, stream: ReplicaStream, builder: ResponseBuilder) -> dict[str, Any]:
         text, last = [], stream.first
-        try:
-            async for chunk in stream:
-                text.append(chunk.new_text)
-                last = chunk
-        finally:  # a client that leaves cancels this task: the replica must stop now, not at garbage collection
-            stream.close()
+        async for chunk in stream:
+            text.append(chunk.new_text)
+            last = chunk
         return builder.full_response("".join(text), last.finish_reason, last.prompt_tokens, last.total_tokens,
                                      last.nfe)
 

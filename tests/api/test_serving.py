@@ -38,7 +38,7 @@ STORY = [chunk("In the ", 1, first=True, total=2), chunk("beginning", 2, total=3
 
 
 class FakeCall:
-    """Plays a script: ReplicaChunk items are yielded, APIError items raised, HANG waits forever."""
+    """Plays a script: ReplicaChunk items are yielded, exceptions raised, HANG waits forever."""
 
     def __init__(self, script: list[Any]) -> None:
         self.script = list(script)
@@ -53,7 +53,7 @@ class FakeCall:
         item = self.script.pop(0)
         if item is HANG:
             await asyncio.Event().wait()
-        if isinstance(item, APIError):
+        if isinstance(item, Exception):
             raise item
         return item
 

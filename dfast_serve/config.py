@@ -268,7 +268,7 @@ class ServerConfig(StrictModel):
         DEFAULT_MAX_PROMPT_CHARS, ge=1024, le=16_000_000, description="A prompt (or the messages' contents "
         "together) longer than this many characters gets 400 at the router, before any tokenizer runs. Default: "
         f"{PROMPT_CHARS_PER_TOKEN} characters per token of a {DEFAULT_PROMPT_CONTEXT_TOKENS}-token context, above "
-        "the context of every embedded model (tiny-mdlm 4096, SmolLM2 2048); for a longer-context model set "
+        "the context of every embedded model (tiny-mdlm 1024, SmolLM2 8192); for a longer-context model set "
         f"{PROMPT_CHARS_PER_TOKEN} x its context."
     )
     api_key: str | None = Field(

@@ -171,7 +171,7 @@ class OpenAIServing:
         except APIError as err:
             tracker.fail(err.code)
             raise
-        except BaseException:  # the client left (CancelledError) or a bug: the gauges must not keep it
+        except asyncio.CancelledError:  # the client left while waiting: the gauges must not keep it
             tracker.abort()
             raise
         if kind == "native":

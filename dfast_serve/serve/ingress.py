@@ -113,8 +113,7 @@ class Ingress:
             return Response(status_code=400)
         except MemoryError:
             tracker.fail("out_of_memory")
-            return _error_response(APIError(503, "The server ran out of memory for this request; retry shortly",
-                                            "server_error", None, "out_of_memory", self.config.retry_after_s))
+            return _error_response(_out_of_memory(self.config.retry_after_s))
         except Exception:  # noqa: BLE001 - a bug: logged, never shown to the client as a class name
             logger.exception("%s request failed", kind)
             tracker.fail("internal_error")
@@ -188,10 +187,12 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     """Whatever a handler let escape (a bug): the OpenAI shape, with no exception name in it."""
-    if isinstance(exc, MemoryError):
-        return _error_response(APIError(503, "The server ran out of memory for this request; retry shortly",
-                                        "server_error", None, "out_of_memory"))
-    return _error_response(internal_error())
+    return _error_response(_out_of_memory(None) if isinstance(exc, MemoryError) else internal_error())
+
+
+def _out_of_memory(retry_after_s: int | None) -> APIError:
+    return APIError(503, "The server ran out of memory for this request; retry shortly", "server_error", None,
+                    "out_of_memory", retry_after_s)
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:

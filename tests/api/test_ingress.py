@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 
 from dfast_serve.api.errors import APIError
 from dfast_serve.serve.ingress import Ingress
-from tests.api.test_serving import DIFFUSION, HANG, STORY, make
+from tests.api.test_serving import DIFFUSION, HANG, STORY, errors, make
 
 JSON = {"content-type": "application/json"}
 DISCONNECT = object()  # in a body script: the client goes away
@@ -146,6 +146,7 @@ def test_an_unexpected_exception_is_a_500_in_the_error_shape_without_its_class_n
         err = error(status, headers, raw, 500)
         assert err["code"] == "internal_error"
         assert "Error" not in err["message"] and "secret" not in err["message"], err
+    assert errors(ingress.serving, "internal_error") == 1  # the completion; /v1/models is not a request
 
 
 @pytest.mark.parametrize("failure", [ValueError("a bug in the replica call"), object()])

@@ -117,12 +117,12 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, log_pat
         if process.poll() is not None:
             raise SystemExit(f"serve run exited with {process.returncode}; see {log_path}")
         try:
-            if httpx.get(url + "/health", timeout=5, trust_env=False).status_code == 200:
+            if httpx.get(url + "/ready", timeout=5, trust_env=False).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    raise SystemExit(f"serve run not healthy after {timeout_s:.0f} s; see {log_path}")
+    raise SystemExit(f"serve run not ready after {timeout_s:.0f} s; see {log_path}")
 
 
 def served_models(url: str) -> dict[str, str]:

@@ -219,6 +219,14 @@ class RouterConfig(StrictModel):
     )
 
 
+# The router refuses a prompt on its length in characters before a replica tokenizes it (tokenizing
+# ~1 MB takes ~1 s of a replica's CPU). A token is rarely more than 8 characters of text, so a
+# prompt over 8 x the largest context cannot fit; the default assumes a 32k context.
+PROMPT_CHARS_PER_TOKEN = 8
+DEFAULT_PROMPT_CONTEXT_TOKENS = 32_768
+DEFAULT_MAX_PROMPT_CHARS = PROMPT_CHARS_PER_TOKEN * DEFAULT_PROMPT_CONTEXT_TOKENS
+
+
 class ServerConfig(StrictModel):
     """Everything ``serve_config.yaml`` passes to the application builder (its ``args``)."""
 
@@ -251,6 +259,17 @@ class ServerConfig(StrictModel):
     max_body_bytes: int = Field(
         1_000_000, ge=1024, le=16_000_000, description="Larger request bodies get 413. The router parses each body "
         "in its event loop with up to ~10 bytes of memory per body byte (benchmarks/body_memory.py)."
+    )
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="A request body not received in full this long after arrival gets 408, "
+        "so slow (or stalled) uploads cannot hold the router's request slots."
+    )
+    max_prompt_chars: int = Field(
+        DEFAULT_MAX_PROMPT_CHARS, ge=1024, le=16_000_000, description="A prompt (or the messages' contents "
+        "together) longer than this many characters gets 400 at the router, before any tokenizer runs. Default: "
+        f"{PROMPT_CHARS_PER_TOKEN} characters per token of a {DEFAULT_PROMPT_CONTEXT_TOKENS}-token context, above "
+        "the context of every embedded model (tiny-mdlm 1024, SmolLM2 8192); for a longer-context model set "
+        f"{PROMPT_CHARS_PER_TOKEN} x its context."
     )
     api_key: str | None = Field(
         None, min_length=1, repr=False, description="Require Authorization: Bearer <key> (env DFASTLLM_API_KEY). "

@@ -1,6 +1,7 @@
 """Bounded soak test against a running dfast_serve: many concurrent streams for a fixed time.
 
-Reports requests done, errors by kind, client-side latency, ``/health`` under load, and the
+Reports requests done, errors by kind, hung clients, client-side latency, ``/health`` (liveness)
+and ``/ready`` (readiness) under load, and the
 resident memory of the Ray Serve processes on this machine (router, model replicas, proxy)
 over time, so that a leak shows as steady growth. Not part of the test suite::
 
@@ -120,11 +121,13 @@ def sample(url: str, started: float) -> dict[str, Any]:
             rss[f"{title} ({pid})"] = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
         except psutil.Error:
             pass
-    try:
-        health = requests.get(url + "/health", timeout=10).status_code
-    except requests.RequestException:
-        health = None
-    return {"t_s": round(time.monotonic() - started, 1), "health": health, "rss_mib": rss}
+    codes: dict[str, int | None] = {}
+    for probe in ("health", "ready"):
+        try:
+            codes[probe] = requests.get(f"{url}/{probe}", timeout=10).status_code
+        except requests.RequestException:
+            codes[probe] = None
+    return {"t_s": round(time.monotonic() - started, 1), **codes, "rss_mib": rss}
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -156,7 +159,9 @@ def summarize(args: argparse.Namespace, tally: Tally, samples: list[dict], elaps
                    "p99": percentile([o.ttft_s for o in ok if o.ttft_s is not None], 0.99)},
         "e2e_s": {"p50": percentile([o.e2e_s for o in ok], 0.5), "p99": percentile([o.e2e_s for o in ok], 0.99),
                   "mean": round(statistics.fmean([o.e2e_s for o in ok]), 4) if ok else None},
+        "hung": sum(o.kind == "no_done" or "Timeout" in o.detail for o in outcomes),
         "health_codes": dict(Counter(str(s["health"]) for s in samples)),
+        "ready_codes": dict(Counter(str(s["ready"]) for s in samples)),
         "memory": memory,
         "error_examples": [asdict(o) for o in outcomes if o.kind not in ("ok", "rejected")][:10],
         "samples": samples,
@@ -196,7 +201,7 @@ def main() -> None:
     with open(args.output, "w") as f:
         json.dump(report, f, indent=2)
     brief = {k: report[k] for k in ("elapsed_s", "requests", "outcomes", "rejected", "errors", "hung_clients",
-                                    "requests_per_s", "ttft_s", "e2e_s", "health_codes", "memory")}
+                                    "requests_per_s", "ttft_s", "e2e_s", "hung", "health_codes", "ready_codes", "memory")}
     print(json.dumps(brief, indent=2))
 
 

@@ -43,6 +43,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = "inva
     return APIError(400, message, "invalid_request_error", param, code)
 
 
+def internal_error() -> APIError:
+    """A failure of ours; the message names no exception (its details go to the log)."""
+    return APIError(500, "The server failed while handling this request", "server_error", None, "internal_error")
+
+
 def loc_to_param(loc: Iterable[str | int]) -> str | None:
     """('ultra_fast_config', 'min_steps') -> 'ultra_fast_config.min_steps'; list indices as [i]."""
     out = ""

@@ -18,6 +18,7 @@ Deadlines run from the request's arrival: no first chunk within ``queue_timeout_
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,14 +26,16 @@ from typing import Any, AsyncIterator, Callable, Literal, Mapping, Protocol
 
 from dfast_serve.api import sse
 from dfast_serve.api.body import parse_json, validate
-from dfast_serve.api.errors import APIError, bad_request
+from dfast_serve.api.errors import APIError, bad_request, internal_error
 from dfast_serve.api.model_choice import ServedModel, choose_model
+from dfast_serve.api.prompt_limit import check_prompt_chars
 from dfast_serve.api.protocol import ChatCompletionRequest, CompletionRequest
 from dfast_serve.api.responses import ResponseBuilder
 from dfast_serve.config import DiffusionOptions, ServerConfig, deep_merge
 from dfast_serve.engine.types import SamplingParams
 from dfast_serve.serve.contract import ReplicaChunk, ReplicaRequest
 
+logger = logging.getLogger(__name__)
 Kind = Literal["completion", "chat", "native"]
 HEALTH_TIMEOUT_S = 5.0
 ID_PREFIX = {"completion": "cmpl", "chat": "chatcmpl", "native": "dfast"}
@@ -113,6 +116,9 @@ class ReplicaStream:
                     raise self._failed(timeout_error(self.timeout_s)) from None
                 except APIError as err:
                     raise self._failed(err) from None
+                except Exception:  # noqa: BLE001 - a bug on the call path: logged, the client gets an error event
+                    logger.exception("relaying a generation failed")
+                    raise self._failed(internal_error()) from None
                 self.tracker.chunk(chunk)
                 yield chunk
         finally:
@@ -165,6 +171,9 @@ class OpenAIServing:
         except APIError as err:
             tracker.fail(err.code)
             raise
+        except asyncio.CancelledError:  # the client left while waiting: the gauges must not keep it
+            tracker.abort()
+            raise
         if kind == "native":
             return EventStream(self._relay_native(stream, model.name), stream.close)
         builder = ResponseBuilder(kind, model.name, request_id)
@@ -184,6 +193,7 @@ class OpenAIServing:
         elif parsed.dfast:
             raise bad_request(f"dfast options apply to diffusion models; '{model.name}' is autoregressive", "dfast")
         chat = isinstance(parsed, ChatCompletionRequest)
+        check_prompt_chars(parsed, self.config.max_prompt_chars)
         request = ReplicaRequest(
             request_id=request_id,
             params=SamplingParams(**parsed.sampling_params(max_tokens)),
@@ -211,7 +221,7 @@ class OpenAIServing:
         except StopAsyncIteration:
             raise APIError(500, "The replica ended the stream without output", "server_error", None,
                            "internal_error") from None
-        except APIError:
+        except BaseException:  # an APIError, or the client left while the request waited (CancelledError)
             call.cancel()
             raise
         tracker.chunk(first)
@@ -259,7 +269,7 @@ class OpenAIServing:
                  "engine": m.engine} for m in self.served]
         return {"object": "list", "data": data}
 
-    async def health(self) -> tuple[bool, dict[str, Any]]:
+    async def ready(self) -> tuple[bool, dict[str, Any]]:
         """Ready only when a replica of every served model answers within ``HEALTH_TIMEOUT_S``."""
         probes = await asyncio.gather(*(client.check_ready(HEALTH_TIMEOUT_S) for client in self.clients.values()))
         models = dict(zip(self.clients, probes))

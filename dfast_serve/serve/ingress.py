@@ -1,5 +1,12 @@
 """The HTTP ingress deployment: routes, API key, body limits; the serving logic runs inside it.
 
+No client gets a plain-text error from here: anything a handler raises (a bug, ``MemoryError``)
+becomes an OpenAI-shaped error, and a URL with a trailing slash is a 404, never a redirect (Starlette's
+would build its ``Location`` from the client's ``Host`` header). ``/health`` is liveness: this
+process answers, with no call to a model replica, so no load can fail it; each model replica's
+own liveness (its step-loop thread) is Serve's health check (``ModelReplica.check_health``),
+which restarts a replica that fails it. ``/ready`` is readiness: a replica of every model answers.
+
 Everything about OpenAI requests (planning, first-chunk wait, relays, errors, metrics) is
 ``api/serving.py:OpenAIServing``, which runs in this same process (no extra hop) and reaches the
 model replicas through ``serve/replica_client.py``. Each request is tracked for ``/metrics`` from
@@ -8,23 +15,28 @@ the moment it arrives, before its body is read.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from dfast_serve.api import sse
 from dfast_serve.api.auth import key_matches
-from dfast_serve.api.errors import APIError
+from dfast_serve.api.errors import APIError, internal_error
 from dfast_serve.api.serving import EventStream, Kind, OpenAIServing
 from dfast_serve.config import DiffusionOptions, ServerConfig
 from dfast_serve.serve.metrics import ServingMetrics
 from dfast_serve.serve.replica_client import RayReplicaClient
 
+logger = logging.getLogger(__name__)
 
 @serve.deployment(name="Ingress")
 @serve.ingress()
@@ -45,11 +57,14 @@ class Ingress:
             Route("/v1/dfast/stream", self.native_stream, methods=["POST"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
+            Route("/ready", self.ready, methods=["GET"]),
             Route("/metrics", self.prometheus, methods=["GET"]),
         ]
         app = Starlette(routes=routes)
+        app.router.redirect_slashes = False  # /v1/completions/ is a 404, not a redirect to the client's Host
         app.add_exception_handler(404, _not_found)
         app.add_exception_handler(405, _method_not_allowed)
+        app.add_exception_handler(Exception, _unexpected)
         return app
 
     async def completions(self, request: Request) -> Response:
@@ -70,7 +85,12 @@ class Ingress:
         return JSONResponse(self.serving.list_models())
 
     async def health(self, request: Request) -> Response:
-        ok, body = await self.serving.health()
+        """Liveness: this process serves HTTP. Nothing remote, nothing queued."""
+        return JSONResponse({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        """Readiness: a replica of every model answers a no-op call (``OpenAIServing.ready``)."""
+        ok, body = await self.serving.ready()
         if ok:
             return JSONResponse(body)
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(self.config.retry_after_s)})
@@ -83,15 +103,27 @@ class Ingress:
         tracker = self.serving.metrics.request()
         try:
             self._check_auth(request)
-            result = await self.serving.create(kind, await self._read_body(request), tracker)
+            body = await self._read_body(request, tracker.arrived)
+            result = await self.serving.create(kind, body, tracker)
         except APIError as err:
             tracker.fail(err.code)
             return _error_response(err)
+        except ClientDisconnect:  # nobody to answer; the response below goes nowhere
+            tracker.abort()
+            return Response(status_code=400)
+        except MemoryError:
+            tracker.fail("out_of_memory")
+            return _error_response(_out_of_memory(self.config.retry_after_s))
+        except Exception:  # noqa: BLE001 - a bug: logged, never shown to the client as a class name
+            logger.exception("%s request failed", kind)
+            tracker.fail("internal_error")
+            return _error_response(internal_error())
         if isinstance(result, EventStream):
             return _sse_response(result)
         return JSONResponse(result)
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: Request, arrived: float) -> bytes:
+        """The body, within ``max_body_bytes`` (413) and ``body_read_timeout_s`` from arrival (408)."""
         content_type = request.headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
             raise APIError(415, "Content-Type must be application/json", code="unsupported_media_type")
@@ -100,10 +132,16 @@ class Ingress:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)
         body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                raise _too_large(limit)
+        timeout_s = self.config.body_read_timeout_s
+        try:
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + timeout_s - (time.monotonic() - arrived)):
+                async for part in request.stream():
+                    body += part
+                    if len(body) > limit:
+                        raise _too_large(limit)
+        except TimeoutError:
+            raise APIError(408, f"The request body was not received within {timeout_s:g} s (body_read_timeout_s)",
+                           code="body_read_timeout") from None
         return bytes(body)
 
     def _check_auth(self, request: Request) -> None:
@@ -128,12 +166,33 @@ def _sse_response(stream: EventStream) -> StreamingResponse:
     """SSE; ``stream.close`` also runs as a background task, which Starlette runs even when the
     client left before the first byte (then the events never started and their cleanup never runs)."""
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream.events, media_type="text/event-stream", headers=headers,
+    return StreamingResponse(_guarded(stream.events), media_type="text/event-stream", headers=headers,
                              background=BackgroundTask(stream.close))
+
+
+async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The events; a bug while producing them ends the stream with an error event and ``[DONE]``."""
+    try:
+        async for event in events:
+            yield event
+    except Exception:  # noqa: BLE001 - logged; the client gets the error shape, not a cut connection
+        logger.exception("an event stream failed")
+        yield sse.event(internal_error().body())
+        yield sse.DONE
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     return _error_response(APIError(404, f"No route {request.url.path}", code="not_found"))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    """Whatever a handler let escape (a bug): the OpenAI shape, with no exception name in it."""
+    return _error_response(_out_of_memory(None) if isinstance(exc, MemoryError) else internal_error())
+
+
+def _out_of_memory(retry_after_s: int | None) -> APIError:
+    return APIError(503, "The server ran out of memory for this request; retry shortly", "server_error", None,
+                    "out_of_memory", retry_after_s)
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:

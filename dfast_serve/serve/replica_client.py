@@ -19,6 +19,7 @@ Deadlines are the serving logic's, not Ray's.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
@@ -26,6 +27,8 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentRes
 
 from dfast_serve.api.errors import APIError
 from dfast_serve.serve.contract import ReplicaChunk, ReplicaError, ReplicaRequest
+
+logger = logging.getLogger(__name__)
 
 
 class RayReplicaClient:
@@ -51,8 +54,9 @@ class RayReplicaClient:
             return f"no replica answered within {timeout_s:g} s"
         except BackPressureError:
             return "overloaded"
-        except Exception as exc:  # noqa: BLE001 - any failure to reach a replica means not ready
-            return type(exc).__name__
+        except Exception:  # noqa: BLE001 - any failure to reach a replica means not ready
+            logger.warning("readiness probe of %s failed", self.model, exc_info=True)
+            return "no replica reachable"
         return "ok"
 
 
@@ -85,16 +89,19 @@ class RayReplicaCall:
         cancel(self._generator)
 
     def _api_error(self, exc: Exception) -> APIError:
+        """The client's error; Ray's exception (class names, tracebacks) goes to the log only."""
+        logger.warning("a call to model %s failed", self._model, exc_info=exc)
         retry = self._retry_after_s
         if self._started:
-            return APIError(503, f"Generation failed: {type(exc).__name__}", "server_error", None, "replica_failed",
-                            retry)
+            return APIError(503, f"Generation on model '{self._model}' failed (its replica stopped); retry",
+                            "server_error", None, "replica_failed", retry)
         if isinstance(exc, BackPressureError):
             return APIError(503, f"Model '{self._model}' is at capacity; retry shortly", "server_overloaded", None,
                             "overloaded", retry)
         if isinstance(exc, RayTaskError):  # the replica's own code raised: a bug, not unavailability
-            return APIError(500, f"The replica failed: {type(exc).__name__}", "server_error", None, "internal_error")
-        return APIError(503, f"Model '{self._model}' is unavailable ({type(exc).__name__}); retry shortly",
+            return APIError(500, f"Model '{self._model}' failed on this request", "server_error", None,
+                            "internal_error")
+        return APIError(503, f"Model '{self._model}' is unavailable; retry shortly",
                         "server_error", None, "replica_unavailable", retry)
 
 

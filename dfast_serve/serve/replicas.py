@@ -11,6 +11,8 @@ cancelled and leaves the batch before the next step.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import deque
 from typing import Any, AsyncIterator
@@ -25,6 +27,7 @@ from dfast_serve.serve.contract import ReplicaChunk, ReplicaError, ReplicaReques
 from dfast_serve.serve.step_loop import StepLoop
 
 TTFT_WINDOW_S = 30.0  # recent TTFTs the autoscaler sees
+logger = logging.getLogger(__name__)
 
 
 @serve.deployment
@@ -88,8 +91,13 @@ class ModelReplica:
                                  diffusion=request.diffusion)
 
     async def generate(self, request: ReplicaRequest) -> AsyncIterator[ReplicaChunk | ReplicaError]:
-        """Stream chunk deltas; a request the replica refuses yields one ``ReplicaError``."""
-        encoded = self._encode(request)
+        """Stream chunk deltas; a request the replica refuses, or whose own generation fails, ends with
+        one ``ReplicaError`` (the engine isolates a request's failure: its batch mates go on).
+
+        Tokenizing runs in a worker thread: a long prompt (up to the router's ``max_prompt_chars``)
+        takes a while, and the event loop meanwhile relays the other streams' chunks and cancellations.
+        """
+        encoded = await asyncio.to_thread(self._encode, request)
         if isinstance(encoded, ReplicaError):
             yield encoded
             return
@@ -102,6 +110,10 @@ class ModelReplica:
                 if chunk.is_first:
                     self._recent_ttfts.append((time.monotonic(), time.monotonic() - started))
                 yield ReplicaChunk.from_engine(chunk)
+        except Exception:  # noqa: BLE001 - this request's generation failed; logged, the client gets an error
+            logger.exception("request %s failed", request.request_id)
+            yield ReplicaError(500, f"Model '{self.name}' failed while generating this request", "server_error",
+                               None, "generation_failed")
         finally:
             subscription.cancel()  # caller gone or stream done: it leaves the batch before the next step
             self._in_flight -= 1
@@ -112,6 +124,7 @@ class ModelReplica:
         options this replica was given (they show that settings reached it)."""
         return {"model": self.name, "engine": self.engine.kind, "forward_passes": self.engine.forward_passes,
                 "in_flight": self._in_flight, "requests": self._requests, "steps": self._loop.steps,
+                "active": self._loop.active, "waiting": self._loop.waiting,
                 "max_batch_size": self.engine.max_batch_size, "diffusion": self.diffusion.model_dump()}
 
     def ttft_p90_s(self) -> float:
@@ -127,6 +140,12 @@ class ModelReplica:
 
     def ready(self) -> bool:
         return True
+
+    def check_health(self) -> None:
+        """Serve's liveness probe (every ``health_check_period_s``): a replica whose engine thread died
+        cannot generate, so it fails, and Serve replaces it."""
+        if not self._loop.alive:
+            raise RuntimeError(f"the engine thread of '{self.name}' is not running")
 
     def node_id(self) -> str:
         """The Ray node this replica runs on (GPU placement is checked with it)."""

@@ -5,7 +5,9 @@ step, drops the requests whose caller left, admits new ones (up to ``max_active`
 ``engine.step(sequences)`` once for all of them: the engine shares forward passes among them (up
 to its batch size) and each sequence queues its own chunks, which are handed to that request's
 asyncio queue. A request that arrives mid-generation joins at the next step without restarting
-the others; a cancelled one leaves at the next step.
+the others; a cancelled one leaves at the next step. Should the thread itself die (an engine bug
+that escapes a step), every request in it and every later one gets an error instead of waiting
+forever, and ``alive`` turns false, which fails the replica's health check.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ class Subscription:
             yield item
 
 
+class StepLoopDied(RuntimeError):
+    def __init__(self) -> None:
+        super().__init__("the replica's engine thread stopped")
+
+
 class StepLoop:
     """The thread that owns the engine. ``submit`` may be called from any event loop."""
 
@@ -58,15 +65,24 @@ class StepLoop:
         self._active: list[Subscription] = []
         self._wake = threading.Condition()
         self.steps = 0
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name=f"step-loop-{name}", daemon=True)
         self._thread.start()
 
     def submit(self, request: GenerationRequest) -> Subscription:
         subscription = Subscription(request, asyncio.get_running_loop())
         with self._wake:
-            self._waiting.append(subscription)
-            self._wake.notify()
+            if self._stopped:
+                subscription._send(StepLoopDied())
+            else:
+                self._waiting.append(subscription)
+                self._wake.notify()
         return subscription
+
+    @property
+    def alive(self) -> bool:
+        """The engine thread is running (``check_health`` of the replica)."""
+        return self._thread.is_alive() and not self._stopped
 
     @property
     def active(self) -> int:
@@ -77,6 +93,16 @@ class StepLoop:
         return len(self._waiting)
 
     def _run(self) -> None:
+        try:
+            self._loop_forever()
+        finally:  # only a BaseException escaping the engine gets here
+            with self._wake:
+                self._stopped = True
+                for subscription in [*self._active, *self._waiting]:
+                    subscription._send(StepLoopDied())
+                self._active, self._waiting = [], deque()
+
+    def _loop_forever(self) -> None:
         while True:
             with self._wake:
                 while not self._waiting and not self._active:

@@ -38,7 +38,7 @@ STORY = [chunk("In the ", 1, first=True, total=2), chunk("beginning", 2, total=3
 
 
 class FakeCall:
-    """Plays a script: ReplicaChunk items are yielded, APIError items raised, HANG waits forever."""
+    """Plays a script: ReplicaChunk items are yielded, exceptions raised, HANG waits forever."""
 
     def __init__(self, script: list[Any]) -> None:
         self.script = list(script)
@@ -53,7 +53,7 @@ class FakeCall:
         item = self.script.pop(0)
         if item is HANG:
             await asyncio.Event().wait()
-        if isinstance(item, APIError):
+        if isinstance(item, Exception):
             raise item
         return item
 
@@ -265,13 +265,62 @@ def test_a_client_that_leaves_before_reading_cancels_the_generation_and_counts_a
     assert sample("dfast:request_success_total", {"model_name": DIFFUSION, "finished_reason": "abort"}) == 1
 
 
+def _sample(serving: OpenAIServing, name: str, **labels: str) -> float:
+    return serving.metrics.registry.get_sample_value(name, {"model_name": DIFFUSION, **labels}) or 0.0
+
+
+async def _until(condition: Any, what: str, deadline_s: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    while not condition():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.001)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_clients_that_leave_while_queued_leave_no_waiting_gauge_and_count_aborts(stream):
+    """Ten requests wait for their first chunk, then their clients leave (the ingress task is
+    cancelled): the waiting gauge returns to 0, each counts one abort and its replica call is cancelled."""
+    serving, clients = make([HANG])
+    n = 10
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(serving.create("completion", body(stream=stream), serving.metrics.request()))
+                 for _ in range(n)]
+        await _until(lambda: _sample(serving, "dfast:num_requests_waiting") == n, "the requests never queued")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert _sample(serving, "dfast:num_requests_waiting") == 0
+    assert _sample(serving, "dfast:request_success_total", finished_reason="abort") == n
+    assert all(call.cancelled for call in clients[DIFFUSION].calls)
+
+
+@pytest.mark.parametrize("kind,raw,param", [
+    ("completion", body(prompt="x" * 1025), "prompt"),
+    ("completion", body(prompt=["x" * 1025]), "prompt"),
+    ("chat", json.dumps({"model": DIFFUSION, "messages": [{"role": "system", "content": "x" * 600},
+                                                          {"role": "user", "content": [{"type": "text", "text": "y" * 600}]}]}).encode(),
+     "messages"),
+])
+def test_a_prompt_over_max_prompt_chars_is_refused_before_any_replica_tokenizes_it(kind, raw, param):
+    serving, clients = make(max_prompt_chars=1024)
+    err = error_of(serving, raw, kind)
+    assert (err.status, err.param, err.code) == (400, param, "context_length_exceeded")
+    assert "max_prompt_chars" in err.message
+    assert not clients[DIFFUSION].requests
+    assert create(serving, body(prompt="x" * 1024))["choices"]  # the limit itself is allowed
+
+
 # ---- models and health ------------------------------------------------------------------------------
 def test_models_and_health():
     serving, clients = make()
     assert [(m["id"], m["engine"]) for m in serving.list_models()["data"]] == [(DIFFUSION, "diffusion"), (AR, "ar")]
-    assert asyncio.run(serving.health()) == (True, {"status": "ok", "models": {DIFFUSION: "ok", AR: "ok"}})
+    assert asyncio.run(serving.ready()) == (True, {"status": "ok", "models": {DIFFUSION: "ok", AR: "ok"}})
     clients[AR].ready = "overloaded"
-    ok, report = asyncio.run(serving.health())
+    ok, report = asyncio.run(serving.ready())
     assert not ok and report == {"status": "unavailable", "models": {DIFFUSION: "ok", AR: "overloaded"}}
 
 

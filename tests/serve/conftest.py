@@ -89,13 +89,13 @@ def server(ray_cluster, tmp_path_factory) -> Server:
         if process.poll() is not None:
             pytest.fail(f"serve run exited with {process.returncode}:\n{srv.log_tail()}")
         try:
-            if requests.get(srv.base_url + "/health", timeout=5).status_code == 200:
+            if requests.get(srv.base_url + "/ready", timeout=10).status_code == 200:
                 break
         except requests.RequestException:
             pass
         if time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"serve run did not become healthy in {STARTUP_TIMEOUT_S} s:\n{srv.log_tail()}")
+            pytest.fail(f"serve run did not become ready in {STARTUP_TIMEOUT_S} s:\n{srv.log_tail()}")
         time.sleep(1)
     yield srv
     process.send_signal(signal.SIGINT)
@@ -132,6 +132,7 @@ SMALL_APP_ARGS = {
     "request_timeout_s": 4,
     "queue_timeout_s": 2,
     "retry_after_s": 2,
+    "body_read_timeout_s": 2,
     "api_key": "small-app-test-key",
 }
 
@@ -141,7 +142,7 @@ def small_app(server) -> SmallApp:
     """A second, small app on the session cluster, for tests that need tight limits or break things.
 
     One tiny-mdlm replica that generates one request at a time and queues one more, a 4 s
-    request timeout, a 2 s queue timeout and an API key; served under ``/small`` by the same
+    request timeout, a 2 s queue timeout, a 2 s body read deadline and an API key; served under ``/small`` by the same
     proxy as the main app, which stays untouched.
     """
     from ray import serve
@@ -152,8 +153,8 @@ def small_app(server) -> SmallApp:
     serve.run(build_app(SMALL_APP_ARGS), name=name, route_prefix="/small")
     app = SmallApp(server.base_url + "/small", name, SMALL_APP_ARGS["api_key"])
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while requests.get(app.url + "/health", timeout=10).status_code != 200:
-        assert time.monotonic() < deadline, "the small app did not become healthy"
+    while requests.get(app.url + "/ready", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the small app did not become ready"
         time.sleep(1)
     yield app
     serve.delete(name)

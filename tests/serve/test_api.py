@@ -19,9 +19,11 @@ def test_models_lists_both_engines(server):
     assert {(m["id"], m["engine"]) for m in data["data"]} == {(DIFFUSION, "diffusion"), (AR, "ar")}
 
 
-def test_health_is_ok_when_replicas_answer(server):
+def test_health_and_ready_are_ok_when_replicas_answer(server):
     response = requests.get(server.base_url + "/health", timeout=10)
-    assert response.status_code == 200 and response.json()["status"] == "ok"
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    response = requests.get(server.base_url + "/ready", timeout=10)
+    assert response.status_code == 200 and response.json()["models"] == {DIFFUSION: "ok", AR: "ok"}
 
 
 def _completion(server, model, stream, **extra):

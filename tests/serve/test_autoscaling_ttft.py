@@ -63,7 +63,7 @@ def test_p90_ttft_over_target_scales_up_without_load_and_recovery_scales_down(se
 
     client = threading.Thread(target=one_client, daemon=True)
     try:
-        wait_for(lambda: requests.get(url + "/health", timeout=10).status_code == 200, "healthy")
+        wait_for(lambda: requests.get(url + "/ready", timeout=10).status_code == 200, "ready")
         assert running_replicas() == 1
         client.start()
         wait_for(lambda: running_replicas() == 2, "scale-up to 2 replicas on TTFT alone")

@@ -45,7 +45,7 @@ def two_routers(server):
     serve.run(build_app(ARGS), name=APP, route_prefix=PREFIX)
     url = server.base_url + PREFIX
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while requests.get(url + "/health", timeout=10).status_code != 200:
+    while requests.get(url + "/ready", timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "the two-router app did not become healthy"
         time.sleep(1)
     # A Ray worker's metrics reach its node's agent only once its exporter has connected, which

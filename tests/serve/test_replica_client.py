@@ -59,6 +59,7 @@ def first_error(*items: Any) -> tuple[APIError, FakeGenerator]:
 def test_ray_errors_before_the_first_chunk(exc, status, code, retry):
     err, generator = first_error(exc)
     assert (err.status, err.code, err.retry_after_s) == (status, code, retry)
+    assert_no_exception_names(err)
     assert generator.cancelled == 1  # and a cancel that re-raises is swallowed
 
 
@@ -72,6 +73,13 @@ def test_any_ray_error_after_the_first_chunk_is_replica_failed(exc):
     with pytest.raises(APIError) as caught:
         asyncio.run(drain())
     assert (caught.value.status, caught.value.code, caught.value.retry_after_s) == (503, "replica_failed", 3)
+    assert_no_exception_names(caught.value)
+
+
+def assert_no_exception_names(err: APIError) -> None:
+    """Clients see what failed, never Ray's class names (``RayTaskError(ValueError)``)."""
+    for name in ("Error", "Ray", "Exception", "Traceback"):
+        assert name not in err.message, err.message
 
 
 def test_a_replica_refusal_becomes_the_error_it_describes_and_chunks_pass_through():

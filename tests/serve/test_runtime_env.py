@@ -80,4 +80,4 @@ def test_runtime_env_vars_reach_the_replicas_and_a_missing_required_key_stops_th
     finally:
         _apply(server)
         _wait(lambda: _status("from_env") is None and _status("keyless") is None, "removal of the env apps")
-    assert requests.get(server.base_url + "/health", timeout=30).status_code == 200
+    assert requests.get(server.base_url + "/ready", timeout=30).status_code == 200

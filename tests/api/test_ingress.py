@@ -1,0 +1,183 @@
+"""The ingress's HTTP layer in-process (no Ray): its Starlette app driven through raw ASGI messages,
+with the fake replica clients of ``test_serving.py`` behind ``OpenAIServing``.
+
+Raw ASGI lets a test play a client that trickles its body, stalls, or disconnects mid-body, in
+milliseconds; the same behaviours through Ray's HTTP proxy are in ``tests/serve/test_limits.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+
+from dfast_serve.api.errors import APIError
+from dfast_serve.serve.ingress import Ingress
+from tests.api.test_serving import DIFFUSION, HANG, STORY, errors, make
+
+JSON = {"content-type": "application/json"}
+DISCONNECT = object()  # in a body script: the client goes away
+GOOD = json.dumps({"model": DIFFUSION, "prompt": "In the beginning", "max_tokens": 8}).encode()
+# The class as written: Serve's decorators wrap it in a replica class (its first base).
+IngressClass = Ingress.func_or_class.__mro__[1]
+
+
+def ingress_app(script: list[Any] | None = None, **config: Any) -> tuple[Starlette, Any]:
+    serving, clients = make(script, **config)
+    ingress = object.__new__(IngressClass)
+    ingress.config, ingress.serving = serving.config, serving
+    return IngressClass.__serve_build_asgi_app__(ingress), clients
+
+
+async def call(app: Starlette, path: str, body: list[Any], method: str = "POST",
+               headers: dict[str, str] = JSON) -> tuple[int, dict[str, str], bytes]:
+    """Send ``body`` (bytes parts, ``HANG`` or ``DISCONNECT``) as one request; the response."""
+    parts = list(body)
+
+    async def receive() -> dict[str, Any]:
+        if not parts:
+            await asyncio.Event().wait()  # the request is complete: nothing more until the server ends
+        part = parts.pop(0)
+        if part is HANG:
+            await asyncio.Event().wait()
+        if part is DISCONNECT:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": part, "more_body": bool(parts)}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.encode(), v.encode()) for k, v in {**headers, "host": "evil.example"}.items()],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    try:
+        await app(scope, receive, send)
+    except Exception:  # noqa: BLE001 - Starlette re-raises after its error handler answered; the answer counts
+        pass
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    headers_out = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    return start["status"], headers_out, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def run(app: Starlette, path: str, body: list[Any], **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+    return asyncio.run(asyncio.wait_for(call(app, path, body, **kwargs), 60))  # a deadline against a hang
+
+
+def error(status: int, headers: dict[str, str], raw: bytes, expected: int) -> dict[str, Any]:
+    assert status == expected, (status, raw)
+    assert headers["content-type"] == "application/json"
+    err = json.loads(raw)["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    return err
+
+
+def sse_events(raw: bytes) -> list[Any]:
+    out = []
+    for block in raw.decode().split("\n\n"):
+        if block:
+            data = block.removeprefix("data: ")
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+# ---- item 9: no redirects ---------------------------------------------------------------------------
+@pytest.mark.parametrize("method,path", [("POST", "/v1/completions/"), ("POST", "/v1/chat/completions/"),
+                                         ("GET", "/v1/models/"), ("GET", "/health/")])
+def test_a_trailing_slash_is_a_404_in_the_error_shape_never_a_redirect(method, path):
+    app, clients = ingress_app()
+    status, headers, raw = run(app, path, [GOOD], method=method)
+    assert error(status, headers, raw, 404)["code"] == "not_found"
+    assert "location" not in headers
+    assert not clients[DIFFUSION].requests
+
+
+# ---- item 4: a body read deadline -------------------------------------------------------------------
+def test_a_body_not_received_within_body_read_timeout_s_is_408():
+    app, clients = ingress_app(body_read_timeout_s=0.05)
+    status, headers, raw = run(app, "/v1/completions", [b'{"model": ', b'"tiny', HANG])
+    err = error(status, headers, raw, 408)
+    assert err["code"] == "body_read_timeout" and "body_read_timeout_s" in err["message"]
+    assert not clients[DIFFUSION].requests
+    status, _, raw = run(app, "/v1/completions", [GOOD[:10], GOOD[10:]])
+    assert status == 200 and json.loads(raw)["choices"]  # a body in parts, in time, is served
+
+
+# ---- item 10: no plain-text 500s, no exception names --------------------------------------------------
+def test_a_client_that_disconnects_while_sending_the_body_gets_no_500_and_counts_as_aborted():
+    app, clients = ingress_app()
+    status, _, _ = run(app, "/v1/completions", [b'{"model": ', DISCONNECT])
+    assert status < 500
+    assert not clients[DIFFUSION].requests
+
+
+def test_memory_error_while_handling_a_request_is_503_out_of_memory():
+    app, _ = ingress_app()
+
+    async def exhausted(*args: Any) -> None:
+        raise MemoryError
+
+    app_serving = app.routes[0].endpoint.__self__.serving
+    app_serving.create = exhausted
+    status, headers, raw = run(app, "/v1/completions", [GOOD])
+    err = error(status, headers, raw, 503)
+    assert err["code"] == "out_of_memory" and headers["retry-after"] == "7"
+
+
+def test_an_unexpected_exception_is_a_500_in_the_error_shape_without_its_class_name():
+    app, _ = ingress_app()
+    ingress = app.routes[0].endpoint.__self__
+
+    async def bug(*args: Any) -> None:
+        raise RuntimeError("RayTaskError(ValueError): secret detail")
+
+    def list_bug() -> None:
+        raise KeyError("secret detail")
+
+    ingress.serving.create = bug
+    ingress.serving.list_models = list_bug
+    for method, path in (("POST", "/v1/completions"), ("GET", "/v1/models")):
+        status, headers, raw = run(app, path, [GOOD], method=method)
+        err = error(status, headers, raw, 500)
+        assert err["code"] == "internal_error"
+        assert "Error" not in err["message"] and "secret" not in err["message"], err
+    assert errors(ingress.serving, "internal_error") == 1  # the completion; /v1/models is not a request
+
+
+@pytest.mark.parametrize("failure", [ValueError("a bug in the replica call"), object()])
+def test_an_unexpected_failure_mid_stream_ends_with_an_error_event_and_done(failure):
+    """A bug where the replica's chunks are read, or where an event is built from one (``object()``
+    is no chunk): an ``internal_error`` event and ``[DONE]``, never a cut connection."""
+    app, clients = ingress_app([STORY[0], failure])
+    status, _, raw = run(app, "/v1/completions", [json.dumps({**json.loads(GOOD), "stream": True}).encode()])
+    out = sse_events(raw)
+    assert status == 200 and out[0]["choices"][0]["text"] == "In the "
+    assert out[1]["error"]["code"] == "internal_error" and "Error" not in out[1]["error"]["message"]
+    assert out[2] == "[DONE]" and len(out) == 3
+    assert clients[DIFFUSION].calls[0].cancelled
+
+
+# ---- item 7: /health is liveness, /ready readiness --------------------------------------------------
+def test_health_answers_without_asking_any_replica_and_ready_asks_every_model():
+    app, clients = ingress_app()
+
+    async def never(timeout_s: float) -> str:
+        raise AssertionError("/health must not call a replica")
+
+    for client in clients.values():
+        client.check_ready = never
+    status, _, raw = run(app, "/health", [], method="GET")
+    assert status == 200 and json.loads(raw) == {"status": "ok"}
+
+    app, clients = ingress_app()
+    status, _, raw = run(app, "/ready", [], method="GET")
+    assert status == 200 and json.loads(raw)["status"] == "ok"
+    clients[DIFFUSION].ready = "overloaded"
+    status, headers, raw = run(app, "/ready", [], method="GET")
+    assert status == 503 and headers["retry-after"] == "7"
+    assert json.loads(raw)["models"][DIFFUSION] == "overloaded"

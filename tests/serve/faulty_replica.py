@@ -1,0 +1,41 @@
+"""A fault-injection replica that exists only in tests: ``ModelReplica`` whose engine fails every
+request whose prompt starts with ``FAIL_MARK``, on its own, after that request's second forward
+pass, the way the engine marks a sequence whose own work failed (``Sequence.fail``). Its batch
+mates are stepped as usual. Importable by Ray workers (the tests package is on their path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from dfast_serve.serve.contract import ReplicaError, ReplicaRequest
+from dfast_serve.serve.replicas import ModelReplica
+
+FAIL_MARK = "FAIL-HERE "
+FAIL_AFTER_PASSES = 2
+
+
+class FailingReplica(ModelReplica.func_or_class):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.doomed: set[str] = set()
+        step = self.engine.step
+
+        def step_then_fail(sequences: list) -> None:
+            step(sequences)
+            for sequence in sequences:
+                if (sequence.request.request_id in self.doomed and sequence.error is None
+                        and sequence.nfe >= FAIL_AFTER_PASSES):
+                    sequence.fail(RuntimeError("injected failure"))
+
+        self.engine.step = step_then_fail  # the step loop calls engine.step on this instance
+
+    def _encode(self, request: ReplicaRequest):  # type: ignore[override]
+        encoded = super()._encode(request)
+        if not isinstance(encoded, ReplicaError) and (request.prompt or "").startswith(FAIL_MARK):
+            self.doomed.add(request.request_id)
+        return encoded
+
+
+FailingReplicaDeployment = serve.deployment(FailingReplica)

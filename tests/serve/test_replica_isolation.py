@@ -1,0 +1,199 @@
+"""A replica keeps serving the others while one request is slow to tokenize or fails, and reports a
+dead engine thread to Serve's health check.
+
+The first tests run ``ModelReplica`` in-process (the real tiny-mdlm, engine and step loop, no Ray):
+they gate or break one request from inside and watch its neighbours. The last one goes through
+Ray and HTTP, with the test-only ``FailingReplica`` (``tests/serve/faulty_replica.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+import requests
+
+from dfast_serve.config import DiffusionOptions
+from dfast_serve.engine import SamplingParams
+from dfast_serve.serve.contract import ReplicaChunk, ReplicaError, ReplicaRequest
+from dfast_serve.serve.replicas import ModelReplica
+from tests.serve.faulty_replica import FAIL_MARK, FailingReplica
+
+# 64 forward passes and ~27 chunks: a neighbour that keeps streaming while a test watches.
+STEADY = DiffusionOptions(ultra_fast=False, block_length=8, steps=64)
+MODEL = {"name": "tiny-mdlm", "engine": "diffusion"}
+GATE_S = 60  # how long a gated request waits for its neighbour before the test fails
+
+
+def replica_request(prompt: str, max_tokens: int = 64, diffusion: DiffusionOptions = STEADY) -> ReplicaRequest:
+    return ReplicaRequest(f"test-{uuid.uuid4().hex}", SamplingParams(max_tokens=max_tokens), prompt=prompt,
+                          diffusion=diffusion)
+
+
+async def drain(replica: ModelReplica, request: ReplicaRequest, on_chunk: Any = None) -> list[Any]:
+    items = []
+    async for item in replica.generate(request):
+        items.append(item)
+        if on_chunk is not None:
+            on_chunk(item)
+    return items
+
+
+@pytest.fixture(scope="module")
+def replica() -> ModelReplica:
+    return ModelReplica.func_or_class(MODEL, STEADY, {"max_ongoing_requests": 8})
+
+
+def test_a_long_prompt_is_tokenized_while_other_streams_keep_receiving_chunks(replica):
+    """A 200k-character prompt's tokenization is held until a running stream has received three
+    more chunks. Run on the event loop, it would hold those chunks back and time out the gate."""
+    received: list[ReplicaChunk] = []
+    during_encode: list[int] = []
+    gate = threading.Event()
+    encode_prompt = replica.model.encode_prompt
+    huge = "And God said, Let there be light. " * 6000
+
+    def gated_encode(text: str) -> list[int]:
+        if text == huge:
+            at_start = len(received)
+            gate.wait(GATE_S)
+            during_encode.append(len(received) - at_start)
+        return encode_prompt(text)
+
+    def on_neighbour_chunk(chunk: ReplicaChunk) -> None:
+        received.append(chunk)
+        if len(received) >= start_count + 3:
+            gate.set()
+
+    async def scenario() -> list[Any]:
+        neighbour = asyncio.create_task(drain(replica, replica_request("In the beginning"), on_neighbour_chunk))
+        while not received:
+            await asyncio.sleep(0.01)
+        refused = await drain(replica, replica_request(huge, max_tokens=8))
+        await neighbour
+        return refused
+
+    replica.model.encode_prompt = gated_encode
+    try:
+        start_count = 1
+        refused = asyncio.run(asyncio.wait_for(scenario(), GATE_S * 2))
+    finally:
+        replica.model.encode_prompt = encode_prompt
+    assert gate.is_set(), "no chunk of the other stream arrived while the long prompt was tokenized"
+    assert during_encode and during_encode[0] >= 2, during_encode
+    assert len(refused) == 1 and isinstance(refused[0], ReplicaError), refused
+    assert refused[0].code == "context_length_exceeded" and refused[0].param == "prompt"
+    assert received[-1].finish_reason in ("stop", "length")
+
+
+def test_a_request_whose_generation_fails_ends_with_an_error_and_its_batch_mate_finishes():
+    replica = FailingReplica(MODEL, STEADY, {"max_ongoing_requests": 8})
+    mate, doomed = replica_request("In the beginning"), replica_request(FAIL_MARK + "And God said")
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        return tuple(await asyncio.gather(drain(replica, mate), drain(replica, doomed)))
+
+    passes_before = replica.engine.forward_passes
+    mate_items, doomed_items = asyncio.run(asyncio.wait_for(scenario(), 120))
+    *doomed_chunks, error = doomed_items
+    assert doomed_chunks and all(isinstance(c, ReplicaChunk) for c in doomed_chunks)
+    assert isinstance(error, ReplicaError) and (error.status, error.code) == (500, "generation_failed")
+    assert "injected" not in error.message and "Error" not in error.message
+    assert all(isinstance(c, ReplicaChunk) for c in mate_items)
+    assert mate_items[-1].finish_reason in ("stop", "length") and mate_items[-1].nfe == 64
+    # They shared steps: 64 passes for the mate, not 64 + the doomed request's own.
+    assert replica.engine.forward_passes - passes_before == 64
+    assert replica.stats()["in_flight"] == 0
+
+
+def test_a_dead_engine_thread_fails_the_health_check_and_every_request_gets_an_error():
+    replica = ModelReplica.func_or_class(MODEL, STEADY, {"max_ongoing_requests": 8})
+    replica.check_health()  # healthy
+
+    def die(sequences: list) -> None:
+        raise SystemExit  # escapes ``except Exception``: the thread ends
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        running = asyncio.create_task(drain(replica, replica_request("In the beginning")))
+        deadline = time.monotonic() + 60
+        while replica._loop.alive:
+            assert time.monotonic() < deadline, "the engine thread did not stop"
+            await asyncio.sleep(0.01)
+        return await running, await drain(replica, replica_request("And God said"))
+
+    replica.engine.step = die
+    running, later = asyncio.run(asyncio.wait_for(scenario(), 120))
+    for items in (running, later):
+        assert isinstance(items[-1], ReplicaError) and items[-1].code == "generation_failed", items
+    with pytest.raises(RuntimeError, match="engine thread"):
+        replica.check_health()
+
+
+# ---- through Ray and HTTP ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def failing_app(server) -> str:
+    """A third app whose only model replica is the test-only ``FailingReplica``; its URL root."""
+    from ray import serve
+
+    from dfast_serve.config import load_server_config
+    from dfast_serve.serve.ingress import Ingress
+    from tests.serve.faulty_replica import FailingReplicaDeployment
+
+    args = {"models": [{**MODEL, "replica": {"num_cpus": 0.5, "max_ongoing_requests": 4}}],
+            "router": {"num_cpus": 0.25}}
+    config = load_server_config(args, environ={})
+    diffusion = config.resolve_diffusion(environ={})
+    model = config.models[0]
+    replica = FailingReplicaDeployment.options(name="DiffusionReplica", **model.replica.deployment_options()).bind(
+        model.model_dump(exclude={"replica", "diffusion"}), diffusion[model.name], model.replica.model_dump())
+    ingress = Ingress.options(ray_actor_options={"num_cpus": 0.25}).bind(config.model_dump(), {model.name: replica},
+                                                                           diffusion)
+    serve.run(ingress, name="failing", route_prefix="/failing")
+    url = server.base_url + "/failing"
+    deadline = time.monotonic() + 240
+    while requests.get(url + "/ready", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, "the failing app did not become ready"
+        time.sleep(1)
+    yield url
+    serve.delete("failing")
+
+
+def _stream(url: str, prompt: str, out: dict[str, Any], started: threading.Event | None = None) -> None:
+    body = {"model": MODEL["name"], "prompt": prompt, "max_tokens": 64, "stream": True,
+            "dfast": {"ultra_fast": False, "block_length": 8, "steps": 64}}
+    with requests.post(url + "/v1/completions", json=body, stream=True, timeout=120) as response:
+        out["status"] = response.status_code
+        events = []
+        for line in response.iter_lines(decode_unicode=True):
+            if line:
+                events.append(line[len("data: "):])
+                if started is not None:
+                    started.set()
+        out["events"] = events
+
+
+def test_through_ray_a_request_that_fails_mid_stream_ends_with_an_error_event_and_its_batch_mate_finishes(
+        failing_app):
+    mate: dict[str, Any] = {}
+    doomed: dict[str, Any] = {}
+    mate_streaming = threading.Event()
+    threads = [threading.Thread(target=_stream, args=(failing_app, "In the beginning", mate, mate_streaming))]
+    threads[0].start()
+    assert mate_streaming.wait(120), "the first stream never started"
+    threads.append(threading.Thread(target=_stream, args=(failing_app, FAIL_MARK + "And God said", doomed)))
+    threads[1].start()
+    for thread in threads:
+        thread.join(180)
+        assert not thread.is_alive(), "a stream hung"
+    assert doomed["status"] == 200 and doomed["events"][-1] == "[DONE]"
+    error = json.loads(doomed["events"][-2])["error"]
+    assert error["code"] == "generation_failed" and set(error) == {"message", "type", "param", "code"}
+    assert "Error" not in error["message"]
+    assert any("choices" in json.loads(e) for e in doomed["events"][:-2])  # it failed mid-stream
+    assert mate["status"] == 200 and mate["events"][-1] == "[DONE]"
+    assert json.loads(mate["events"][-2])["choices"][0]["finish_reason"] in ("stop", "length")

@@ -99,8 +99,8 @@ def bench(model: DiffusionLM, args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", choices=["embedded", "llada", "dream"], default="embedded")
-    ap.add_argument("--path", help="checkpoint directory or hub id (source llada/dream)")
+    ap.add_argument("--source", choices=["embedded", "llada", "dream", "llada-remote", "dream-remote"], default="embedded")
+    ap.add_argument("--path", help="checkpoint directory or hub id (every source but embedded)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--max-tokens", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--num-prompts", type=int, default=10)

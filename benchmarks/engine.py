@@ -121,8 +121,8 @@ def diffusion_timelines(engine: Engine, prompt_ids: list[int], params: SamplingP
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", choices=["diffusion", "ar"], default="diffusion")
-    ap.add_argument("--source", choices=["embedded", "llada", "dream", "hf"], default="embedded")
-    ap.add_argument("--path", help="checkpoint directory or hub id (source llada/dream/hf)")
+    ap.add_argument("--source", choices=["embedded", "llada", "dream", "llada-remote", "dream-remote", "hf"], default="embedded")
+    ap.add_argument("--path", help="checkpoint directory or hub id (every source but embedded)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--mode", choices=MODES, default="ultra")
     ap.add_argument("--max-tokens", type=int, default=64)

@@ -1,21 +1,28 @@
 """The benchmark experiments on one CUDA GPU, in bf16, at real model size; one folder out.
 
-    python -m benchmarks.gpu --out gpu_results        # a CUDA machine; about 5 minutes on an H200
-    python -m benchmarks.gpu --smoke --out /tmp/gpu   # any machine: small shapes, checks the script runs
+    python -m benchmarks.gpu --out gpu_results          # a CUDA machine; about 5 minutes on an H200 (not yet run)
+    python -m benchmarks.gpu --quick --out gpu_quick    # about 2 minutes: the headline cells only
+    python -m benchmarks.gpu --smoke --out /tmp/gpu     # any machine: small shapes, checks the script runs
 
 In-process (no Ray, no HTTP: the server's own overhead is measured by ``benchmarks.experiments``),
-with the engine benchmark of ``benchmarks.engine`` on three models:
+on four models:
 
-* ``tiny-mdlm``: the embedded diffusion model (ships in the package);
-* ``llada-8b-shaped``: a bidirectional transformer with LLaDA-8B's shape (4096 hidden, 32 layers,
-  32 heads, 12288 MLP, 126464 vocab), random weights;
-* ``llama-8b-shaped``: an AR ``LlamaForCausalLM`` with Llama-3-8B's shape, random weights.
+* ``tiny-mdlm``: the embedded diffusion model (ships in the package), engine benchmark
+  (``benchmarks.engine``: ultra-fast and standard schedules at 64 and 256 tokens);
+* ``llama-8b-shaped``: an AR ``LlamaForCausalLM`` with Llama-3-8B's shape, random weights, engine benchmark;
+* ``llada-8b-shaped``: the native LLaDA code (``models/bidirectional.py``, what ``source: llada``
+  loads) at LLaDA-8B's shape (4096 hidden, 32 layers, 32 heads, 12288 MLP, 126464 vocab), random weights;
+* ``dream-7b-shaped``: the native Dream code at Dream-7B's shape (3584 hidden, 28 layers, 28 query /
+  4 key-value heads, 18944 MLP, 152064 vocab, q/k/v biases, shifted logits), random weights;
+
+the two native models through the grid of ``benchmarks.native_grid`` (decoding x KV cache x
+concurrency 1/8/32 x batch invariance on/off; ``--quick``: its four headline cells at 128 tokens).
 
 Random weights make the timings real and the text meaningless: the random models decode with the
-embedded tokenizer, their logits cut to its vocabulary after the full-size output layer has run.
-Diffusion runs ultra-fast and standard schedules; every model runs at 64 and 256 output tokens.
-Writes ``summary.md`` (tables), ``gpu.json`` (all figures), ``runs/*.json``, ``ttft_*.png``,
-``reveal_timeline.png``.
+embedded tokenizer, their logits cut to its vocabulary after the full-size output layer has run,
+and their output layer scaled so that threshold decoding commits about 2 tokens per pass (see
+``benchmarks.native_dllm``). Writes ``summary.md`` (tables), ``gpu.json`` (all figures),
+``runs/*.json``, ``ttft_*.png``, ``reveal_timeline.png``.
 """
 
 from __future__ import annotations
@@ -31,16 +38,24 @@ import torch
 from torch import nn
 
 from benchmarks import engine as engine_bench
+from benchmarks.native_grid import FULL_GRID, HEADER as GRID_HEADER, QUICK_GRID, run_grid
 from benchmarks.plot import plot_ttft_distributions
 from benchmarks.results import markdown_table, save_result
 from dfast_serve.models.adapters import CausalLM, DiffusionLM
+from dfast_serve.models.bidirectional import BidirectionalConfig, BidirectionalLM
 from dfast_serve.models.embedded import load_tiny_mdlm
-from dfast_serve.models.tiny_mdlm import TinyMDLM, TinyMDLMConfig
 
-LLADA_8B = dict(hidden_size=4096, num_layers=32, num_heads=32, intermediate_size=12288, vocab_size=126464)
+LLADA_8B = dict(hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32, intermediate_size=12288,
+                vocab_size=126464, rope_theta=500000.0, norm_eps=1e-5)
+DREAM_7B = dict(hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4, intermediate_size=18944,
+                vocab_size=152064, rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True)
 LLAMA3_8B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                  intermediate_size=14336, vocab_size=128256)
-SMOKE_DIFFUSION = dict(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256, vocab_size=20000)
+SMOKE_DIFFUSION = dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4, intermediate_size=256,
+                       vocab_size=20000, rope_theta=500000.0, norm_eps=1e-5)
+SMOKE_DREAM = dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256,
+                   vocab_size=20000, rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True)
+LOGIT_SCALE = 12.0  # output layer std x sqrt(hidden), as benchmarks.native_dllm
 SMOKE_AR = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                 intermediate_size=256, vocab_size=20000)
 
@@ -52,19 +67,33 @@ class VocabCut(nn.Module):
         super().__init__()
         self.network, self.vocab = network, vocab
 
-    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return self.network(input_ids, **kwargs)[..., : self.vocab]
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        out = self.network(input_ids, **kwargs)
+        if isinstance(out, tuple):  # (logits, keys/values): the KV-cache call
+            return out[0][..., : self.vocab], out[1]
+        return out[..., : self.vocab]
 
 
-def random_llada(tiny: DiffusionLM, shape: dict[str, int], device: str) -> DiffusionLM:
-    """A random-weight bidirectional transformer of the given shape, speaking tiny-mdlm's tokenizer."""
+def random_native(tiny: DiffusionLM, shape: dict[str, Any], device: str, family: str = "llada") -> DiffusionLM:
+    """The native LLaDA (or Dream) network at the given shape with random weights, speaking
+    tiny-mdlm's tokenizer: padded batches and the KV cache on, as ``source: llada`` / ``dream`` load it."""
     vocab = len(tiny.tokenizer)
-    config = TinyMDLMConfig(mask_token_id=tiny.mask_token_id, eos_token_id=min(tiny.eos_token_ids),
-                            max_position_embeddings=4096, **shape)
-    network = _built_in_bf16(lambda: TinyMDLM(config), device)
-    return DiffusionLM(tokenizer=tiny.tokenizer, network=VocabCut(network, vocab).eval(), name="llada-8b-shaped",
-                       kind="tiny-mdlm", mask_token_id=tiny.mask_token_id, eos_token_ids=tiny.eos_token_ids,
-                       max_context=4096)
+    network = _built_in_bf16(lambda: BidirectionalLM(BidirectionalConfig(**shape)), device)
+    with torch.no_grad():
+        network.lm_head.weight.normal_(0.0, LOGIT_SCALE / shape["hidden_size"] ** 0.5)
+    name = "llada-8b-shaped" if family == "llada" else "dream-7b-shaped"
+    return DiffusionLM(tokenizer=tiny.tokenizer, network=VocabCut(network, vocab).eval(), name=name, kind=family,
+                       mask_token_id=tiny.mask_token_id, eos_token_ids=tiny.eos_token_ids,
+                       shift_logits=family == "dream", max_context=4096, padded_batches=True, kv_cache=True,
+                       trims_logits=True)
+
+
+def random_llada(tiny: DiffusionLM, shape: dict[str, Any], device: str) -> DiffusionLM:
+    return random_native(tiny, shape, device, "llada")
+
+
+def random_dream(tiny: DiffusionLM, shape: dict[str, Any], device: str) -> DiffusionLM:
+    return random_native(tiny, shape, device, "dream")
 
 
 def random_llama(tiny: DiffusionLM, shape: dict[str, int], device: str) -> CausalLM:
@@ -103,9 +132,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="gpu_results")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, 2 prompts, CPU allowed (checks the script)")
+    ap.add_argument("--quick", action="store_true", help="about 2 minutes: tiny-mdlm at 64 tokens and the grid's "
+                    "headline cells at 128 tokens (no AR model)")
     ap.add_argument("--num-prompts", type=int, help="requests per run (default 10 embedded / 5 random 8B)")
     ap.add_argument("--token-counts", default="64,256")
-    ap.add_argument("--skip", default="", help="comma-separated: tiny-mdlm, llada-8b-shaped, llama-8b-shaped")
+    ap.add_argument("--grid-tokens", type=int, help="max_tokens of the native grid (default 256, --quick 128)")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated: tiny-mdlm, llama-8b-shaped, llada-8b-shaped, dream-7b-shaped")
     return ap.parse_args(argv)
 
 
@@ -116,15 +149,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("no CUDA device: run on a GPU machine, or add --smoke to check the script")
     out = Path(args.out).resolve()
     token_counts = [int(t) for t in args.token_counts.split(",")]
+    if args.quick:
+        token_counts = token_counts[:1]
     if args.smoke:
         token_counts = [min(t, 16) for t in token_counts[:1]]
+    grid_tokens = 8 if args.smoke else (args.grid_tokens or (128 if args.quick else 256))
     skip = set(filter(None, args.skip.split(",")))
+    if args.quick:
+        skip.add("llama-8b-shaped")
     started = time.time()
     dtype = "bfloat16" if device == "cuda" else "float32"
     tiny = load_tiny_mdlm("tiny-mdlm", device=device, dtype=dtype)
     factories: dict[str, tuple[Callable[[], DiffusionLM | CausalLM], int]] = {
         "tiny-mdlm": (lambda: tiny, 10),
-        "llada-8b-shaped": (lambda: random_llada(tiny, SMOKE_DIFFUSION if args.smoke else LLADA_8B, device), 5),
         "llama-8b-shaped": (lambda: random_llama(tiny, SMOKE_AR if args.smoke else LLAMA3_8B, device), 5),
     }
     results: dict[str, dict[str, Any]] = {}
@@ -151,23 +188,50 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              r.get("mean_nfe_total")])
         if name != "tiny-mdlm":
             del model
-            if device == "cuda":
-                torch.cuda.empty_cache()
+            _free(device)
     for max_tokens in token_counts:
         plot_ttft_distributions([r for label, r in results.items() if label.endswith(f"-{max_tokens}")],
                                 out / f"ttft_{max_tokens}.png")
+
+    grid = QUICK_GRID if args.quick else FULL_GRID
+    native: dict[str, Callable[[], DiffusionLM]] = {
+        "llada-8b-shaped": lambda: random_llada(tiny, SMOKE_DIFFUSION if args.smoke else LLADA_8B, device),
+        "dream-7b-shaped": lambda: random_dream(tiny, SMOKE_DREAM if args.smoke else DREAM_7B, device),
+    }
+    grid_figures: dict[str, dict[str, Any]] = {}
+    grid_rows: list[list[Any]] = []
+    for name, build in native.items():
+        if name in skip:
+            continue
+        model = build()
+        figures, model_rows = run_grid(model, grid, grid_tokens, block_length=32 if not args.smoke else 4,
+                                       single_prompts=1 if args.smoke or args.quick else 2,
+                                       max_concurrency=2 if args.smoke else None)
+        grid_figures.update(figures)
+        grid_rows += model_rows
+        save_result(figures, out / "runs" / f"grid-{name}.json")
+        del model
+        _free(device)
+
     env = environment(device)
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} on {env.get('gpu', device)}, "
               f"torch {env['torch']}; {time.time() - started:.0f} s; `python -m benchmarks.gpu "
               f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n")
     table = markdown_table(["model", "schedule", "max_tokens", "TTFT p50 (ms)", "TTFT p99 (ms)", "floor p50 (ms)",
                             "TTFT/floor p50", "total time mean (ms)", "tokens/s", "forward passes / request"], rows)
-    (out / "summary.md").write_text(header + "\n" + table)
+    grid_table = markdown_table(GRID_HEADER, grid_rows) if grid_rows else ""
+    grid_note = f"\nNative dLLM grid, {grid_tokens} tokens per answer:\n\n" + grid_table if grid_rows else ""
+    (out / "summary.md").write_text(header + "\n" + table + grid_note)
     figures = {label: {k: v for k, v in r.items() if k not in ("per_request", "generated_texts", "timeline")}
                for label, r in results.items()}
-    save_result({"environment": env, "header": header, "figures": figures}, out / "gpu.json")
-    print(header + table)
-    return results
+    save_result({"environment": env, "header": header, "figures": figures, "grid": grid_figures}, out / "gpu.json")
+    print(header + table + grid_note)
+    return {**results, **grid_figures}
+
+
+def _free(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

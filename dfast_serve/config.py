@@ -27,6 +27,7 @@ from dfast_serve.engine.options import ConfidenceKind, DiffusionOptions, StrictM
 
 
 ENV_PREFIX = "DFASTLLM_"
+DIFFUSION_SOURCES = ("llada", "dream", "llada-remote", "dream-remote")
 
 
 def _env_bool(value: str, name: str) -> bool:
@@ -78,13 +79,17 @@ class ModelConfig(StrictModel):
     """One served model. ``source`` says how its weights load:
 
     * ``embedded``: the built-in default for its engine (tiny-mdlm / SmolLM2-135M), no hub access;
-    * ``llada`` / ``dream``: a LLaDA or Dream checkpoint (directory or hub id in ``path``, remote code);
+    * ``llada`` / ``dream``: a LLaDA or Dream checkpoint (directory or hub id in ``path``) on the
+      native code (``models/llada.py``, ``models/dream.py``): no remote code, padded batches and the
+      block KV cache; a layout it does not know is refused with an error naming the option below;
+    * ``llada-remote`` / ``dream-remote``: the same checkpoints through their own remote code
+      (``trust_remote_code``): uncached, equal-length batching only;
     * ``hf``: any Hugging Face causal LM (``path``), AR engine only.
     """
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")
     engine: Literal["diffusion", "ar"]
-    source: Literal["embedded", "llada", "dream", "hf"] = "embedded"
+    source: Literal["embedded", "llada", "dream", "llada-remote", "dream-remote", "hf"] = "embedded"
     path: str | None = None
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica has a GPU.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -93,7 +98,7 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _source_fits_engine(self) -> "ModelConfig":
-        if self.source in ("llada", "dream") and self.engine != "diffusion":
+        if self.source in DIFFUSION_SOURCES and self.engine != "diffusion":
             raise ValueError(f"source {self.source!r} is a diffusion model; set engine: diffusion")
         if self.source == "hf" and self.engine != "ar":
             raise ValueError("source 'hf' loads causal LMs; set engine: ar")

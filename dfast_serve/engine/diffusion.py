@@ -70,7 +70,7 @@ class DiffusionEngine:
             canvas=canvas,
             prompt_len=len(request.prompt_ids),
             budget=PassBudget.for_request(options, gen_len),
-            kv=BlockCache(dual=options.cache == "dual") if use_cache else None,
+            kv=BlockCache(dual=options.cache == "dual", lead=int(self.model.shift_logits)) if use_cache else None,
         )
 
     def step(self, sequences: list[DiffusionSequence]) -> None:
@@ -124,8 +124,9 @@ class DiffusionEngine:
 
     def _passes(self, chosen: list[DiffusionSequence], plans: dict[int, ForwardPlan]) -> list[list[DiffusionSequence]]:
         """Forward passes for the step, shortest slices first: up to ``max_batch_size`` rows, and (with a
-        budget) rows × longest slice within it, so a long canvas never pads the short ones; a model
-        without ``padded_batches`` shares a pass only among slices of equal shape."""
+        budget) rows × longest slice within it, so a long canvas never pads the short ones; full passes
+        apart from cached slices; a model without ``padded_batches`` shares a pass only among slices of
+        equal shape."""
         if not self.model.padded_batches:
             by_shape: dict[tuple[int, int], list[DiffusionSequence]] = {}
             for seq in chosen:
@@ -137,7 +138,9 @@ class DiffusionEngine:
         for seq in sorted(chosen, key=lambda s: plans[id(s)].tokens):
             cost = plans[id(seq)].tokens  # the longest so far: sorted
             current = passes[-1] if passes else None
-            if current is None or len(current) >= self.max_batch_size or (
+            # Full passes and cached slices run apart: one full canvas would pad every slice to its length.
+            full = plans[id(seq)].context is None
+            if current is None or len(current) >= self.max_batch_size or full != (plans[id(current[-1])].context is None) or (
                     budget is not None and (len(current) + 1) * cost > budget):
                 passes.append([seq])
             else:
@@ -151,13 +154,15 @@ class DiffusionEngine:
         ids, mask = left_pad([seq.canvas[p.start : p.end] for seq, p in zip(batch, plans)],
                              value=self.model.mask_token_id)
         self.forward_passes += 1
+        # Only the answer positions are scored: a model that can skips the prompt's logits.
+        keep = max(p.end - max(p.start, seq.prompt_len) for seq, p in zip(batch, plans))
         if any(p.context is not None or p.refresh for p in plans):
             positions, _ = left_pad([torch.arange(p.start, p.end, device=device) for p in plans])
-            return self._cached_forward(ids, positions, mask, plans)
+            return self._cached_forward(ids, positions, mask, plans, keep)
         if bool(mask.all()):
-            return self.model.logits(ids), None  # every canvas starts at position 0: nothing to pad or shift
+            return self.model.logits(ids, keep=keep), None  # every canvas starts at position 0: nothing to pad or shift
         positions, _ = left_pad([torch.arange(p.start, p.end, device=device) for p in plans])
-        return self.model.logits(ids, mask, positions), None
+        return self.model.logits(ids, mask, positions, keep=keep), None
 
     def _postprocess(self, batch: list[DiffusionSequence], plans: list[ForwardPlan], logits: torch.Tensor,
                      kv: list[KeyValues] | None) -> None:
@@ -176,13 +181,13 @@ class DiffusionEngine:
                 seq.fail(exc)
 
     def _cached_forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, plans: list[ForwardPlan]
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, plans: list[ForwardPlan], keep: int
     ) -> tuple[torch.Tensor, list[KeyValues]]:
         """A pass that attends to each sequence's cached context and returns keys/values."""
         past, context_mask = stack_contexts([p.context for p in plans])
         if past is not None:
             mask = torch.cat([context_mask, mask], dim=1)
-        return self.model.logits_and_kv(ids, positions, None if bool(mask.all()) else mask, past)
+        return self.model.logits_and_kv(ids, positions, None if bool(mask.all()) else mask, past, keep=keep)
 
     def generate(
         self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None

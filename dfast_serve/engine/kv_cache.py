@@ -14,6 +14,10 @@ block (a full pass), and a one-layer model (its keys/values are functions of the
 position alone). The cache is rebuilt when the block moves on and, for ``dual``, when a token after
 the block is decided (the ultra-fast first reveal and early stop may decide there).
 
+A model with shifted logits (Dream: the output at position i scores token i + 1) needs the position
+before the block to score the block's first token, so its cache keeps one position less (``lead``):
+the slice starts one position early and that position is recomputed with the block.
+
 Keys carry their RoPE rotation from the pass that computed them, and attention is bidirectional,
 so cached context can be handed to the model in any order: prefix and suffix are kept as one
 tensor per layer.
@@ -55,6 +59,7 @@ class BlockCache:
     """One sequence's cache: each layer's keys/values outside the block it was built for."""
 
     dual: bool
+    lead: int = 0  # positions before the block recomputed with it (1 for shifted logits)
     context: list[KeyValues] = field(default_factory=list)
     built_for: tuple[int, int] | None = None  # (block index, tokens decided after the block) at build time
 
@@ -62,13 +67,13 @@ class BlockCache:
         """``block`` is the current block's answer range; ``key`` says what the cache must have been built for."""
         if self.built_for != self._key(key):
             return ForwardPlan(0, canvas_len, refresh=True)
-        start = prompt_len + block[0]
+        start = max(prompt_len + block[0] - self.lead, 0)
         end = prompt_len + block[1] if self.dual else canvas_len
         return ForwardPlan(start, end, self.context)
 
     def store(self, kv: list[KeyValues], prompt_len: int, block: tuple[int, int], key: tuple[int, int]) -> None:
-        """Keep a full pass's keys/values (per layer, (heads, canvas, head_dim)) outside the block."""
-        start = prompt_len + block[0]
+        """Keep a full pass's keys/values (per layer, (heads, canvas, head_dim)) outside the block (and its lead)."""
+        start = max(prompt_len + block[0] - self.lead, 0)
         end = prompt_len + block[1]
         if self.dual:
             self.context = [(torch.cat([k[:, :start], k[:, end:]], 1), torch.cat([v[:, :start], v[:, end:]], 1)) for k, v in kv]

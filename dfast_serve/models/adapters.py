@@ -16,7 +16,7 @@ from torch import nn
 
 from dfast_serve.tensor_types import KeyValues
 
-DiffusionKind = Literal["llada", "dream", "tiny-mdlm"]
+DiffusionKind = Literal["llada", "dream", "tiny-mdlm"]  # the family; native and remote-code loads share it
 
 LLADA_MASK_ID = 126336
 LLADA_EOS_IDS = (126081, 126348)  # <|endoftext|>, <|eot_id|>
@@ -55,14 +55,14 @@ class DiffusionLM(Tokenizing):
 
     * ``padded_batches``: it honours a (batch, seq) ``attention_mask`` and ``position_ids``, so
       canvases of different lengths can share a forward pass, left-padded. The embedded tiny-mdlm
-      does. LLaDA's released remote code ignores ``attention_mask`` (ML-GSAI/LLaDA#89) and Dream's
-      expects its own 4-D mask, untested here: for both the engine batches only canvases of equal
-      length, which need no padding.
+      and the native LLaDA / Dream code (``models/native.py``) do. LLaDA's released remote code
+      ignores ``attention_mask`` (ML-GSAI/LLaDA#89) and Dream's expects its own 4-D mask, untested
+      here: through them (``source: llada-remote`` / ``dream-remote``) the engine batches only
+      canvases of equal length, which need no padding.
     * ``kv_cache``: it takes ``past_kv`` / ``return_kv`` as ``TinyMDLM.forward`` does (the
-      block-wise approximate cache). Only tiny-mdlm. LLaDA's released remote code refuses a cache
-      (``assert past_key_values is None and not use_cache``); Fast-dLLM caches LLaDA and Dream
-      through its own modified model code, which is not wired here (and no checkpoint is at hand to
-      test it). With them the engine runs without a cache whatever the request asks.
+      block-wise approximate cache). tiny-mdlm and the native LLaDA / Dream code. LLaDA's released
+      remote code refuses a cache (``assert past_key_values is None and not use_cache``): with the
+      remote code the engine runs without a cache whatever the request asks.
     """
 
     network: nn.Module = field(default=None)  # type: ignore[assignment]
@@ -74,6 +74,7 @@ class DiffusionLM(Tokenizing):
     max_context: int = 4096
     padded_batches: bool = False
     kv_cache: bool = False
+    trims_logits: bool = False  # the network takes ``logits_to_keep`` (native LLaDA / Dream)
 
     @property
     def device(self) -> torch.device:
@@ -81,28 +82,39 @@ class DiffusionLM(Tokenizing):
 
     @torch.no_grad()
     def logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+        keep: int | None = None,
     ) -> torch.Tensor:
-        """Logits (batch, seq, vocab), aligned so that index i scores token i."""
-        kwargs = {"attention_mask": attention_mask, "position_ids": position_ids}
+        """Logits (batch, seq, vocab), aligned so that index i scores token i. ``keep``: only the last
+        ``keep`` positions are needed (a network with ``trims_logits`` then computes only those)."""
+        kwargs = {"attention_mask": attention_mask, "position_ids": position_ids, **self._keep(keep)}
         out = self.network(input_ids, **{k: v for k, v in kwargs.items() if v is not None})
-        return self._aligned(out.logits if hasattr(out, "logits") else out)
+        return self._trimmed(self._aligned(out.logits if hasattr(out, "logits") else out), keep)
 
     @torch.no_grad()
     def logits_and_kv(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-        past_kv: list[KeyValues] | None = None,
+        past_kv: list[KeyValues] | None = None, keep: int | None = None,
     ) -> tuple[torch.Tensor, list[KeyValues]]:
         """Logits plus each layer's keys/values of ``input_ids``, attending also to ``past_kv`` (needs ``kv_cache``)."""
         if not self.kv_cache:
             raise NotImplementedError(f"{self.name} ({self.kind}) has no KV cache support")
         logits, kv = self.network(input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                  past_kv=past_kv, return_kv=True)
-        return self._aligned(logits), kv
+                                  past_kv=past_kv, return_kv=True, **self._keep(keep))
+        return self._trimmed(self._aligned(logits), keep), kv
+
+    def _keep(self, keep: int | None) -> dict[str, int]:
+        # Shifted logits need the position before the first one kept.
+        return {} if keep is None or not self.trims_logits else {"logits_to_keep": keep + int(self.shift_logits)}
+
+    def _trimmed(self, logits: torch.Tensor, keep: int | None) -> torch.Tensor:
+        return logits[:, max(logits.shape[1] - keep, 0) :] if keep is not None and self.trims_logits else logits
 
     def _aligned(self, logits: torch.Tensor) -> torch.Tensor:
         if self.shift_logits:
-            # Dream: position i predicts token i+1; realign so index i scores token i.
+            # Dream: position i predicts token i+1; realign so index i scores token i. The first
+            # index is left with its own logits: a sliced (cached) pass starts one position early
+            # (``BlockCache.lead``) so that the slice's first answer position is scored.
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
 

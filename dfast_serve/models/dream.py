@@ -1,0 +1,80 @@
+"""Dream checkpoints (``DreamModel``, model_type ``Dream``) on the native bidirectional transformer.
+
+Facts from the public modelling code (HKUNLP/Dream, as kept in NVlabs/Fast-dLLM
+``dream/model/modeling_dream.py``): a Qwen2 stack (RMSNorm, RoPE, SwiGLU, biases on q/k/v only,
+GQA) with no causal mask, weights under ``model.`` plus ``lm_head``; its logits are shifted: the
+output at position i scores the token at i + 1 (the adapter realigns them, ``shift_logits``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dfast_serve.models.bidirectional import BidirectionalConfig, UnsupportedCheckpoint
+
+FAMILY = "Dream"
+REMOTE_SOURCE = "dream-remote"
+ARCHITECTURE = "DreamModel"
+MODEL_TYPE = "Dream"
+DEFAULT_MASK_ID = 151666
+
+_LAYER = r"model\.layers\.(\d+)\."
+_RENAMES: list[tuple[str, str]] = [
+    (r"model\.embed_tokens\.weight", "embed.weight"),
+    (r"model\.norm\.weight", "norm.weight"),
+    (_LAYER + r"input_layernorm\.weight", r"layers.\1.attn_norm.weight"),
+    (_LAYER + r"self_attn\.(q_proj|k_proj|v_proj)\.(weight|bias)", r"layers.\1.\2.\3"),
+    (_LAYER + r"self_attn\.o_proj\.weight", r"layers.\1.o_proj.weight"),
+    (_LAYER + r"post_attention_layernorm\.weight", r"layers.\1.mlp_norm.weight"),
+    (_LAYER + r"mlp\.(gate_proj|up_proj|down_proj)\.weight", r"layers.\1.\2.weight"),
+]
+
+
+def renames(cfg: BidirectionalConfig) -> list[tuple[str, str]]:
+    """Checkpoint key -> native name; a saved copy of a tied output layer is dropped."""
+    return _RENAMES + [(r"lm_head\.weight", "" if cfg.tie_embeddings else "lm_head.weight")]
+
+
+def refuse(path: str, why: str) -> UnsupportedCheckpoint:
+    return UnsupportedCheckpoint(
+        f"{path}: {why}; the native Dream code (source: dream) knows {ARCHITECTURE} / model_type {MODEL_TYPE!r}. "
+        f"Use source: {REMOTE_SOURCE} to load it through its own remote code"
+    )
+
+
+def is_dream(raw: dict[str, Any]) -> bool:
+    return raw.get("model_type") == MODEL_TYPE and raw.get("architectures", [ARCHITECTURE]) == [ARCHITECTURE]
+
+
+def network_config(raw: dict[str, Any], path: str = "config.json") -> BidirectionalConfig:
+    """The native network's shape from Dream's config.json, or ``UnsupportedCheckpoint``."""
+    if not is_dream(raw):
+        raise refuse(path, f"config.json declares architectures {raw.get('architectures')} / model_type "
+                           f"{raw.get('model_type')!r}")
+    if raw.get("rope_scaling"):
+        raise refuse(path, f"config.json sets rope_scaling={raw['rope_scaling']!r} (native: plain RoPE)")
+    if raw.get("use_sliding_window"):
+        raise refuse(path, "config.json sets use_sliding_window (native: full attention)")
+    if raw.get("hidden_act", "silu") != "silu":
+        raise refuse(path, f"config.json sets hidden_act={raw['hidden_act']!r} (native: silu)")
+    heads = int(raw["num_attention_heads"])
+    return BidirectionalConfig(
+        vocab_size=int(raw["vocab_size"]),
+        hidden_size=int(raw["hidden_size"]),
+        num_layers=int(raw["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(raw.get("num_key_value_heads") or heads),
+        intermediate_size=int(raw["intermediate_size"]),
+        rope_theta=float(raw.get("rope_theta", 10000.0)),
+        norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        qkv_bias=True,
+        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+    )
+
+
+def mask_token_id(raw: dict[str, Any]) -> int:
+    return int(raw.get("mask_token_id", DEFAULT_MASK_ID))
+
+
+def max_context(raw: dict[str, Any]) -> int:
+    return int(raw.get("max_position_embeddings") or 4096)

@@ -1,0 +1,99 @@
+"""LLaDA checkpoints (``LLaDAModelLM``, model_type ``llada``) on the native bidirectional transformer.
+
+Facts from the public modelling code (ML-GSAI/LLaDA, as kept in NVlabs/Fast-dLLM
+``llada/model/modeling_llada.py``): an OLMo-derived Llama block (``block_type: llama``) with RMSNorm,
+RoPE over all of ``d_model // n_heads``, SwiGLU as ``ff_out(silu(ff_proj(x)) * up_proj(x))`` and no
+causal mask; weights under ``model.transformer``; untied ``ff_out`` unless ``weight_tying``. Options
+of that code this one does not implement (ALiBi, LayerNorm, q/k norms, ...) refuse the checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dfast_serve.models.bidirectional import BidirectionalConfig, UnsupportedCheckpoint
+
+FAMILY = "LLaDA"
+REMOTE_SOURCE = "llada-remote"
+ARCHITECTURE = "LLaDAModelLM"
+MODEL_TYPE = "llada"
+DEFAULT_MASK_ID = 126336
+EXTRA_EOS_IDS = (126081, 126348)  # <|endoftext|>, <|eot_id|> of LLaDA's tokenizer
+
+_LAYER = r"model\.transformer\.blocks\.(\d+)\."
+RENAMES: list[tuple[str, str]] = [
+    (r"model\.transformer\.wte\.weight", "embed.weight"),
+    (r"model\.transformer\.ln_f\.weight", "norm.weight"),
+    (r"model\.transformer\.ff_out\.weight", "lm_head.weight"),
+    (_LAYER + r"attn_norm\.weight", r"layers.\1.attn_norm.weight"),
+    (_LAYER + r"(q_proj|k_proj|v_proj)\.(weight|bias)", r"layers.\1.\2.\3"),
+    (_LAYER + r"attn_out\.weight", r"layers.\1.o_proj.weight"),
+    (_LAYER + r"ff_norm\.weight", r"layers.\1.mlp_norm.weight"),
+    (_LAYER + r"ff_proj\.weight", r"layers.\1.gate_proj.weight"),
+    (_LAYER + r"up_proj\.weight", r"layers.\1.up_proj.weight"),
+    (_LAYER + r"ff_out\.weight", r"layers.\1.down_proj.weight"),
+]
+
+# config.json fields whose other values select code paths the native model does not have
+# (value absent from config.json: LLaDA's own default).
+_REQUIRED: dict[str, tuple[Any, Any]] = {  # field: (required value, LLaDA default)
+    "block_type": ("llama", "sequential"),
+    "activation_type": ("silu", "swiglu"),
+    "layer_norm_type": ("rms", "default"),
+    "rope": (True, False),
+    "alibi": (False, False),
+    "attention_layer_norm": (False, False),
+    "include_bias": (False, False),
+    "input_emb_norm": (False, False),
+    "scale_logits": (False, False),
+    "layer_norm_with_affine": (True, True),
+    "block_group_size": (1, 1),
+}
+
+
+def refuse(path: str, why: str) -> UnsupportedCheckpoint:
+    return UnsupportedCheckpoint(
+        f"{path}: {why}; the native LLaDA code (source: llada) knows {ARCHITECTURE} / model_type {MODEL_TYPE!r} "
+        f"with a Llama block. Use source: {REMOTE_SOURCE} to load it through its own remote code"
+    )
+
+
+def is_llada(raw: dict[str, Any]) -> bool:
+    return raw.get("model_type") == MODEL_TYPE and raw.get("architectures", [ARCHITECTURE]) == [ARCHITECTURE]
+
+
+def network_config(raw: dict[str, Any], path: str = "config.json") -> BidirectionalConfig:
+    """The native network's shape from LLaDA's config.json, or ``UnsupportedCheckpoint``."""
+    if not is_llada(raw):
+        raise refuse(path, f"config.json declares architectures {raw.get('architectures')} / model_type "
+                           f"{raw.get('model_type')!r}")
+    for name, (required, default) in _REQUIRED.items():
+        if raw.get(name, default) != required:
+            raise refuse(path, f"config.json sets {name}={raw.get(name, default)!r} (native: {required!r})")
+    if raw.get("bias_for_layer_norm"):
+        raise refuse(path, "config.json sets bias_for_layer_norm")
+    heads = int(raw["n_heads"])
+    kv_heads = raw.get("n_kv_heads")
+    if raw.get("multi_query_attention"):
+        kv_heads = 1
+    d_model = int(raw["d_model"])
+    return BidirectionalConfig(
+        vocab_size=int(raw.get("embedding_size") or raw["vocab_size"]),
+        hidden_size=d_model,
+        num_layers=int(raw["n_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(kv_heads or heads),
+        intermediate_size=int(raw.get("mlp_hidden_size") or raw.get("mlp_ratio", 4) * d_model),
+        rope_theta=float(raw.get("rope_theta", 10000.0)),
+        norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
+        qkv_bias=bool(raw.get("include_qkv_bias") or False),
+        tie_embeddings=bool(raw.get("weight_tying", True)),
+    )
+
+
+def mask_token_id(raw: dict[str, Any]) -> int:
+    return int(raw.get("mask_token_id") or DEFAULT_MASK_ID)
+
+
+def max_context(raw: dict[str, Any]) -> int:
+    return int(raw.get("max_sequence_length") or 4096)

@@ -60,9 +60,15 @@ def _free_port() -> int:
 
 
 @contextmanager
-def private_ray_cluster(num_cpus: int) -> Iterator[str]:
-    """A Ray cluster of our own on loopback (free ports), so no other local Ray is touched."""
-    os.environ.update(RAY_ENV)  # before Ray is imported: it reads them at import
+def private_ray_cluster(num_cpus: int, ray_env: dict[str, str] | None = None) -> Iterator[str]:
+    """A Ray cluster of our own on loopback (free ports), so no other local Ray is touched.
+
+    ``ray_env`` (default ``RAY_ENV``) is the environment every Ray process of the cluster starts with;
+    ``RAY_*`` variables it leaves out are unset, so that settings of an earlier cluster do not leak."""
+    env = RAY_ENV if ray_env is None else ray_env
+    for key in [k for k in os.environ if k.startswith("RAY_") and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)  # before Ray is imported: it reads them at import; the raylet and workers inherit them
     import ray
     from ray.cluster_utils import Cluster
 
@@ -77,12 +83,16 @@ def private_ray_cluster(num_cpus: int) -> Iterator[str]:
 
 @contextmanager
 def local_server(config_path: Path, workdir: Path, startup_timeout_s: float = 300,
-                 unbatched_copy_of: str | None = None) -> Iterator[str]:
+                 unbatched_copy_of: str | None = None, ray_env: dict[str, str] | None = None,
+                 extra_apps: list[dict[str, Any]] | None = None) -> Iterator[str]:
     """``serve run`` of a copy of ``config_path`` (free loopback port) on a private cluster; yields its URL.
 
     ``unbatched_copy_of`` also serves that model a second time, named with ``UNBATCHED_SUFFIX``,
-    with step-level batching off (``max_batch_size: 1``), for the batching experiment."""
+    with step-level batching off (``max_batch_size: 1``), for the batching experiment. ``ray_env``:
+    see ``private_ray_cluster``. ``extra_apps`` are appended to the config's applications (the
+    repository root is put on the cluster's ``PYTHONPATH``, so they may live in ``benchmarks``)."""
     config = yaml.safe_load(config_path.read_text())
+    config["applications"] += extra_apps or []
     if unbatched_copy_of:
         models = config["applications"][0]["args"]["models"]
         copy_of = next(m for m in models if m["name"] == unbatched_copy_of)
@@ -96,9 +106,12 @@ def local_server(config_path: Path, workdir: Path, startup_timeout_s: float = 30
     copy.write_text(yaml.safe_dump(config))
     serve_bin = Path(sys.executable).with_name("serve")
     url = f"http://127.0.0.1:{port}"
-    with private_ray_cluster(max(4, os.cpu_count() or 1)) as address, (workdir / "serve_run.log").open("w") as log:
+    if extra_apps:
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    with private_ray_cluster(max(4, os.cpu_count() or 1), ray_env) as address, \
+            (workdir / "serve_run.log").open("w") as log:
         process = subprocess.Popen([str(serve_bin), "run", "--address", address, str(copy)], stdout=log,
-                                   stderr=subprocess.STDOUT, cwd=workdir, env={**os.environ, **RAY_ENV},
+                                   stderr=subprocess.STDOUT, cwd=workdir, env=dict(os.environ),
                                    start_new_session=True)
         try:
             _wait_healthy(url, process, startup_timeout_s, workdir / "serve_run.log")

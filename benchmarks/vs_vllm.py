@@ -10,9 +10,11 @@ one vLLM thread setting with the dfast_serve replica of the same setting:
 
 * ``defaults``: vLLM as ``vllm serve`` starts it (its CPU auto-binding) vs the shipped ``serve_config.yaml``;
 * ``1t`` / ``2t``: both pinned to 1 or 2 torch threads (vLLM ``VLLM_CPU_OMP_THREADS_BIND``; dfast_serve a
-  replica copy with ``num_cpus`` 1 or 2, served beside the shipped one in the same ``serve run``).
+  replica copy with ``torch_threads`` 1 or 2, served beside the shipped one in the same ``serve run``).
 
-Only one vLLM server runs at a time (one per phase); dfast_serve stays up across phases. While it is
+Every phase also serves the dfast_serve replica in bfloat16 (``dfast_serve bf16``, the CPU default
+before float32), in the same turns. Only one vLLM server runs at a time (one per phase); dfast_serve
+stays up across phases, on a private Ray cluster with the settings ``dfast-serve`` gives Ray. While it is
 the other server's turn, the idle one is left running (``--pause-idle`` SIGSTOPs vLLM's process group
 during dfast_serve's requests, to check that its idle engine loop does not tax the other).
 
@@ -38,7 +40,7 @@ from typing import Any
 import httpx
 import yaml
 
-from benchmarks.experiments import ROOT, _free_port, local_server
+from benchmarks.experiments import RAY_ENV, ROOT, _free_port, local_server
 from benchmarks.metrics import RequestRecord, e2e_latency, summarize, tpot, ttft
 from benchmarks.peers import background_server, pause_group, venv_bin
 from benchmarks.prompts import get_prompts
@@ -48,6 +50,7 @@ from benchmarks.serving import BenchConfig, send_request
 DEFAULT_VENV = "/work/peers/vllm"
 MODEL = "smollm2-135m"
 PHASES = {"defaults": None, "1t": 1, "2t": 2}  # phase -> torch threads pinned on both sides (None: defaults)
+BF16 = "-bf16"  # the same replica in bfloat16, dfast_serve's CPU default before float32
 
 
 def vllm_argv(venv: Path, model_dir: Path, port: int, dtype: str) -> list[str]:
@@ -72,16 +75,18 @@ def dfast_config(base: Path, out: Path, phases: list[str]) -> Path:
     shipped = next(m for m in models if m["name"] == MODEL)
     for phase in phases:
         threads = PHASES[phase]
+        replica = {**shipped.get("replica", {}), "num_cpus": 0.5}  # copies: threads are set explicitly
         if threads is not None:
-            models.append({**shipped, "name": f"{MODEL}-{phase}",
-                           "replica": {**shipped.get("replica", {}), "num_cpus": threads}})
+            models.append({**shipped, "name": dfast_model(phase), "replica": {**replica, "torch_threads": threads}})
+        models.append({**shipped, "name": dfast_model(phase, BF16), "dtype": "bfloat16",
+                       "replica": {**replica, "torch_threads": threads or 1}})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(config))
     return out
 
 
-def dfast_model(phase: str) -> str:
-    return MODEL if PHASES[phase] is None else f"{MODEL}-{phase}"
+def dfast_model(phase: str, suffix: str = "") -> str:
+    return (MODEL if PHASES[phase] is None else f"{MODEL}-{phase}") + suffix
 
 
 async def interleaved(targets: dict[str, tuple[str, str]], prompts: list[str], max_tokens: int,
@@ -165,7 +170,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     results: dict[str, Any] = {}
     rows: list[list[Any]] = []
     config = dfast_config(Path(args.config), out / "dfast" / "config.yaml", phases)
-    with local_server(config, out / "dfast") as dfast_url:
+    from dfast_serve.serve.launch import RAY_PROCESS_ENV
+
+    with local_server(config, out / "dfast", ray_env={**RAY_ENV, **RAY_PROCESS_ENV}) as dfast_url:  # as dfast-serve starts it
         for phase in phases:
             threads = PHASES[phase]
             port = _free_port()
@@ -176,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                     f"http://127.0.0.1:{port}/health", out / f"vllm-{phase}.log"))
                 pause = {"vllm": process} if args.pause_idle else {}
                 records = asyncio.run(interleaved(
-                    {"vllm": (f"http://127.0.0.1:{port}", MODEL), "dfast_serve": (dfast_url, dfast_model(phase))},
+                    {"vllm": (f"http://127.0.0.1:{port}", MODEL), "dfast_serve": (dfast_url, dfast_model(phase)),
+                     "dfast_serve-bf16": (dfast_url, dfast_model(phase, BF16))},
                     prompts, args.max_tokens, pause))
             summaries = {name: summarize(recs) for name, recs in records.items()}
             pair = paired(records["vllm"], records["dfast_serve"])
@@ -184,11 +192,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 s["generated_texts"] = [r.text for r in records[name]]
             results[phase] = {"threads": threads, "servers": summaries, "paired": pair,
                               "ratios_dfast_over_vllm": _ratios(summaries["dfast_serve"], summaries["vllm"], pair)}
-            rows += [row(phase, "vllm", summaries["vllm"], pair, 0), row(phase, "dfast_serve", summaries["dfast_serve"], pair, 1)]
+            pair_bf16 = paired(records["vllm"], records["dfast_serve-bf16"])
+            results[phase]["paired_bf16"] = pair_bf16
+            rows += [row(phase, "vllm", summaries["vllm"], pair, 0), row(phase, "dfast_serve", summaries["dfast_serve"], pair, 1),
+                     row(phase, "dfast_serve bf16", summaries["dfast_serve-bf16"], pair_bf16, 1)]
             r = results[phase]["ratios_dfast_over_vllm"]
             rows.append([phase, "dfast / vllm", None, r["ttft_p50"], r["ttft_p99"], r["tpot_p50"], r["e2e_p50"], None,
                          None, r["e2e_total_pairs"]])
-            print(markdown_table(HEADER, rows[-3:]), flush=True)
+            print(markdown_table(HEADER, rows[-4:]), flush=True)
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} on {platform.node()}, "
               f"{os.cpu_count()} CPUs; {time.time() - started:.0f} s; command: `python -m benchmarks.vs_vllm "
               f"{' '.join(argv if argv is not None else sys.argv[1:])}`")

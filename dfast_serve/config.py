@@ -141,6 +141,10 @@ class ReplicaConfig(StrictModel):
     num_replicas: int = Field(1, ge=1, le=1024, description="Fixed replica count (ignored when autoscaling is set).")
     num_gpus: float = Field(0, ge=0, le=16, description="GPUs per replica: 1 on a GPU pool, 0 on a laptop.")
     num_cpus: float = Field(1, ge=0, le=256, description="CPUs reserved per replica.")
+    torch_threads: int | None = Field(
+        None, ge=1, le=256, description="torch CPU threads of the replica; None: Ray's default, floor(num_cpus) "
+        "(at least 1). More than num_cpus lets a CPU replica use idle cores its reservation does not cover."
+    )
     accelerator_type: str | None = Field(None, description='Ray accelerator label, e.g. "A100" (needs num_gpus > 0).')
     max_ongoing_requests: int = Field(8, ge=1, le=1024, description="Requests a replica generates at once.")
     max_queued_requests: int = Field(

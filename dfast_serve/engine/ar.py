@@ -66,6 +66,9 @@ class AREngine:
         # transformers 5 names the KV cache argument `cache`; 4.x calls it `past_key_values`.
         params = inspect.signature(model.network.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        # Only the last position's logits are ever read: without this the LM head runs on every
+        # prompt position at prefill (SmolLM2: 49K-vocab projection per token, ~1/5 of the pass).
+        self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self._mergeable = _plain_dynamic_cache(model.network.config)
 
     def start(self, request: GenerationRequest) -> ARSequence:
@@ -99,7 +102,7 @@ class AREngine:
                     pass
             for seq in batch:
                 try:
-                    out = self.model.network(input_ids=seq.next_input, use_cache=True,
+                    out = self.model.network(input_ids=seq.next_input, use_cache=True, **self._last_logits,
                                              **{self._cache_arg: seq.past_key_values})
                     self.forward_passes += 1
                     seq.advance(out.logits[0, -1].float(), _cache_of(out))
@@ -127,7 +130,7 @@ class AREngine:
             cache = DynamicCache(ddp_cache_data=layers)
             mask = torch.cat([past_mask, mask], dim=1)
         out = self.model.network(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                                 **{self._cache_arg: cache})
+                                 **self._last_logits, **{self._cache_arg: cache})
         self.forward_passes += 1
         merged = _cache_of(out)
         for i, seq in enumerate(batch):

@@ -16,16 +16,25 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def resolve_dtype(requested: str, device: str) -> str:
+    """``auto``: bfloat16 on a GPU, float32 on a CPU, for every model.
+
+    On CPU, torch's bf16 kernels lose to fp32 for a small model's one-token decode pass (SmolLM2-135M:
+    decode step 1.9x slower in bf16, prefill within noise; ``benchmarks/ar_cpu.py``), and fp32 models
+    may batch requests (``replica.batch_invariant_only``). A GPU has native bf16 and memory to save.
+    """
+    if requested != "auto":
+        return requested
+    return "bfloat16" if device == "cuda" else "float32"
+
+
 def load_model(cfg: ModelConfig) -> DiffusionLM | CausalLM:
     device = resolve_device(cfg.device)
-    on_gpu = device == "cuda"
+    dtype = resolve_dtype(cfg.dtype, device)
     if cfg.source == "embedded":
         if cfg.engine == "diffusion":
-            dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
             return load_tiny_mdlm(cfg.name, device=device, dtype=dtype)
-        dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16"
         return load_smollm2(cfg.name, device=device, dtype=dtype)
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
     assert cfg.path is not None  # checked by ModelConfig
     if cfg.source in ("llada", "dream"):
         return load_native_diffusion(cfg.path, cfg.source, cfg.name, device=device, dtype=dtype)

@@ -45,6 +45,8 @@ class ModelReplica:
         config = ModelConfig.model_validate({k: model[k] for k in ModelConfig.model_fields if k in model})
         replica_config = ReplicaConfig.model_validate(replica or {})
         self.name = config.name
+        if replica_config.torch_threads is not None:  # else Ray's OMP_NUM_THREADS = floor(num_cpus) stands
+            torch.set_num_threads(replica_config.torch_threads)
         self.model = load_model(config)
         self.diffusion = diffusion or DiffusionOptions()
         self.limits = replica_config
@@ -125,7 +127,8 @@ class ModelReplica:
         return {"model": self.name, "engine": self.engine.kind, "forward_passes": self.engine.forward_passes,
                 "in_flight": self._in_flight, "requests": self._requests, "steps": self._loop.steps,
                 "active": self._loop.active, "waiting": self._loop.waiting,
-                "max_batch_size": self.engine.max_batch_size, "diffusion": self.diffusion.model_dump()}
+                "max_batch_size": self.engine.max_batch_size, "diffusion": self.diffusion.model_dump(),
+                "torch_threads": torch.get_num_threads()}
 
     def ttft_p90_s(self) -> float:
         horizon = time.monotonic() - TTFT_WINDOW_S

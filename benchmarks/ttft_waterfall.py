@@ -192,6 +192,7 @@ def chunk_span_ms(record: RequestRecord) -> tuple[float, int]:
 def run_variant(variant: str, args: argparse.Namespace, engines: dict[str, InProcess], served_names: dict[str, str],
                 out: Path) -> dict[str, Any]:
     prompts = get_prompts(args.num_prompts)
+    tokens = {"diffusion": args.max_tokens, "ar": args.ar_max_tokens}
     raw: dict[str, dict[str, list[Any]]] = {kind: {} for kind in engines}
     c4: dict[str, dict[str, list[float]]] = {}
     echo: dict[str, list[float]] = {"echo_one_hop": [], "echo_two_hop": []}
@@ -200,15 +201,15 @@ def run_variant(variant: str, args: argparse.Namespace, engines: dict[str, InPro
         nice = _worker_niceness(out / variant / "server")
         for _ in range(3):  # warm every path
             for kind, name in served_names.items():
-                asyncio.run(served(url, name, prompts[:1], args.max_tokens, 1))
+                asyncio.run(served(url, name, prompts[:1], tokens[kind], 1))
             asyncio.run(served(url + "/echo", "echo", prompts[:1], 1, 1, endpoint="/two-hop"))
         for prompt in prompts:
             for hop in ("one-hop", "two-hop"):
                 rec = asyncio.run(served(url + "/echo", "echo", [prompt], 1, 1, endpoint=f"/{hop}"))
                 echo[f"echo_{hop.replace('-', '_')}"] += client_ttfts(rec)
             for kind, proc in engines.items():
-                piece = proc.measure(prompt, args.max_tokens)
-                rec = asyncio.run(served(url, served_names[kind], [prompt], args.max_tokens, 1))[0]
+                piece = proc.measure(prompt, tokens[kind])
+                rec = asyncio.run(served(url, served_names[kind], [prompt], tokens[kind], 1))[0]
                 span, chunks = chunk_span_ms(rec)
                 piece.update(served=client_ttfts([rec])[0], served_span=span, served_chunks=chunks,
                              error=rec.error)
@@ -217,11 +218,11 @@ def run_variant(variant: str, args: argparse.Namespace, engines: dict[str, InPro
         for kind, proc in engines.items():  # 4 clients
             batch = (prompts * 4)[: max(8, args.num_prompts)]
             c4[kind] = {
-                "served": client_ttfts(asyncio.run(served(url, served_names[kind], batch, args.max_tokens, 4))),
+                "served": client_ttfts(asyncio.run(served(url, served_names[kind], batch, tokens[kind], 4))),
                 "echo_two_hop": client_ttfts(asyncio.run(served(url + "/echo", "echo", batch, 1, 4,
                                                                 endpoint="/two-hop"))),
                 "step_loop_ttft": [t for i in range(0, len(batch), 4) for t in proc.concurrent(batch[i:i + 4],
-                                                                                               args.max_tokens)],
+                                                                                               tokens[kind])],
             }
     return {"variant": variant, "ray_env": VARIANTS[variant], "worker_niceness_seen": nice,
             "engines": {kind: analyse(raw[kind], echo, c4[kind]) for kind in engines},
@@ -344,7 +345,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     ap.add_argument("--engines", default="diffusion,ar")
     ap.add_argument("--num-prompts", type=int, default=10)
-    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=64, help="diffusion answer length (its first canvas)")
+    ap.add_argument("--ar-max-tokens", type=int, default=16, help="AR answer length (TTFT does not depend on it)")
     ap.add_argument("--threads", type=int, help="torch threads in-process (default: what the config's replica gets)")
     ap.add_argument("--out", default="benchmarks/results/latest/waterfall")
     return ap.parse_args(argv)

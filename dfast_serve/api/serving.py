@@ -29,8 +29,8 @@ from dfast_serve.api.body import parse_json, validate
 from dfast_serve.api.errors import APIError, bad_request, internal_error
 from dfast_serve.api.model_choice import ServedModel, choose_model
 from dfast_serve.api.prompt_limit import check_prompt_chars
-from dfast_serve.api.protocol import ChatCompletionRequest, CompletionRequest
-from dfast_serve.api.responses import ResponseBuilder
+from dfast_serve.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from dfast_serve.api.responses import ResponseBuilder, usage
 from dfast_serve.config import DiffusionOptions, ServerConfig, deep_merge
 from dfast_serve.engine.types import SamplingParams
 from dfast_serve.serve.contract import ReplicaChunk, ReplicaRequest
@@ -38,6 +38,7 @@ from dfast_serve.serve.contract import ReplicaChunk, ReplicaRequest
 logger = logging.getLogger(__name__)
 Kind = Literal["completion", "chat", "native"]
 HEALTH_TIMEOUT_S = 5.0
+UTILITY_TIMEOUT_S = 30.0  # /tokenize, /detokenize and model cards: one quick call to a replica
 ID_PREFIX = {"completion": "cmpl", "chat": "chatcmpl", "native": "dfast"}
 
 
@@ -62,6 +63,15 @@ class ReplicaClient(Protocol):
 
     async def check_ready(self, timeout_s: float) -> str:
         """"ok", or why no replica can take a request now."""
+
+    async def model_card(self, timeout_s: float) -> dict[str, Any]:
+        """``root`` (where the weights and tokenizer came from) and ``max_model_len``, from a replica."""
+
+    async def tokenize(self, prompt: str | None, messages: list[dict[str, str]] | None, add_special_tokens: bool,
+                       add_generation_prompt: bool, timeout_s: float) -> list[int]: ...
+
+    async def detokenize(self, tokens: list[int], timeout_s: float) -> tuple[str, list[str]]:
+        """The text of ``tokens``, and each token's own string."""
 
 
 class RequestTracker(Protocol):
@@ -153,10 +163,13 @@ class OpenAIServing:
         self.diffusion = {name: (options, options.model_dump()) for name, options in diffusion.items()}
         self.metrics = metrics
         self.created = int(time.time())
+        self._cards: dict[str, dict[str, Any]] = {}
 
     # ---- generation ---------------------------------------------------------------------------
-    async def create(self, kind: Kind, raw_body: bytes, tracker: RequestTracker) -> dict[str, Any] | EventStream:
-        """A JSON response (``stream: false``) or an SSE stream; ``APIError`` before any byte is sent."""
+    async def create(self, kind: Kind, raw_body: bytes, tracker: RequestTracker,
+                     request_id: str | None = None) -> dict[str, Any] | EventStream:
+        """A JSON response (``stream: false``) or an SSE stream; ``APIError`` before any byte is sent.
+        ``request_id`` (the client's ``x-request-id``) names the request, as in vLLM."""
         try:
             body = parse_json(raw_body)
             if kind == "native":
@@ -164,7 +177,9 @@ class OpenAIServing:
             else:
                 schema = ChatCompletionRequest if kind == "chat" else CompletionRequest
             parsed = validate(schema, body)
-            request_id = f"{ID_PREFIX[kind]}-{uuid.uuid4().hex}"
+            if parsed.draft and kind != "native":
+                raise bad_request("draft is only offered on /v1/dfast/stream", "draft")
+            request_id = f"{ID_PREFIX[kind]}-{request_id or uuid.uuid4().hex}"
             model, request = self.plan(parsed, request_id, tracker.arrived)
             tracker.routed(model.name)
             stream = await self._open(model, request, tracker)
@@ -178,13 +193,17 @@ class OpenAIServing:
             return EventStream(self._relay_native(stream, model.name), stream.close)
         builder = ResponseBuilder(kind, model.name, request_id)
         if parsed.stream:
-            return EventStream(self._relay_openai(stream, builder, parsed.include_usage()), stream.close)
+            return EventStream(self._relay_openai(stream, builder, parsed.include_usage(), parsed.continuous_usage()),
+                               stream.close)
         return await self._collect(stream, builder)
 
     def plan(self, parsed: CompletionRequest | ChatCompletionRequest, request_id: str,
              arrived: float) -> tuple[ServedModel, ReplicaRequest]:
         """The model and the replica's request; every check that needs no tokenizer is here."""
         max_tokens = parsed.requested_max_tokens() or self.config.default_max_tokens
+        if parsed.min_tokens > max_tokens:
+            raise bad_request(f"min_tokens ({parsed.min_tokens}) must not exceed max_tokens ({max_tokens})",
+                              "min_tokens")
         model = choose_model(parsed.model, max_tokens, self.served, self.config.auto_ar_below_tokens)
         diffusion = None
         if model.engine == "diffusion":
@@ -227,14 +246,16 @@ class OpenAIServing:
         tracker.chunk(first)
         return ReplicaStream(first, call, tracker, self.config.request_timeout_s)
 
-    async def _relay_openai(self, stream: ReplicaStream, builder: ResponseBuilder,
-                            include_usage: bool) -> AsyncIterator[bytes]:
+    async def _relay_openai(self, stream: ReplicaStream, builder: ResponseBuilder, include_usage: bool,
+                            continuous_usage: bool = False) -> AsyncIterator[bytes]:
         last: ReplicaChunk | None = None
         try:
             async for chunk in stream:
                 last = chunk
                 payload = builder.stream_chunk(chunk)
                 if payload is not None:
+                    if continuous_usage:
+                        payload["usage"] = usage(chunk.prompt_tokens, chunk.total_tokens)
                     yield sse.event(payload)
         except APIError as err:
             yield sse.event(err.body())
@@ -263,11 +284,60 @@ class OpenAIServing:
         return builder.full_response("".join(text), last.finish_reason, last.prompt_tokens, last.total_tokens,
                                      last.nfe)
 
-    # ---- models and health --------------------------------------------------------------------
-    def list_models(self) -> dict[str, Any]:
-        data = [{"id": m.name, "object": "model", "created": self.created, "owned_by": "dfast_serve",
-                 "engine": m.engine} for m in self.served]
-        return {"object": "list", "data": data}
+    # ---- models, tokens and health -------------------------------------------------------------
+    async def list_models(self) -> dict[str, Any]:
+        """vLLM's model cards (``root``, ``max_model_len``; vLLM's tools read them) plus our ``engine``."""
+        cards = await asyncio.gather(*(self._card(m) for m in self.served))
+        return {"object": "list", "data": list(cards)}
+
+    async def model(self, name: str) -> dict[str, Any]:
+        """``GET /v1/models/{id}``: one card, or 404 ``model_not_found``."""
+        served = next((m for m in self.served if m.name == name), None)
+        if served is None:
+            raise APIError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
+        return await self._card(served)
+
+    async def _card(self, model: ServedModel) -> dict[str, Any]:
+        """A replica's facts are asked once and kept; a replica that cannot answer yet leaves them null."""
+        if model.name not in self._cards:
+            try:
+                self._cards[model.name] = await self.clients[model.name].model_card(UTILITY_TIMEOUT_S)
+            except (APIError, asyncio.TimeoutError):
+                return self._card_of(model, {"root": None, "max_model_len": None})
+        return self._card_of(model, self._cards[model.name])
+
+    def _card_of(self, model: ServedModel, facts: dict[str, Any]) -> dict[str, Any]:
+        return {"id": model.name, "object": "model", "created": self.created, "owned_by": "dfast_serve",
+                "root": facts["root"], "parent": None, "max_model_len": facts["max_model_len"], "permission": [],
+                "engine": model.engine}
+
+    def _named_model(self, name: str | None) -> ServedModel:
+        """The model a /tokenize or /detokenize body names (the first served one when it names none)."""
+        if name is None:
+            return self.served[0]
+        served = next((m for m in self.served if m.name == name), None)
+        if served is None:
+            raise APIError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
+        return served
+
+    async def tokenize(self, raw_body: bytes) -> dict[str, Any]:
+        """vLLM's ``POST /tokenize``: ``{count, max_model_len, tokens, token_strs}``, on the model's replica."""
+        parsed = validate(TokenizeRequest, parse_json(raw_body))
+        model = self._named_model(parsed.model)
+        client = self.clients[model.name]
+        tokens = await client.tokenize(parsed.prompt, parsed.message_dicts(), parsed.add_special_tokens,
+                                       parsed.add_generation_prompt, UTILITY_TIMEOUT_S)
+        token_strs = (await client.detokenize(tokens, UTILITY_TIMEOUT_S))[1] if parsed.return_token_strs else None
+        card = await self._card(model)
+        return {"count": len(tokens), "max_model_len": card["max_model_len"], "tokens": tokens,
+                "token_strs": token_strs}
+
+    async def detokenize(self, raw_body: bytes) -> dict[str, Any]:
+        """vLLM's ``POST /detokenize``: ``{prompt}``."""
+        parsed = validate(DetokenizeRequest, parse_json(raw_body))
+        model = self._named_model(parsed.model)
+        text, _ = await self.clients[model.name].detokenize(parsed.tokens, UTILITY_TIMEOUT_S)
+        return {"prompt": text}
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         """Ready only when a replica of every served model answers within ``HEALTH_TIMEOUT_S``."""
@@ -278,11 +348,15 @@ class OpenAIServing:
 
 
 def native_event(chunk: ReplicaChunk, full_text: str, model: str) -> dict[str, Any]:
-    """One ``/v1/dfast/stream`` event: the chunk's fields, the text so far and the model."""
-    return {"model": model, "new_text": chunk.new_text, "full_text": full_text, "new_tokens": chunk.new_tokens,
+    """One ``/v1/dfast/stream`` event: the chunk's fields, the text so far and the model (and the
+    ``draft`` of the undecided tail, when the request asked for one)."""
+    event = {"model": model, "new_text": chunk.new_text, "full_text": full_text, "new_tokens": chunk.new_tokens,
             "total_tokens": chunk.total_tokens, "target_tokens": chunk.target_tokens, "progress": chunk.progress,
             "time_ms": chunk.time_ms, "is_first": chunk.is_first, "is_final": chunk.is_final, "nfe": chunk.nfe,
             "finish_reason": chunk.finish_reason, "prompt_tokens": chunk.prompt_tokens}
+    if chunk.draft is not None:
+        event["draft"] = chunk.draft
+    return event
 
 
 def timeout_error(limit_s: float) -> APIError:

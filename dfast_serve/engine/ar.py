@@ -44,6 +44,7 @@ class ARSequence(Sequence):
         params = self.request.params
         self.nfe += 1
         self.past_key_values = past_key_values
+        self.shape_logits(last_logits, self.generated)
         token = int(choose_tokens(last_logits, params.temperature, self.generator, params.top_k, params.top_p))
         self.next_input = torch.tensor([[token]], device=self.next_input.device)
         if token not in self.eos_ids:

@@ -46,8 +46,11 @@ class DiffusionSequence(Sequence):
     revealed: bool = False
     decided_without_progress: int = 0
     work: int = 0  # canvas tokens its passes computed: the engine's fairness clock
+    guess: torch.Tensor = field(init=False)  # latest proposal per answer position (-1: never scored)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        self.guess = torch.full((self.gen_len,), -1, dtype=torch.long, device=self.canvas.device)
         self.decided = torch.zeros(self.gen_len, dtype=torch.bool, device=self.canvas.device)
         self._start_block()
 
@@ -99,8 +102,12 @@ class DiffusionSequence(Sequence):
     def advance(self, window_logits: torch.Tensor, offset: int = 0) -> None:
         """Apply one pass's logits for answer positions ``offset ..``: decide, then stream."""
         self.nfe += 1
+        self.shape_logits(window_logits, offset)
+        # A draft shows a guess for every undecided position the pass scored, not only the eligible ones
+        # (same decisions: the policies still look only where they may commit).
+        eligible = ~self.decided if self.request.params.draft else self._eligible()
         proposal = propose(window_logits, offset, self.gen_len, self.request.params, self.options, self.generator,
-                           self._eligible())
+                           eligible)
         undecided = ~self.decided
         if self.budget.is_last_pass(self.nfe) or self._early_stop_due(proposal):
             commit = policies.everything(undecided, proposal.known)
@@ -108,6 +115,8 @@ class DiffusionSequence(Sequence):
             commit = self._step_commits(proposal)
             owed = self.budget.passes_still_owed(self.nfe)
             commit = policies.keep_undecided(commit, proposal.score, undecided, owed)
+        if self.request.params.draft:
+            self.guess[proposal.known] = proposal.tokens[proposal.known]
         self._commit(commit, proposal)
         self.block_step += 1
         self._move_to_next_block()
@@ -201,12 +210,34 @@ class DiffusionSequence(Sequence):
             start, end = self.block_range()
 
     def _stream(self) -> None:
-        """Hand the newly decided prefix to the stream (nothing before pass ``first_token_steps``)."""
+        """Hand the newly decided prefix to the stream (nothing before pass ``first_token_steps``),
+        and the draft of the rest when the request asked for it."""
         ultra = self.ultra
-        if ultra is not None and self.nfe < ultra.first_token_steps and self.cursor < self.gen_len:
-            return
-        new_ids = self.answer[self.streamed : self.cursor].tolist()
-        self.streamed = self.cursor
-        self.emit(new_ids, exhausted=self.cursor >= self.gen_len)
-        if self.finished and len(self.passes_per_block) == self.block_index:
-            self.passes_per_block.append(self.nfe - self.block_first_pass)
+        if not (ultra is not None and self.nfe < ultra.first_token_steps and self.cursor < self.gen_len):
+            new_ids = self.answer[self.streamed : self.cursor].tolist()
+            self.streamed = self.cursor
+            self.emit(new_ids, exhausted=self.cursor >= self.gen_len)
+            if self.finished and len(self.passes_per_block) == self.block_index:
+                self.passes_per_block.append(self.nfe - self.block_first_pass)
+        if self.request.params.draft and self.error is None:
+            self.attach_draft(self.draft_text())
+
+    # ---- draft --------------------------------------------------------------------------------
+    def context_ids(self) -> torch.Tensor:
+        """The prompt and every answer token decided so far, wherever it sits in the canvas."""
+        return torch.cat([self.canvas[: self.prompt_len], self.answer[self.decided]])
+
+    def draft_text(self) -> str:
+        """The best guess of the text after what the stream has released: the answer with every
+        undecided position filled by its latest proposal (a position no pass has scored yet, or
+        the first EOS, ends it), decoded whole, minus the released prefix."""
+        ids = torch.where(self.decided, self.answer, self.guess)
+        unknown = (ids < 0).nonzero()
+        end = int(unknown[0]) if len(unknown) else self.gen_len
+        ids = ids[:end].tolist()
+        eos = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
+        if eos is not None:
+            ids = ids[:eos]
+        full = self.detokenizer.tokenizer.decode(ids, skip_special_tokens=self.detokenizer.skip_special_tokens,
+                                                 clean_up_tokenization_spaces=False)
+        return full[self.detokenizer.sent_chars :]

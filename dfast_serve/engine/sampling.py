@@ -3,10 +3,14 @@
 Order as in Hugging Face and vLLM: the temperature divides the logits first, then top-k and
 top-p (nucleus) filter the *tempered* distribution, then a token is drawn. (Filtering before the
 temperature would keep a different nucleus: a low temperature sharpens the distribution, so fewer
-tokens reach ``top_p``.)
+tokens reach ``top_p``.) The repetition penalty and min-p are applied to the logits before this
+(``Sequence.shape_logits``); min-p is expressed there on the raw logits, scaled by the temperature,
+so that it acts on the tempered distribution as in vLLM.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -58,6 +62,27 @@ def choose_tokens(
 def _gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
     return (logits - torch.log(-torch.log(uniform.clamp_min(1e-20)))).argmax(-1)
+
+
+def penalize_repetition(logits: torch.Tensor, context_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """vLLM's (CTRL's) repetition penalty, in place: the logit of every token in ``context_ids`` is
+    divided by ``penalty`` when positive and multiplied by it when negative (so > 1 discourages)."""
+    if penalty == 1.0 or context_ids.numel() == 0:
+        return logits
+    ids = torch.unique(context_ids).to(logits.device)
+    seen = logits[..., ids]
+    logits[..., ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits
+
+
+def apply_min_p(logits: torch.Tensor, min_p: float, temperature: float) -> torch.Tensor:
+    """Drop, in place, the tokens whose probability after the temperature is below ``min_p`` × the top
+    one: ``p_i / p_max = exp((l_i - l_max) / T)``, so the cut is ``l_max + T·ln(min_p)`` on the raw
+    logits. Greedy decoding (T = 0) always keeps the top token: nothing to do."""
+    if min_p <= 0.0 or temperature <= 0.0:
+        return logits
+    cut = logits.max(-1, keepdim=True).values + temperature * math.log(min_p)
+    return logits.masked_fill_(logits < cut, float("-inf"))
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:

@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Protocol
 import torch
 
 from dfast_serve.engine.detokenize import StreamingDetokenizer
+from dfast_serve.engine.sampling import apply_min_p, penalize_repetition
 from dfast_serve.engine.types import FinishReason, GenerationRequest, StreamingChunk
 
 
@@ -33,6 +34,10 @@ class Sequence:
     chunks_sent: int = field(default=0, kw_only=True)
     pending: list[StreamingChunk] = field(default_factory=list, kw_only=True)
 
+    def __post_init__(self) -> None:
+        # The request's choice reaches the detokenizer the engine built (one place for both engines).
+        self.detokenizer.skip_special_tokens = self.request.params.skip_special_tokens
+
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None or self.error is not None
@@ -44,6 +49,24 @@ class Sequence:
     def progress(self) -> float:
         """Share of the answer decided so far."""
         raise NotImplementedError
+
+    def context_ids(self) -> torch.Tensor:
+        """The tokens a repetition penalty counts as already said: the prompt and the answer so far."""
+        return torch.tensor(self.request.prompt_ids + self.detokenizer.token_ids, dtype=torch.long)
+
+    def shape_logits(self, logits: torch.Tensor, first_position: int) -> torch.Tensor:
+        """The request's logit processors, in place, before any token is chosen: EOS banned where
+        ``ignore_eos`` / ``min_tokens`` forbid it, then the repetition penalty, then min-p. ``logits``
+        is (vocab,) or (rows, vocab) for answer positions ``first_position ..``."""
+        params = self.request.params
+        rows = logits if logits.dim() == 2 else logits[None]
+        banned_rows = rows.shape[0] if params.ignore_eos else max(0, params.min_tokens - first_position)
+        if banned_rows and self.eos_ids:
+            rows[:banned_rows, sorted(self.eos_ids)] = -torch.inf
+        if params.repetition_penalty != 1.0:
+            penalize_repetition(rows, self.context_ids(), params.repetition_penalty)
+        apply_min_p(rows, params.min_p, params.temperature)
+        return logits
 
     def emit(self, new_ids: list[int], exhausted: bool) -> None:
         """Stream answer tokens that just became final, in order. An EOS among them ends the answer
@@ -65,6 +88,12 @@ class Sequence:
     def fail(self, error: Exception) -> None:
         """This request alone failed (bad parameters, a forward pass it could not run)."""
         self.error = error
+
+    def attach_draft(self, draft: str) -> None:
+        """Give this pass's last chunk the draft, or queue a chunk carrying only the draft."""
+        if not self.pending:
+            self._queue("", 0)
+        self.pending[-1].draft = "" if self.pending[-1].is_final else draft
 
     def _queue(self, text: str, new_tokens: int) -> None:
         final = self.finish_reason is not None

@@ -12,7 +12,15 @@ FinishReason = Literal["stop", "length", "cancelled"]
 
 @dataclass
 class SamplingParams:
-    """Decoding controls common to both engines. ``temperature == 0`` means greedy."""
+    """Decoding controls common to both engines. ``temperature == 0`` means greedy.
+
+    The vLLM extras (README, "Accepted extras"): ``ignore_eos`` never proposes EOS, so the answer is
+    exactly ``max_tokens`` long; ``min_tokens`` forbids EOS in the first ``min_tokens`` answer
+    positions; ``repetition_penalty`` (vLLM/CTRL style) scales down the logits of every token already
+    in the context (the prompt and the answer tokens decided so far, in any order); ``min_p`` drops
+    tokens less likely than ``min_p`` × the most likely one (after the temperature). ``draft`` (native
+    stream only) attaches the current best guess of the undecided tail to every chunk.
+    """
 
     max_tokens: int = 64
     temperature: float = 0.0
@@ -20,6 +28,12 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    skip_special_tokens: bool = True
+    draft: bool = False
 
 
 @dataclass
@@ -58,6 +72,7 @@ class StreamingChunk:
     nfe: int
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
+    draft: str | None = None  # the undecided tail's best guess as text, when the request asked for it
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -40,11 +40,12 @@ class Tokenizing:
     def encode_prompt(self, prompt: str) -> list[int]:
         return list(self.tokenizer.encode(prompt))
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
-            text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-            return self.encode_prompt(text)
-        return _as_id_list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+            text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+            return self.encode_prompt(text + "\nassistant:" if add_generation_prompt else text)
+        return _as_id_list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                              tokenize=True))
 
 
 @dataclass

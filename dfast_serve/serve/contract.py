@@ -60,12 +60,14 @@ class ReplicaChunk:
     nfe: int
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
+    draft: str | None = None  # only when the request asked for it (native stream)
 
     @classmethod
     def from_engine(cls, chunk: Any) -> "ReplicaChunk":
         """The delta fields of an engine chunk."""
         return cls(chunk.new_text, chunk.new_tokens, chunk.total_tokens, chunk.target_tokens, chunk.progress,
-                   chunk.time_ms, chunk.is_first, chunk.is_final, chunk.nfe, chunk.finish_reason, chunk.prompt_tokens)
+                   chunk.time_ms, chunk.is_first, chunk.is_final, chunk.nfe, chunk.finish_reason, chunk.prompt_tokens,
+                   getattr(chunk, "draft", None))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+from importlib import resources
 from typing import Any, AsyncIterator
 
 from ray import serve
@@ -25,9 +27,10 @@ from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+import dfast_serve
 from dfast_serve.api import sse
 from dfast_serve.api.auth import key_matches
 from dfast_serve.api.errors import APIError, internal_error
@@ -37,6 +40,10 @@ from dfast_serve.serve.metrics import ServingMetrics
 from dfast_serve.serve.replica_client import RayReplicaClient
 
 logger = logging.getLogger(__name__)
+
+logger = logging.getLogger("ray.serve")  # Serve's replica logs, which carry the request id
+REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # a client's x-request-id we adopt as the request id
+
 
 @serve.deployment(name="Ingress")
 @serve.ingress()
@@ -56,6 +63,11 @@ class Ingress:
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
             Route("/v1/dfast/stream", self.native_stream, methods=["POST"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", self.model_card, methods=["GET"]),
+            Route("/tokenize", self.tokenize, methods=["POST"]),
+            Route("/detokenize", self.detokenize, methods=["POST"]),
+            Route("/version", self.version, methods=["GET"]),
+            Route("/", self.playground, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
             Route("/ready", self.ready, methods=["GET"]),
             Route("/metrics", self.prometheus, methods=["GET"]),
@@ -80,9 +92,42 @@ class Ingress:
     async def list_models(self, request: Request) -> Response:
         try:
             self._check_auth(request)
+            return JSONResponse(await self.serving.list_models())
         except APIError as err:
             return _error_response(err)
-        return JSONResponse(self.serving.list_models())
+
+    async def model_card(self, request: Request) -> Response:
+        try:
+            self._check_auth(request)
+            model_id = request.path_params["model_id"]
+            if not model_id:  # "/v1/models/" is no route (and never a redirect)
+                raise APIError(404, f"No route {request.url.path}", code="not_found")
+            return JSONResponse(await self.serving.model(model_id))
+        except APIError as err:
+            return _error_response(err)
+
+    async def tokenize(self, request: Request) -> Response:
+        """vLLM's /tokenize, answered by the model's replica (API key required when one is set)."""
+        try:
+            self._check_auth(request)
+            return JSONResponse(await self.serving.tokenize(await self._read_body(request, time.monotonic())))
+        except APIError as err:
+            return _error_response(err)
+
+    async def detokenize(self, request: Request) -> Response:
+        try:
+            self._check_auth(request)
+            return JSONResponse(await self.serving.detokenize(await self._read_body(request, time.monotonic())))
+        except APIError as err:
+            return _error_response(err)
+
+    async def version(self, request: Request) -> Response:
+        """Open, like /health: the package version, nothing about the models."""
+        return JSONResponse({"version": dfast_serve.__version__})
+
+    async def playground(self, request: Request) -> Response:
+        """The playground page (open: it holds no data; its own requests carry the key the user types)."""
+        return HTMLResponse(PLAYGROUND_HTML, headers={"Cache-Control": "no-cache"})
 
     async def health(self, request: Request) -> Response:
         """Liveness: this process serves HTTP. Nothing remote, nothing queued."""
@@ -104,7 +149,9 @@ class Ingress:
         try:
             self._check_auth(request)
             body = await self._read_body(request, tracker.arrived)
-            result = await self.serving.create(kind, body, tracker)
+            request_id = request_id_of(request)
+            logger.info("%s %s: request %s", request.method, request.url.path, request_id)
+            result = await self.serving.create(kind, body, tracker, request_id)
         except APIError as err:
             tracker.fail(err.code)
             return _error_response(err)
@@ -152,6 +199,16 @@ class Ingress:
         if not key_matches(request.headers.get("authorization"), key):
             raise APIError(401, "Missing or invalid API key (Authorization: Bearer <key>)", "authentication_error",
                            None, "invalid_api_key")
+
+
+def request_id_of(request: Request) -> str | None:
+    """The client's ``x-request-id`` (Serve's proxy sets one when the client did not, and echoes it in
+    the response), when it is short printable ASCII; None otherwise (then the request gets a uuid)."""
+    value = request.headers.get("x-request-id")
+    return value if value is not None and REQUEST_ID.fullmatch(value) else None
+
+
+PLAYGROUND_HTML = resources.files("dfast_serve").joinpath("assets", "playground.html").read_text(encoding="utf-8")
 
 
 def _too_large(limit: int) -> APIError:

@@ -19,7 +19,9 @@ Deadlines are the serving logic's, not Ray's.
 from __future__ import annotations
 
 import asyncio
+import asyncio
 import logging
+from typing import Any
 
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
@@ -58,6 +60,32 @@ class RayReplicaClient:
             logger.warning("readiness probe of %s failed", self.model, exc_info=True)
             return "no replica reachable"
         return "ok"
+
+
+    async def model_card(self, timeout_s: float) -> dict[str, Any]:
+        return await self._utility(self._handle.model_card.remote(), timeout_s)
+
+    async def tokenize(self, prompt: str | None, messages: list[dict[str, str]] | None, add_special_tokens: bool,
+                       add_generation_prompt: bool, timeout_s: float) -> list[int]:
+        return await self._utility(self._handle.tokenize.remote(prompt, messages, add_special_tokens,
+                                                                add_generation_prompt), timeout_s)
+
+    async def detokenize(self, tokens: list[int], timeout_s: float) -> tuple[str, list[str]]:
+        return await self._utility(self._handle.detokenize.remote(tokens), timeout_s)
+
+    async def _utility(self, response: DeploymentResponse, timeout_s: float) -> Any:
+        """A quick unary call (no generation): its failures map as before the first chunk."""
+        try:
+            result = await asyncio.wait_for(response, timeout_s)
+        except asyncio.TimeoutError:
+            cancel(response)
+            raise APIError(503, f"Model '{self.model}' did not answer within {timeout_s:g} s; retry shortly",
+                           "server_error", None, "replica_unavailable", self.retry_after_s) from None
+        except Exception as exc:  # noqa: BLE001 - every Ray failure is mapped
+            raise RayReplicaCall(None, self.model, self.retry_after_s)._api_error(exc) from None  # type: ignore[arg-type]
+        if isinstance(result, ReplicaError):
+            raise result.to_api_error()
+        return result
 
 
 class RayReplicaCall:

@@ -120,6 +120,27 @@ class ModelReplica:
             subscription.cancel()  # caller gone or stream done: it leaves the batch before the next step
             self._in_flight -= 1
 
+    # ---- tokens (vLLM's /tokenize and /detokenize run here, with the model's own tokenizer) ----------
+    def model_card(self) -> dict[str, Any]:
+        """Where the tokenizer came from (vLLM's ``root``: a path or hub id) and the context length."""
+        return {"root": str(getattr(self.model.tokenizer, "name_or_path", "") or self.name),
+                "max_model_len": self.model.max_context}
+
+    def tokenize(self, prompt: str | None, messages: list[dict[str, str]] | None, add_special_tokens: bool,
+                 add_generation_prompt: bool) -> list[int] | ReplicaError:
+        try:
+            if messages is not None:
+                return self.model.encode_chat(messages, add_generation_prompt)
+            return [int(t) for t in self.model.tokenizer.encode(prompt or "", add_special_tokens=add_special_tokens)]
+        except Exception as exc:  # noqa: BLE001 - a template that rejects the messages is the client's error
+            return ReplicaError(400, f"cannot tokenize: {exc}", param="messages" if messages else "prompt")
+
+    def detokenize(self, tokens: list[int]) -> tuple[str, list[str]] | ReplicaError:
+        tokenizer = self.model.tokenizer
+        if tokens and max(tokens) >= len(tokenizer):
+            return ReplicaError(400, f"token ids must be below the vocabulary size {len(tokenizer)}", param="tokens")
+        return tokenizer.decode(tokens), [str(t) for t in tokenizer.convert_ids_to_tokens(tokens)]
+
     # ---- observability ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Counters the tests read (forward passes prove a cancelled request stopped), and the diffusion

@@ -76,6 +76,18 @@ class FakeClient:
     async def check_ready(self, timeout_s: float) -> str:
         return self.ready
 
+    # A toy tokenizer: one id per character.
+    async def model_card(self, timeout_s: float) -> dict[str, Any]:
+        return {"root": "/models/fake", "max_model_len": 1024}
+
+    async def tokenize(self, prompt: str | None, messages: list[dict[str, str]] | None, add_special_tokens: bool,
+                       add_generation_prompt: bool, timeout_s: float) -> list[int]:
+        text = prompt if prompt is not None else "".join(m["content"] for m in messages or [])
+        return ([1] if add_special_tokens else []) + [ord(c) for c in text]
+
+    async def detokenize(self, tokens: list[int], timeout_s: float) -> tuple[str, list[str]]:
+        return "".join(chr(t) for t in tokens), [chr(t) for t in tokens]
+
 
 def make(diffusion_script: list[Any] | None = None, ar_script: list[Any] | None = None,
          **config: Any) -> tuple[OpenAIServing, dict[str, FakeClient]]:
@@ -317,7 +329,7 @@ def test_a_prompt_over_max_prompt_chars_is_refused_before_any_replica_tokenizes_
 # ---- models and health ------------------------------------------------------------------------------
 def test_models_and_health():
     serving, clients = make()
-    assert [(m["id"], m["engine"]) for m in serving.list_models()["data"]] == [(DIFFUSION, "diffusion"), (AR, "ar")]
+    assert [(m["id"], m["engine"]) for m in asyncio.run(serving.list_models())["data"]] == [(DIFFUSION, "diffusion"), (AR, "ar")]
     assert asyncio.run(serving.ready()) == (True, {"status": "ok", "models": {DIFFUSION: "ok", AR: "ok"}})
     clients[AR].ready = "overloaded"
     ok, report = asyncio.run(serving.ready())

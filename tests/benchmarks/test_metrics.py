@@ -106,3 +106,14 @@ def test_table_layout():
     assert any(line.startswith("Successful requests:") and line.endswith("3") for line in lines)
     assert "NFE to 1st token" in table and "floor" not in table
     assert format_table(summarize([RequestRecord(start=0.0, error="x", end=0.0)])).count("n/a") > 0
+
+
+def test_summary_carries_vllm_bench_serve_field_names():
+    s = summarize(make_run(), max_concurrency=4, request_rate=float("inf"))
+    assert s["duration"] == 2.5 and s["total_token_throughput"] == (5 + 6) / 2.5
+    assert s["ttfts"] == [0.5, 0.125, 0.0, 0.25]  # seconds, 0 for the failed one (as vLLM writes it)
+    assert sorted(s["itls"][0] + s["itls"][1]) == [0.25, 0.5, 0.75] and s["itls"][2] == []
+    assert len(s["latencies"]) == len(s["input_lens"]) == len(s["output_lens"]) == 4
+    assert (s["max_concurrency"], s["request_rate"]) == (4, "inf")
+    assert summarize(make_run(), request_rate=2.0)["request_rate"] == 2.0
+    assert s["mean_ttft_ms"] == pytest.approx(875 / 3)  # our own keys unchanged

@@ -114,13 +114,20 @@ class DiffusionSequence(Sequence):
         else:
             commit = self._step_commits(proposal)
             owed = self.budget.passes_still_owed(self.nfe)
-            commit = policies.keep_undecided(commit, proposal.score, undecided, owed)
+            commit = policies.keep_undecided(commit, self._streaming_first(commit, proposal.score), undecided, owed)
         if self.request.params.draft:
             self.guess[proposal.known] = proposal.tokens[proposal.known]
         self._commit(commit, proposal)
         self.block_step += 1
         self._move_to_next_block()
         self._stream()
+
+    def _streaming_first(self, commit: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """``score`` with the commits that extend the decided prefix ranked above all others, in reading
+        order: when ``min_steps`` makes a pass give some commits back, the stream keeps moving."""
+        run = policies.leading_run(~self.decided, commit.float(), self.cursor, self.gen_len, 0.5)
+        positions = torch.arange(self.gen_len, device=score.device, dtype=score.dtype)
+        return torch.where(run, 2.0 + (self.gen_len - positions) / self.gen_len, score)
 
     def _eligible(self) -> torch.Tensor:
         """Positions some policy may decide at this pass: the current block's undecided ones, or every

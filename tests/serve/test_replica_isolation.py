@@ -142,7 +142,14 @@ def failing_app(server) -> str:
 
     from dfast_serve.config import load_server_config
     from dfast_serve.serve.ingress import Ingress
+    import cloudpickle
+
+    from tests.serve import faulty_replica
     from tests.serve.faulty_replica import FailingReplicaDeployment
+
+    # Ray's processes (the Serve controller, the replica) cannot import the tests package: send the
+    # test-only class by value.
+    cloudpickle.register_pickle_by_value(faulty_replica)
 
     args = {"models": [{**MODEL, "replica": {"num_cpus": 0.5, "max_ongoing_requests": 4}}],
             "router": {"num_cpus": 0.25}}

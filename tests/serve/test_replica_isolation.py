@@ -142,7 +142,7 @@ def failing_app(server) -> str:
 
     from dfast_serve.config import load_server_config
     from dfast_serve.serve.ingress import Ingress
-    import cloudpickle
+    from ray import cloudpickle
 
     from tests.serve import faulty_replica
     from tests.serve.faulty_replica import FailingReplicaDeployment

@@ -20,7 +20,7 @@ import logging
 import re
 import time
 from importlib import resources
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -108,16 +108,15 @@ class Ingress:
 
     async def tokenize(self, request: Request) -> Response:
         """vLLM's /tokenize, answered by the model's replica (API key required when one is set)."""
-        try:
-            self._check_auth(request)
-            return JSONResponse(await self.serving.tokenize(await self._read_body(request, time.monotonic())))
-        except APIError as err:
-            return _error_response(err)
+        return await self._tokenizer_route(request, self.serving.tokenize)
 
     async def detokenize(self, request: Request) -> Response:
+        return await self._tokenizer_route(request, self.serving.detokenize)
+
+    async def _tokenizer_route(self, request: Request, call: Callable[[bytes], Awaitable[Any]]) -> Response:
         try:
             self._check_auth(request)
-            return JSONResponse(await self.serving.detokenize(await self._read_body(request, time.monotonic())))
+            return JSONResponse(await call(await self._read_body(request, time.monotonic())))
         except APIError as err:
             return _error_response(err)
 

@@ -18,11 +18,11 @@ import requests
 
 from tests.serve.conftest import SMALL_APP_ARGS, SmallApp, replica_stats
 from tests.serve.sse import assert_error_shape
-from tests.serve.test_hardening import SLOW_DFAST, replica_idle
+from tests.serve.test_hardening import SLOW_FIELDS, replica_idle
 from tests.serve.test_api import DIFFUSION, PROMPT
 
 SHORT = {"model": DIFFUSION, "prompt": PROMPT, "max_tokens": 32}
-SLOW = {"model": DIFFUSION, "prompt": PROMPT, "max_tokens": 256, "dfast": SLOW_DFAST, "stream": True}
+SLOW = {"model": DIFFUSION, "prompt": PROMPT, **SLOW_FIELDS, "stream": True}
 RETRY_AFTER = str(SMALL_APP_ARGS["retry_after_s"])
 
 

@@ -96,7 +96,14 @@ def test_a_request_whose_generation_fails_ends_with_an_error_and_its_batch_mate_
     mate, doomed = replica_request("In the beginning"), replica_request(FAIL_MARK + "And God said")
 
     async def scenario() -> tuple[list[Any], list[Any]]:
-        return tuple(await asyncio.gather(drain(replica, mate), drain(replica, doomed)))
+        """The doomed request joins once the mate has run a pass, so it never runs a pass alone."""
+        running = asyncio.create_task(drain(replica, mate))
+        deadline = time.monotonic() + GATE_S
+        while replica.engine.forward_passes == passes_before:
+            assert time.monotonic() < deadline, "the mate never ran a pass"
+            await asyncio.sleep(0.005)
+        doomed_items = await drain(replica, doomed)
+        return await running, doomed_items
 
     passes_before = replica.engine.forward_passes
     mate_items, doomed_items = asyncio.run(asyncio.wait_for(scenario(), 120))

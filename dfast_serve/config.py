@@ -141,6 +141,11 @@ class ReplicaConfig(StrictModel):
     num_replicas: int = Field(1, ge=1, le=1024, description="Fixed replica count (ignored when autoscaling is set).")
     num_gpus: float = Field(0, ge=0, le=16, description="GPUs per replica: 1 on a GPU pool, 0 on a laptop.")
     num_cpus: float = Field(1, ge=0, le=256, description="CPUs reserved per replica.")
+    gil_switch_interval_ms: float | None = Field(
+        None, gt=0, le=100, description="sys.setswitchinterval in the replica process, in ms (None: Python's 5 ms). "
+        "The step thread holds the GIL between torch ops; the replica's event loop, which ships each step's chunks, "
+        "waits up to this long to get it (benchmarks/handoff.py)."
+    )
     torch_threads: int | None = Field(
         None, ge=1, le=256, description="torch CPU threads of the replica; None: Ray's default, floor(num_cpus) "
         "(at least 1). More than num_cpus lets a CPU replica use idle cores its reservation does not cover."

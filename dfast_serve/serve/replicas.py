@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from typing import Any, AsyncIterator
@@ -47,6 +48,8 @@ class ModelReplica:
         self.name = config.name
         if replica_config.torch_threads is not None:  # else Ray's OMP_NUM_THREADS = floor(num_cpus) stands
             torch.set_num_threads(replica_config.torch_threads)
+        if replica_config.gil_switch_interval_ms is not None:  # process-wide: a replica has its own process
+            sys.setswitchinterval(replica_config.gil_switch_interval_ms / 1000)
         self.model = load_model(config)
         self.diffusion = diffusion or DiffusionOptions()
         self.limits = replica_config

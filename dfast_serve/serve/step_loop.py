@@ -37,7 +37,7 @@ class Subscription:
         self.cancelled.set()
 
     def _send(self, item: Any) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        _hand_over(self.loop, self.queue.put_nowait, item)
 
     async def chunks(self) -> AsyncIterator[StreamingChunk]:
         """The request's chunks in order; re-raises an error the engine hit on its behalf."""
@@ -48,6 +48,19 @@ class Subscription:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+
+def _hand_over(loop: asyncio.AbstractEventLoop, callback: Any, argument: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, argument)
+    except RuntimeError:  # that event loop is closed: nobody is waiting for these items any more
+        pass
+
+
+def _deliver(items: list[tuple[Subscription, Any]]) -> None:
+    """On the subscribers' event loop: queue a step's items, in order."""
+    for subscription, item in items:
+        subscription.queue.put_nowait(item)
 
 
 class StepLoopDied(RuntimeError):
@@ -138,14 +151,19 @@ class StepLoop:
             return
         self.steps += 1
         still_running = []
+        # One hand-over per event loop per step (one self-pipe write and loop wake-up), not one per chunk.
+        deliveries: dict[asyncio.AbstractEventLoop, list[tuple[Subscription, Any]]] = {}
         for subscription in self._active:
             sequence = subscription.sequence
-            for chunk in sequence.drain():
-                subscription._send(chunk)
+            items: list[Any] = list(sequence.drain())
             if sequence.error is not None:
-                subscription._send(sequence.error)
+                items.append(sequence.error)
             elif sequence.finished:
-                subscription._send(_END)
+                items.append(_END)
             else:
                 still_running.append(subscription)
+            deliveries.setdefault(subscription.loop, []).extend((subscription, item) for item in items)
+        for loop, batch in deliveries.items():
+            if batch:
+                _hand_over(loop, _deliver, batch)
         self._active = still_running

@@ -4,6 +4,7 @@ and a request's greedy output does not depend on who it shared forward passes wi
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 import torch
@@ -59,6 +60,42 @@ def test_a_request_joining_mid_generation_shares_steps_and_changes_no_output(tin
     assert short_text == alone(tiny_mdlm, short_req)
     # Each step ran both sequences in one pass while both were active: one pass per step.
     assert engine.forward_passes == loop.steps
+
+
+def test_a_step_hands_all_its_chunks_to_the_event_loop_in_one_call(tiny_mdlm):
+    """One loop wake-up per step, whatever the number of requests and chunks in it."""
+    requests = [request(tiny_mdlm, prompt, 16) for prompt in ("In the beginning", "And God said", "And the earth")]
+    loop = StepLoop(build_engine(tiny_mdlm, max_batch_size=8), max_active=8)
+
+    async def run() -> tuple[int, int, int]:
+        event_loop = asyncio.get_running_loop()
+        hand_overs, original = [], event_loop.call_soon_threadsafe
+        event_loop.call_soon_threadsafe = lambda *a, **k: hand_overs.append(a) or original(*a, **k)
+        steps_before = loop.steps
+        counts = [0] * len(requests)
+
+        async def count(i: int) -> None:
+            async for _ in loop.submit(requests[i]).chunks():
+                counts[i] += 1
+
+        await asyncio.gather(*(count(i) for i in range(len(requests))))
+        return len(hand_overs), loop.steps - steps_before, sum(counts)
+
+    hand_overs, steps, chunks = asyncio.run(run())
+    assert chunks > steps  # several requests' chunks per step: a hand-over per chunk would show
+    assert hand_overs <= steps, (hand_overs, steps, chunks)
+
+
+def test_the_replica_applies_its_gil_switch_interval():
+    from dfast_serve.serve.replicas import ModelReplica
+
+    before = sys.getswitchinterval()
+    try:
+        ModelReplica.func_or_class({"name": "tiny-mdlm", "engine": "diffusion"}, STANDARD,
+                                   {"gil_switch_interval_ms": 0.25})
+        assert sys.getswitchinterval() == pytest.approx(0.00025)
+    finally:
+        sys.setswitchinterval(before)
 
 
 def test_a_cancelled_request_leaves_the_batch_at_the_next_step(tiny_mdlm):

@@ -126,6 +126,31 @@ def served(url: str, model: str, max_tokens: int, seed: int, ultra_fast: bool) -
             "passes": last["nfe"], "tokens": last["total_tokens"], "tokens_per_pass": last["total_tokens"] / last["nfe"]}
 
 
+def compare(model: DiffusionGemmaLM, prompt_ids: list[int], max_tokens: int,
+            seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
+    """Per-seed runs of transformers' generate and of our engine (standard, ultra-fast), interleaved so
+    that machine load hits every variant alike; one warm-up of each first."""
+    engine = DiffusionGemmaEngine(model)
+    ours(engine, prompt_ids, model.canvas_length, 0, DiffusionOptions(ultra_fast=False))
+    reference(model, prompt_ids, model.canvas_length, 0)
+    rows: dict[str, list[dict[str, Any]]] = {"transformers generate + streamer": [], "ours, standard": [],
+                                             "ours, ultra-fast": []}
+    for seed in seeds:
+        rows["transformers generate + streamer"].append(reference(model, prompt_ids, max_tokens, seed))
+        rows["ours, standard"].append(ours(engine, prompt_ids, max_tokens, seed, DiffusionOptions(ultra_fast=False)))
+        rows["ours, ultra-fast"].append(ours(engine, prompt_ids, max_tokens, seed, DiffusionOptions()))
+    return rows
+
+
+HEADER = ["variant", "first text ms", "first text passes", "first draft ms", "first draft passes", "e2e ms", "passes",
+          "tokens", "tokens/pass"]
+
+
+def table_row(name: str, s: dict[str, Any]) -> list[Any]:
+    return [name, s.get("first_text_ms"), s.get("first_text_passes"), s.get("first_draft_ms"),
+            s.get("first_draft_passes"), s.get("e2e_ms"), s.get("passes"), s.get("tokens"), s.get("tokens_per_pass")]
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ["first_text_ms", "first_text_passes", "first_draft_ms", "first_draft_passes", "e2e_ms", "passes",
             "tokens", "tokens_per_pass"]
@@ -148,29 +173,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         path = args.checkpoint or str(write_tiny_checkpoint(Path(scratch) / "tiny", args.canvas_length, args.steps))
         model = load_diffusion_gemma(path, "tiny-gemma")
-    engine = DiffusionGemmaEngine(model)
     prompt_ids = model.encode_prompt(PROMPT)
     seeds = list(range(args.seeds))
-    ours(engine, prompt_ids, model.canvas_length, 0, DiffusionOptions(ultra_fast=False))  # warm-up
-    reference(model, prompt_ids, model.canvas_length, 0)
-    rows: dict[str, list[dict[str, Any]]] = {"transformers generate + streamer": [], "ours, standard": [],
-                                             "ours, ultra-fast": []}
-    for seed in seeds:  # interleaved, so that machine load hits every variant alike
-        rows["transformers generate + streamer"].append(reference(model, prompt_ids, args.max_tokens, seed))
-        rows["ours, standard"].append(ours(engine, prompt_ids, args.max_tokens, seed, DiffusionOptions(ultra_fast=False)))
-        rows["ours, ultra-fast"].append(ours(engine, prompt_ids, args.max_tokens, seed, DiffusionOptions()))
+    rows = compare(model, prompt_ids, args.max_tokens, seeds)
     if args.url:
         rows["ours through the server, standard"] = [served(args.url, args.model, args.max_tokens, s, False)
                                                      for s in seeds]
     summary = {name: summarize(runs) for name, runs in rows.items()}
-    header = ["variant", "first text ms", "first text passes", "first draft ms", "first draft passes", "e2e ms",
-              "passes", "tokens", "tokens/pass"]
-    table = [[name, s.get("first_text_ms"), s.get("first_text_passes"), s.get("first_draft_ms"),
-              s.get("first_draft_passes"), s.get("e2e_ms"), s.get("passes"), s.get("tokens"), s.get("tokens_per_pass")]
-             for name, s in summary.items()]
+    table = [table_row(name, s) for name, s in summary.items()]
     print(f"DiffusionGemma tiny random, canvas {model.canvas_length}, {model.sampling.max_denoising_steps} steps/canvas, "
           f"max_tokens {args.max_tokens}, medians of {args.seeds} seeds, {args.threads} thread(s)")
-    print(markdown_table(header, table))
+    print(markdown_table(HEADER, table))
     result = stamp({"summary": summary, "runs": rows}, "diffusion_gemma", None,
                    {k: v for k, v in vars(args).items() if k != "save_result"})
     if args.save_result:

@@ -39,10 +39,11 @@ def token(i: int) -> str:
     return SPECIAL.get(i, f"t{i}")
 
 
-def write_tokenizer(directory: Path) -> None:
+def write_tokenizer(directory: Path, vocab: int = VOCAB) -> None:
+    """A word-level tokenizer.json over ``vocab`` ids (a real-size random model needs all 262,144)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    tok = Tokenizer(models.WordLevel({token(i): i for i in range(VOCAB)}, unk_token="t3"))
+    tok = Tokenizer(models.WordLevel({token(i): i for i in range(vocab)}, unk_token="t3"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
     tok.save(str(directory / "tokenizer.json"))
@@ -51,23 +52,29 @@ def write_tokenizer(directory: Path) -> None:
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
 
 
-def write_tiny_checkpoint(directory: str | Path, canvas_length: int = 8, max_denoising_steps: int = 6,
-                          seed: int = 0) -> Path:
-    """config.json, generation_config.json (few denoising steps, EOS set), weights and tokenizer."""
-    from transformers import DiffusionGemmaForBlockDiffusion
+def generation_config(max_denoising_steps: int) -> "DiffusionGemmaGenerationConfig":  # noqa: F821
+    """transformers' default sampler settings, with ``max_denoising_steps`` per canvas and EOS set."""
     from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
         DiffusionGemmaGenerationConfig,
         EntropyBoundSamplerConfig,
     )
 
+    return DiffusionGemmaGenerationConfig(
+        max_denoising_steps=max_denoising_steps, sampler_config=EntropyBoundSamplerConfig(entropy_bound=0.1),
+        t_min=0.4, t_max=0.8, stability_threshold=1, confidence_threshold=0.005, eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID)
+
+
+def write_tiny_checkpoint(directory: str | Path, canvas_length: int = 8, max_denoising_steps: int = 6,
+                          seed: int = 0) -> Path:
+    """config.json, generation_config.json (few denoising steps, EOS set), weights and tokenizer."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = DiffusionGemmaForBlockDiffusion(tiny_config(canvas_length)).eval()
-    model.generation_config = DiffusionGemmaGenerationConfig(
-        max_denoising_steps=max_denoising_steps, sampler_config=EntropyBoundSamplerConfig(entropy_bound=0.1),
-        t_min=0.4, t_max=0.8, stability_threshold=1, confidence_threshold=0.005, eos_token_id=EOS_ID,
-        pad_token_id=PAD_ID)
+    model.generation_config = generation_config(max_denoising_steps)
     model.save_pretrained(str(directory))
     write_tokenizer(directory)
     return directory

@@ -9,13 +9,14 @@ are arguments), for each seed:
   policies do not fire here: its row shows their bookkeeping cost, not their gain);
 * **transformers**: ``model.generate(streamer=...)`` with a streamer that records its first ``put``
   after the prompt (a finished canvas) and its first ``put_draft`` (a step's argmax canvas);
-* **ours, through the server** (``--url``, a running app serving the same checkpoint as ``--model``):
-  the native stream (``/v1/dfast/stream``, ``draft: true``) timed at the client, from the request.
+* **ours, through the server** (``--serve``: ``serve run`` of an app serving the checkpoint, on a private
+  loopback Ray cluster; or ``--url`` of a running app serving it as ``--model``): the native stream
+  (``/v1/dfast/stream``, ``draft: true``) timed at the client, from the request.
 
 Passes count decoder (denoising) passes; the encoder's pass over the prompt comes before the first.
 Tokens per forward pass = answer tokens / decoder passes (transformers' ``tokens_per_forward``).
 
-    python -m benchmarks.diffusion_gemma --save-result benchmarks/results/cpu-2core/diffusion_gemma.json
+    python -m benchmarks.diffusion_gemma --serve --save-result benchmarks/results/cpu-2core/diffusion_gemma.json
     python -m benchmarks.diffusion_gemma --checkpoint DIR --url http://127.0.0.1:8000 --model tiny-gemma
 """
 
@@ -26,10 +27,12 @@ import json
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+import yaml
 
 from benchmarks.results import markdown_table, save_result, stamp
 from dfast_serve.engine.diffusion_gemma import DiffusionGemmaEngine
@@ -151,6 +154,22 @@ def table_row(name: str, s: dict[str, Any]) -> list[Any]:
             s.get("first_draft_passes"), s.get("e2e_ms"), s.get("passes"), s.get("tokens"), s.get("tokens_per_pass")]
 
 
+@contextmanager
+def serving(path: str, model: str, workdir: Path) -> Iterator[str]:
+    """``serve run`` of one app serving the checkpoint (standard mode, one torch thread), on loopback."""
+    from benchmarks.experiments import local_server
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    entry = {"name": model, "engine": "diffusion", "source": "diffusion_gemma", "path": path,
+             "replica": {"num_cpus": 1, "torch_threads": 1}, "diffusion": {"ultra_fast": False}}
+    config = {"proxy_location": "EveryNode", "http_options": {"host": "127.0.0.1", "port": 8000},
+              "applications": [{"name": "dfast_serve", "route_prefix": "/", "import_path": "dfast_serve.serve.app:build_app",
+                                "args": {"models": [entry], "router": {"num_cpus": 0.25}}}]}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    with local_server(workdir / "config.yaml", workdir) as url:
+        yield url
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ["first_text_ms", "first_text_passes", "first_draft_ms", "first_draft_passes", "e2e_ms", "passes",
             "tokens", "tokens_per_pass"]
@@ -166,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--url", help="also time a running server's native stream (serving --checkpoint as --model)")
+    ap.add_argument("--serve", action="store_true", help="also time the native stream of a local serve run of the "
+                    "checkpoint (a private Ray cluster on 127.0.0.1)")
     ap.add_argument("--model", default="tiny-gemma")
     ap.add_argument("--save-result")
     args = ap.parse_args(argv)
@@ -173,12 +194,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         path = args.checkpoint or str(write_tiny_checkpoint(Path(scratch) / "tiny", args.canvas_length, args.steps))
         model = load_diffusion_gemma(path, "tiny-gemma")
-    prompt_ids = model.encode_prompt(PROMPT)
-    seeds = list(range(args.seeds))
-    rows = compare(model, prompt_ids, args.max_tokens, seeds)
-    if args.url:
-        rows["ours through the server, standard"] = [served(args.url, args.model, args.max_tokens, s, False)
-                                                     for s in seeds]
+        prompt_ids = model.encode_prompt(PROMPT)
+        seeds = list(range(args.seeds))
+        rows = compare(model, prompt_ids, args.max_tokens, seeds)
+        if args.url:
+            rows["ours through the server, standard"] = [served(args.url, args.model, args.max_tokens, s, False)
+                                                         for s in seeds]
+        if args.serve:
+            with serving(path, args.model, Path(scratch) / "serve") as url:
+                served(url, args.model, model.canvas_length, 0, False)  # warm-up
+                rows["ours through the server, standard"] = [served(url, args.model, args.max_tokens, s, False)
+                                                             for s in seeds]
     summary = {name: summarize(runs) for name, runs in rows.items()}
     table = [table_row(name, s) for name, s in summary.items()]
     print(f"DiffusionGemma tiny random, canvas {model.canvas_length}, {model.sampling.max_denoising_steps} steps/canvas, "

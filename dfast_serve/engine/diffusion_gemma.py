@@ -108,7 +108,6 @@ class DiffusionGemmaSequence(Sequence):
     held_for: torch.Tensor | None = None  # (L,) steps the current token has been accepted in a row
     history: list[torch.Tensor] = field(default_factory=list)  # previous argmax canvases of this canvas
     passes_per_block: list[int] = field(default_factory=list)
-    work: int = 0
 
     # ---- geometry ---------------------------------------------------------------------------
     @property
@@ -194,6 +193,8 @@ class DiffusionGemmaSequence(Sequence):
         """Ultra-fast: commit (stream and freeze) the leading tokens that are sure enough."""
         ultra, bound = self.ultra, self.sampling.entropy_bound
         assert ultra is not None and self.canvas is not None and self.committed is not None
+        if self.nfe < ultra.first_token_steps:  # no text before that pass, as in masked diffusion
+            return
         ready = sampler.held_and_sure(self.held_for, entropy, ultra.hold_steps, bound)
         if ultra.enable_instant_first_token and not self.revealed and self.block_index == 0 \
                 and self.nfe >= ultra.first_token_steps:
@@ -347,7 +348,6 @@ class DiffusionGemmaEngine:
 
     def _postprocess(self, group: list[DiffusionGemmaSequence], logits: torch.Tensor) -> None:
         for i, seq in enumerate(group):
-            seq.work += seq.canvas_length
             try:
                 seq.advance(logits[i])
             except Exception as exc:  # noqa: BLE001 - reported to this request alone

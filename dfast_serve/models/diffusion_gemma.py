@@ -142,7 +142,9 @@ def load_diffusion_gemma(path: str, name: str, device: str = "cpu", dtype: str =
     from transformers import DiffusionGemmaForBlockDiffusion
 
     directory = checkpoint_directory(path)
-    network = DiffusionGemmaForBlockDiffusion.from_pretrained(str(directory), dtype=_dtype(dtype)).to(device).eval()
+    # Straight onto the device: a 52 GB checkpoint should not pass through host memory as a whole model first.
+    network = DiffusionGemmaForBlockDiffusion.from_pretrained(str(directory), dtype=_dtype(dtype),
+                                                              device_map=device).eval()
     tokenizer = load_tokenizer(Path(directory), "diffusion_gemma")
     text = network.config.get_text_config()
     return DiffusionGemmaLM(

@@ -197,3 +197,33 @@ def test_early_stop_ends_a_canvas_when_stable_and_sure_before_the_models_own_sto
     off = DiffusionOptions(ultra_fast_config=UltraFastConfig(enable_instant_first_token=False, hold_steps=STEPS + 1,
                                                              enable_early_stop=False))
     assert stub_run(tokenizer, logits, off)[0].passes_per_block == standard.passes_per_block
+
+
+def test_a_failing_sequence_ends_alone_and_its_batch_mate_is_unchanged(model, monkeypatch):
+    """A pass that fails for a batch is retried per sequence: the request that causes it ends with the error,
+    its mate finishes with the answer it has alone."""
+    good, bad = request(CANVAS, seed=1), request(CANVAS, seed=2)
+    alone = run(build_engine(model), good)[0].detokenizer.token_ids
+    engine = build_engine(model)
+    seqs = [engine.start(good), engine.start(bad)]
+    real = model.denoise
+
+    def denoise(canvases, cache, starts, *args):
+        if any(canvas is seqs[1].canvas[0] or torch.equal(canvas, seqs[1].canvas[0]) for canvas in canvases):
+            raise RuntimeError("boom")
+        return real(canvases, cache, starts, *args)
+
+    monkeypatch.setattr(model, "denoise", denoise)
+    while not seqs[0].finished:
+        engine.step([s for s in seqs if not s.finished])
+    assert isinstance(seqs[1].error, RuntimeError) and seqs[1].finished
+    assert seqs[0].error is None and seqs[0].detokenizer.token_ids == alone
+
+
+def test_no_early_commit_before_first_token_steps(tokenizer):
+    """A token held since pass 1 would commit at pass 2 (hold_steps 2); first_token_steps 4 holds all text back
+    until pass 4, where the whole sure run goes at once."""
+    options = DiffusionOptions(ultra_fast_config=UltraFastConfig(enable_early_stop=False, hold_steps=2,
+                                                                 enable_instant_first_token=False, first_token_steps=4))
+    _, chunks = stub_run(tokenizer, lambda step, c: peaked(CANVAS, [0, 1], 40.0), options)
+    assert [(c.nfe, c.new_tokens) for c in chunks if c.new_tokens][0] == (4, 2)

@@ -16,7 +16,14 @@ on four models:
   4 key-value heads, 18944 MLP, 152064 vocab, q/k/v biases, shifted logits), random weights;
 
 the two native models through the grid of ``benchmarks.native_grid`` (decoding x KV cache x
-concurrency 1/8/32 x batch invariance on/off; ``--quick``: its four headline cells at 128 tokens).
+concurrency 1/8/32 x batch invariance on/off; ``--quick``: its four headline cells at 128 tokens);
+and ``diffusiongemma-26b-shaped``: transformers' ``DiffusionGemmaForBlockDiffusion`` at Gemma-4-26B-A4B's
+text shape (2816 hidden, 30 layers, 128 experts top-8 of 704, 262144 vocab; from the GGUF metadata
+of gemma-4-26B-A4B: check it against the DiffusionGemma checkpoint's own config.json), canvas 256,
+48 denoising steps, random weights, through ``benchmarks.diffusion_gemma`` (ours, standard and
+ultra-fast, against transformers' ``generate`` + streamer: time and passes to the first text and the
+first draft). Its construction builds the encoder's and decoder's copies of the shared layers before
+tying them: about 2 x 52 GB at peak, which an H200 holds and an 80 GB card does not.
 
 Random weights make the timings real and the text meaningless: the random models decode with the
 embedded tokenizer, their logits cut to its vocabulary after the full-size output layer has run,
@@ -37,13 +44,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from benchmarks import diffusion_gemma as gemma_bench
 from benchmarks import engine as engine_bench
 from benchmarks.native_grid import FULL_GRID, HEADER as GRID_HEADER, QUICK_GRID, run_grid
 from benchmarks.plot import plot_ttft_distributions
 from benchmarks.results import markdown_table, save_result
 from dfast_serve.models.adapters import CausalLM, DiffusionLM
 from dfast_serve.models.bidirectional import BidirectionalConfig, BidirectionalLM
+from dfast_serve.models.diffusion_gemma import DiffusionGemmaLM, GemmaSampling
 from dfast_serve.models.embedded import load_tiny_mdlm
+from dfast_serve.models.gemma_tiny import EOS_ID, generation_config, tiny_config, write_tokenizer
 
 LLADA_8B = dict(hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32, intermediate_size=12288,
                 vocab_size=126464, rope_theta=500000.0, norm_eps=1e-5)
@@ -55,6 +65,13 @@ SMOKE_DIFFUSION = dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=
                        vocab_size=20000, rope_theta=500000.0, norm_eps=1e-5)
 SMOKE_DREAM = dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256,
                    vocab_size=20000, rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True)
+DIFFUSIONGEMMA_26B = dict(vocab_size=262144, hidden_size=2816, intermediate_size=2112, num_hidden_layers=30,
+                          num_attention_heads=16, num_key_value_heads=8, head_dim=256, global_head_dim=512,
+                          num_global_key_value_heads=2, num_experts=128, top_k_experts=8, moe_intermediate_size=704,
+                          sliding_window=1024, layer_types=None, max_position_embeddings=262144)
+SMOKE_GEMMA = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                   num_key_value_heads=1, head_dim=32, global_head_dim=32, num_experts=4, top_k_experts=2,
+                   moe_intermediate_size=32, sliding_window=16, layer_types=["sliding_attention", "full_attention"])
 LOGIT_SCALE = 12.0  # output layer std x sqrt(hidden), as benchmarks.native_dllm
 SMOKE_AR = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                 intermediate_size=256, vocab_size=20000)
@@ -94,6 +111,22 @@ def random_llada(tiny: DiffusionLM, shape: dict[str, Any], device: str) -> Diffu
 
 def random_dream(tiny: DiffusionLM, shape: dict[str, Any], device: str) -> DiffusionLM:
     return random_native(tiny, shape, device, "dream")
+
+
+def random_diffusion_gemma(shape: dict[str, Any], device: str, canvas_length: int, steps: int,
+                           scratch: Path) -> DiffusionGemmaLM:
+    """DiffusionGemma at the given text shape with random weights, in bf16, and a word-level tokenizer
+    over its whole vocabulary (so that every sampled id decodes)."""
+    from transformers import DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerFast
+
+    network = _built_in_bf16(lambda: DiffusionGemmaForBlockDiffusion(tiny_config(canvas_length, **shape)), device).eval()
+    network.generation_config = generation_config(steps)
+    scratch.mkdir(parents=True, exist_ok=True)
+    write_tokenizer(scratch, shape["vocab_size"])
+    return DiffusionGemmaLM(tokenizer=PreTrainedTokenizerFast.from_pretrained(str(scratch)), network=network,
+                            name="diffusiongemma-26b-shaped", eos_token_ids=frozenset({EOS_ID}),
+                            canvas_length=canvas_length, vocab_size=shape["vocab_size"], max_context=8192,
+                            sampling=GemmaSampling(max_denoising_steps=steps))
 
 
 def random_llama(tiny: DiffusionLM, shape: dict[str, int], device: str) -> CausalLM:
@@ -138,7 +171,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--token-counts", default="64,256")
     ap.add_argument("--grid-tokens", type=int, help="max_tokens of the native grid (default 256, --quick 128)")
     ap.add_argument("--skip", default="",
-                    help="comma-separated: tiny-mdlm, llama-8b-shaped, llada-8b-shaped, dream-7b-shaped")
+                    help="comma-separated: tiny-mdlm, llama-8b-shaped, llada-8b-shaped, dream-7b-shaped, "
+                    "diffusiongemma-26b-shaped")
     return ap.parse_args(argv)
 
 
@@ -213,6 +247,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         del model
         _free(device)
 
+    gemma_figures: dict[str, dict[str, Any]] = {}
+    gemma_rows: list[list[Any]] = []
+    gemma_note = ""
+    if "diffusiongemma-26b-shaped" not in skip:
+        canvas, steps, answer = (8, 3, 16) if args.smoke else (256, 48, 256 if args.quick else 512)
+        model = random_diffusion_gemma(SMOKE_GEMMA if args.smoke else DIFFUSIONGEMMA_26B, device, canvas, steps,
+                                       out / "diffusiongemma-tokenizer")
+        seeds = list(range(1 if args.smoke else 2 if args.quick else 3))
+        runs = gemma_bench.compare(model, model.encode_prompt(gemma_bench.PROMPT), answer, seeds)
+        for variant, variant_runs in runs.items():
+            summary = gemma_bench.summarize(variant_runs)
+            gemma_figures[f"diffusiongemma-26b-shaped-{variant}"] = summary
+            gemma_rows.append(gemma_bench.table_row(variant, summary))
+        gemma_note = (f"\nDiffusionGemma, Gemma-4-26B-A4B text shape, random weights, canvas {canvas}, {steps} steps, "
+                      f"{answer} tokens, medians of {len(seeds)} seeds:\n\n" + markdown_table(gemma_bench.HEADER, gemma_rows))
+        del model
+        _free(device)
+
     env = environment(device)
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} on {env.get('gpu', device)}, "
               f"torch {env['torch']}; {time.time() - started:.0f} s; `python -m benchmarks.gpu "
@@ -221,12 +273,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "TTFT/floor p50", "total time mean (ms)", "tokens/s", "forward passes / request"], rows)
     grid_table = markdown_table(GRID_HEADER, grid_rows) if grid_rows else ""
     grid_note = f"\nNative dLLM grid, {grid_tokens} tokens per answer:\n\n" + grid_table if grid_rows else ""
-    (out / "summary.md").write_text(header + "\n" + table + grid_note)
+    (out / "summary.md").write_text(header + "\n" + table + grid_note + gemma_note)
     figures = {label: {k: v for k, v in r.items() if k not in ("per_request", "generated_texts", "timeline")}
                for label, r in results.items()}
-    save_result({"environment": env, "header": header, "figures": figures, "grid": grid_figures}, out / "gpu.json")
-    print(header + table + grid_note)
-    return {**results, **grid_figures}
+    save_result({"environment": env, "header": header, "figures": figures, "grid": grid_figures,
+                 "diffusion_gemma": gemma_figures}, out / "gpu.json")
+    print(header + table + grid_note + gemma_note)
+    return {**results, **grid_figures, **gemma_figures}
 
 
 def _free(device: str) -> None:

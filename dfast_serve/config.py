@@ -27,7 +27,7 @@ from dfast_serve.engine.options import ConfidenceKind, DiffusionOptions, StrictM
 
 
 ENV_PREFIX = "DFASTLLM_"
-DIFFUSION_SOURCES = ("llada", "dream", "llada-remote", "dream-remote")
+DIFFUSION_SOURCES = ("llada", "dream", "llada-remote", "dream-remote", "diffusion_gemma")
 
 
 def _env_bool(value: str, name: str) -> bool:
@@ -84,12 +84,15 @@ class ModelConfig(StrictModel):
       block KV cache; a layout it does not know is refused with an error naming the option below;
     * ``llada-remote`` / ``dream-remote``: the same checkpoints through their own remote code
       (``trust_remote_code``): uncached, equal-length batching only;
+    * ``diffusion_gemma``: a DiffusionGemma checkpoint (directory or hub id) on transformers' own
+      ``DiffusionGemmaForBlockDiffusion`` (no remote code), with this project's block-diffusion
+      scheduler (``engine/diffusion_gemma.py``); text only;
     * ``hf``: any Hugging Face causal LM (``path``), AR engine only.
     """
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")
     engine: Literal["diffusion", "ar"]
-    source: Literal["embedded", "llada", "dream", "llada-remote", "dream-remote", "hf"] = "embedded"
+    source: Literal["embedded", "llada", "dream", "llada-remote", "dream-remote", "diffusion_gemma", "hf"] = "embedded"
     path: str | None = None
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica has a GPU.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(

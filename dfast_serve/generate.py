@@ -18,7 +18,8 @@ from dfast_serve.models.registry import load_model
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", choices=["diffusion", "ar"], default="diffusion")
-    ap.add_argument("--source", choices=["embedded", "llada", "dream", "llada-remote", "dream-remote", "hf"], default="embedded")
+    ap.add_argument("--source", choices=["embedded", "llada", "dream", "llada-remote", "dream-remote", "diffusion_gemma", "hf"],
+                    default="embedded")
     ap.add_argument("--path", help="checkpoint directory or hub id (every source but embedded)")
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")

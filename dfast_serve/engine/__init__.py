@@ -6,9 +6,11 @@ from typing import Any, Callable, Iterator, Protocol
 
 from dfast_serve.engine.ar import AREngine
 from dfast_serve.engine.diffusion import DiffusionEngine
+from dfast_serve.engine.diffusion_gemma import DiffusionGemmaEngine
 from dfast_serve.engine.sequence import Sequence
 from dfast_serve.engine.types import GenerationRequest, SamplingParams, StreamingChunk
 from dfast_serve.models.adapters import CausalLM, DiffusionLM
+from dfast_serve.models.diffusion_gemma import DiffusionGemmaLM
 
 
 class Engine(Protocol):
@@ -29,15 +31,17 @@ class Engine(Protocol):
     ) -> Iterator[StreamingChunk]: ...
 
 
-def build_engine(model: DiffusionLM | CausalLM, max_batch_size: int = 8, step_token_budget: int | None = None) -> Engine:
+def build_engine(model: DiffusionLM | DiffusionGemmaLM | CausalLM, max_batch_size: int = 8, step_token_budget: int | None = None) -> Engine:
     """The engine for ``model``; ``max_batch_size`` bounds how many sequences one forward pass of ``step`` runs,
     ``step_token_budget`` (diffusion) the canvas tokens one step computes.
     A diffusion request without options runs with ``DiffusionOptions()``: callers resolve a
     model's defaults into each request (``config.resolve_diffusion_options``)."""
     if isinstance(model, DiffusionLM):
         return DiffusionEngine(model, max_batch_size, step_token_budget)
+    if isinstance(model, DiffusionGemmaLM):
+        return DiffusionGemmaEngine(model, max_batch_size)
     return AREngine(model, max_batch_size)
 
 
-__all__ = ["AREngine", "DiffusionEngine", "Engine", "GenerationRequest", "SamplingParams", "Sequence", "StreamingChunk",
+__all__ = ["AREngine", "DiffusionEngine", "DiffusionGemmaEngine", "Engine", "GenerationRequest", "SamplingParams", "Sequence", "StreamingChunk",
            "build_engine"]

@@ -56,6 +56,11 @@ class UltraFastConfig(StrictModel):
     )
     early_stop_min_progress: float = Field(0.5, ge=0.0, le=1.0, description="Share decided before early stop may fire.")
     enable_early_stop: bool = Field(True, description="Switch early stop off entirely.")
+    hold_steps: int = Field(
+        2, ge=1, le=4096, description="DiffusionGemma only: a token is committed early once the sampler has "
+        "accepted the same token at its position for this many steps in a row and its entropy is under the "
+        "sampler's bound (leading tokens only, so the text streams in order)."
+    )
     schedule: Literal["front_loaded", "uniform"] = Field(
         "front_loaded", description="How each block's passes are spent: small steps first, or evenly."
     )

@@ -6,6 +6,7 @@ import torch
 
 from dfast_serve.config import ModelConfig
 from dfast_serve.models.adapters import CausalLM, DiffusionLM, load_causal_lm, load_hub_diffusion
+from dfast_serve.models.diffusion_gemma import DiffusionGemmaLM, load_diffusion_gemma
 from dfast_serve.models.embedded import load_smollm2, load_tiny_mdlm
 from dfast_serve.models.native import load_native_diffusion
 
@@ -28,7 +29,7 @@ def resolve_dtype(requested: str, device: str) -> str:
     return "bfloat16" if device == "cuda" else "float32"
 
 
-def load_model(cfg: ModelConfig) -> DiffusionLM | CausalLM:
+def load_model(cfg: ModelConfig) -> DiffusionLM | DiffusionGemmaLM | CausalLM:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.source == "embedded":
@@ -38,6 +39,8 @@ def load_model(cfg: ModelConfig) -> DiffusionLM | CausalLM:
     assert cfg.path is not None  # checked by ModelConfig
     if cfg.source in ("llada", "dream"):
         return load_native_diffusion(cfg.path, cfg.source, cfg.name, device=device, dtype=dtype)
+    if cfg.source == "diffusion_gemma":
+        return load_diffusion_gemma(cfg.path, cfg.name, device=device, dtype=dtype)
     if cfg.source in ("llada-remote", "dream-remote"):
         kind = "llada" if cfg.source == "llada-remote" else "dream"
         return load_hub_diffusion(cfg.path, kind, cfg.name, device=device, dtype=dtype)

@@ -77,6 +77,9 @@ class ModelReplica:
             ids, field = self.model.encode_prompt(request.prompt or ""), "prompt"
         if not ids:
             return ReplicaError(400, f"{field} encodes to no tokens", param=field, code="invalid_value")
+        refuse = getattr(self.engine, "refusal", None)  # an engine family's own limits (DiffusionGemma)
+        if refuse is not None and (refused := refuse(len(ids), params, request.diffusion, self.diffusion)):
+            return ReplicaError(400, refused.message, param=refused.param, code="invalid_value")
         limit = self.model.max_context
         if request.diffusion is not None:
             limit = min(limit, self.limits.max_canvas_tokens)

@@ -28,7 +28,11 @@ def test_gpu_script_smoke_runs_every_model_and_writes_one_folder(tmp_path, one_t
     results = main(["--smoke", "--out", str(tmp_path)])
     engine_runs = {"tiny-mdlm-ultra-16", "tiny-mdlm-standard-16", "llama-8b-shaped-stream-16"}
     grid_runs = {f"{model}-{cell.label}" for model in ("llada-8b-shaped", "dream-7b-shaped") for cell in FULL_GRID}
-    assert set(results) == engine_runs | grid_runs
+    gemma_runs = {f"diffusiongemma-26b-shaped-{variant}" for variant in
+                  ("transformers generate + streamer", "ours, standard", "ours, ultra-fast")}
+    assert set(results) == engine_runs | grid_runs | gemma_runs
+    for label in gemma_runs:  # 3 steps a canvas: text after 3 passes, a draft from the first
+        assert results[label]["first_text_passes"] == 3 and results[label]["first_draft_passes"] == 1
     for label in engine_runs:
         assert results[label]["completed"] == 2 and results[label]["failed"] == 0
         assert results[label]["median_floor_ms"] > 0
@@ -37,9 +41,10 @@ def test_gpu_script_smoke_runs_every_model_and_writes_one_folder(tmp_path, one_t
     assert {c.label for c in QUICK_GRID} <= {c.label for c in FULL_GRID}
     saved = json.loads((tmp_path / "gpu.json").read_text())
     assert set(saved["figures"]) == engine_runs and set(saved["grid"]) == grid_runs
+    assert set(saved["diffusion_gemma"]) == gemma_runs
     assert saved["environment"]["device"] in ("cpu", "cuda")
     summary = (tmp_path / "summary.md").read_text()
-    assert summary.count("\n| ") == 2 + len(results)  # two headers + one row per run
+    assert summary.count("\n| ") == 3 + len(results)  # three headers + one row per run
     for png in ("ttft_16.png", "reveal_timeline.png"):
         assert (tmp_path / png).stat().st_size > 0
 

@@ -15,16 +15,11 @@ import torch
 from dfast_serve.engine.options import ConfidenceKind
 
 
-def confidence_of(logits: torch.Tensor, proposed: torch.Tensor, kind: ConfidenceKind) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probability of the proposed token, the ``kind`` measure), each (n,), from float ``logits``
-    (n, vocab) and the proposed token ids (n,). Normalised with one log-sum-exp per row: the full
-    softmax over the vocabulary is built only for ``entropy``, the one measure that needs it."""
-    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-    probability = (logits.gather(-1, proposed[:, None]) - log_norm)[:, 0].exp()
+def confidence_of(probs: torch.Tensor, proposed_probability: torch.Tensor, kind: ConfidenceKind) -> torch.Tensor:
+    """(n,) confidence from ``probs`` (n, vocab) and the proposed tokens' probabilities (n,)."""
     if kind == "probability":
-        return probability, probability
+        return proposed_probability
     if kind == "margin":
-        top2 = (logits.topk(2, dim=-1).values - log_norm).exp()
-        return probability, top2[:, 0] - top2[:, 1]
-    probs = (logits - log_norm).exp()
-    return probability, torch.exp(-torch.special.entr(probs).sum(-1))  # entr(0) = 0: masked-out tokens add nothing
+        top2 = probs.topk(2, dim=-1).values
+        return top2[:, 0] - top2[:, 1]
+    return torch.exp(-torch.special.entr(probs).sum(-1))  # entr(0) = 0: masked-out tokens add nothing

@@ -36,7 +36,9 @@ def propose(window_logits: torch.Tensor, offset: int, gen_len: int, params: Samp
         keep = eligible[offset : offset + len(window_logits)]
         rows, window_logits = rows[keep], window_logits[keep]
     proposed = choose_tokens(window_logits, params.temperature, generator, params.top_k, params.top_p)
-    confidence, certainty = confidence_of(window_logits.float(), proposed, options.confidence)
+    probs = window_logits.float().softmax(-1)
+    confidence = probs.gather(-1, proposed[:, None])[:, 0]
+    certainty = confidence_of(probs, confidence, options.confidence)
     if options.remasking == "random":
         score = torch.rand(confidence.shape, generator=generator, device=confidence.device)
     else:

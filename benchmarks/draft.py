@@ -22,7 +22,6 @@ from dfast_serve.api.serving import native_event
 from dfast_serve.config import DiffusionOptions
 from dfast_serve.engine.diffusion import DiffusionEngine
 from dfast_serve.engine.types import GenerationRequest, SamplingParams
-from dfast_serve.serve.contract import ReplicaChunk
 from benchmarks.prompts import get_prompts
 from benchmarks.results import markdown_table, save_result, stamp
 
@@ -52,9 +51,8 @@ def one_run(engine: DiffusionEngine, prompt_ids: list[int], params: SamplingPara
         for chunk in seq.drain():
             released += chunk.new_text
             views.append((chunk.nfe, released + (chunk.draft or "")))
-            replica = ReplicaChunk.from_engine(chunk)
-            with_draft = json.dumps(native_event(replica, released, "tiny-mdlm"))
-            without = json.dumps(native_event(replace(replica, draft=None), released, "tiny-mdlm"))
+            with_draft = json.dumps(native_event(chunk, released, "tiny-mdlm"))
+            without = json.dumps(native_event(replace(chunk, draft=None), released, "tiny-mdlm"))
             draft_bytes.append(len(json.dumps(chunk.draft or "")))
             event_bytes.append(len(with_draft))
             plain_bytes.append(len(without))

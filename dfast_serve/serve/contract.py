@@ -10,13 +10,9 @@ so the serving logic and its tests use the same records without a cluster.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
-
 from dfast_serve.api.errors import APIError
 from dfast_serve.engine.options import DiffusionOptions
-from dfast_serve.engine.types import SamplingParams
-
-FinishReason = Literal["stop", "length", "cancelled"]
+from dfast_serve.engine.types import SamplingParams, StreamingChunk
 
 
 @dataclass(frozen=True)
@@ -40,34 +36,11 @@ class ReplicaRequest:
             raise ValueError("a ReplicaRequest has exactly one of prompt or messages")
 
 
-@dataclass(frozen=True, slots=True)
-class ReplicaChunk:
-    """One step's delta of a stream (the engine's StreamingChunk without its running text).
-
-    ``total_tokens`` counts committed answer tokens, ``target_tokens`` is max_tokens,
-    ``progress`` the share decided (1.0 when final), ``nfe`` the forward passes so far,
-    ``time_ms`` the engine's time since it started the request.
-    """
-
-    new_text: str
-    new_tokens: int
-    total_tokens: int
-    target_tokens: int
-    progress: float
-    time_ms: float
-    is_first: bool
-    is_final: bool
-    nfe: int
-    finish_reason: FinishReason | None = None
-    prompt_tokens: int = 0
-    draft: str | None = None  # only when the request asked for it (native stream)
-
-    @classmethod
-    def from_engine(cls, chunk: Any) -> "ReplicaChunk":
-        """The delta fields of an engine chunk."""
-        return cls(chunk.new_text, chunk.new_tokens, chunk.total_tokens, chunk.target_tokens, chunk.progress,
-                   chunk.time_ms, chunk.is_first, chunk.is_final, chunk.nfe, chunk.finish_reason, chunk.prompt_tokens,
-                   getattr(chunk, "draft", None))
+# One step's delta of a stream: the engine's own chunk record, which already carries only what is new
+# (``total_tokens`` committed answer tokens, ``target_tokens`` max_tokens, ``progress`` the share decided,
+# ``nfe`` the forward passes so far, ``time_ms`` since the engine started the request, ``draft`` only when
+# asked for), so it crosses the handle as it is.
+ReplicaChunk = StreamingChunk
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ class ModelReplica:
             async for chunk in subscription.chunks():
                 if chunk.is_first:
                     self._recent_ttfts.append((time.monotonic(), time.monotonic() - started))
-                yield ReplicaChunk.from_engine(chunk)
+                yield chunk
         except Exception:  # noqa: BLE001 - this request's generation failed; logged, the client gets an error
             logger.exception("request %s failed", request.request_id)
             yield ReplicaError(500, f"Model '{self.name}' failed while generating this request", "server_error",

@@ -21,9 +21,10 @@ from typing import Any, Literal, Mapping
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from dfast_serve.api.protocol import MAX_TOKENS_CEILING
-from dfast_serve.engine.options import ConfidenceKind, DiffusionOptions, StrictModel, UltraFastConfig
+from dfast_serve.engine.options import BatchInvariance, ConfidenceKind, DiffusionOptions, StrictModel, UltraFastConfig
 
-# ConfidenceKind, DiffusionOptions and UltraFastConfig are the engine's (engine/options.py), re-exported here.
+# BatchInvariance, ConfidenceKind, DiffusionOptions and UltraFastConfig are the engine's (engine/options.py),
+# re-exported here.
 
 
 ENV_PREFIX = "DFASTLLM_"
@@ -164,9 +165,11 @@ class ReplicaConfig(StrictModel):
         8, ge=1, le=1024, description="In-flight requests that share one forward pass per step (step-level batching); "
         "1 = each request gets its own pass every step."
     )
-    batch_invariant_only: bool = Field(
-        True, description="Batch only float32 models: in bf16/fp16 a request's greedy output can change with its "
-        "batch mates (measured on SmolLM2 bf16), so such models run with max_batch_size 1 unless this is false."
+    batch_invariance: BatchInvariance = Field(
+        "off", description="off: every dtype batches (bf16 on a GPU included); in bf16 a greedy answer can change "
+        "with its batch mates (benchmarks/bf16_agreement.py measures how often). strict: a request's output is the "
+        "same whatever its batch mates, at a cost: diffusion passes run in fixed padded shapes per length bucket, "
+        "AR models run one request per pass."
     )
 
     step_token_budget: int = Field(
@@ -182,6 +185,15 @@ class ReplicaConfig(StrictModel):
         512, ge=1, le=4096, description="Diffusion: largest dfast.block_length a request may ask for (a block is "
         "what every pass samples over); larger gets 400 naming dfast.block_length."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_options(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "batch_invariant_only" in data:
+            raise ValueError("replica.batch_invariant_only was replaced by replica.batch_invariance: 'off' (the "
+                             "default: every dtype batches) or 'strict' (outputs identical whatever the batch mates); "
+                             "remove batch_invariant_only, and set batch_invariance: strict if you need that guarantee")
+        return data
 
     @model_validator(mode="after")
     def _accelerator_needs_gpu(self) -> "ReplicaConfig":

@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterator, Protocol
 from dfast_serve.engine.ar import AREngine
 from dfast_serve.engine.diffusion import DiffusionEngine
 from dfast_serve.engine.diffusion_gemma import DiffusionGemmaEngine
+from dfast_serve.engine.options import BatchInvariance
 from dfast_serve.engine.sequence import Sequence
 from dfast_serve.engine.types import GenerationRequest, SamplingParams, StreamingChunk
 from dfast_serve.models.adapters import CausalLM, DiffusionLM
@@ -31,16 +32,19 @@ class Engine(Protocol):
     ) -> Iterator[StreamingChunk]: ...
 
 
-def build_engine(model: DiffusionLM | DiffusionGemmaLM | CausalLM, max_batch_size: int = 8, step_token_budget: int | None = None) -> Engine:
+def build_engine(model: DiffusionLM | DiffusionGemmaLM | CausalLM, max_batch_size: int = 8,
+                 step_token_budget: int | None = None, batch_invariance: BatchInvariance = "off") -> Engine:
     """The engine for ``model``; ``max_batch_size`` bounds how many sequences one forward pass of ``step`` runs,
-    ``step_token_budget`` (diffusion) the canvas tokens one step computes.
+    ``step_token_budget`` (diffusion) the canvas tokens one step computes, ``batch_invariance`` whether a
+    request's output may depend on its batch mates (see ``options.BatchInvariance``).
     A diffusion request without options runs with ``DiffusionOptions()``: callers resolve a
     model's defaults into each request (``config.resolve_diffusion_options``)."""
     if isinstance(model, DiffusionLM):
-        return DiffusionEngine(model, max_batch_size, step_token_budget)
+        return DiffusionEngine(model, max_batch_size, step_token_budget, batch_invariance)
     if isinstance(model, DiffusionGemmaLM):
-        return DiffusionGemmaEngine(model, max_batch_size)
-    return AREngine(model, max_batch_size)
+        # Its decoder passes share rows of equal cache length, with no fixed shape: strict runs one a pass.
+        return DiffusionGemmaEngine(model, 1 if batch_invariance == "strict" else max_batch_size)
+    return AREngine(model, max_batch_size, batch_invariance)
 
 
 __all__ = ["AREngine", "DiffusionEngine", "DiffusionGemmaEngine", "Engine", "GenerationRequest", "SamplingParams", "Sequence", "StreamingChunk",

@@ -22,6 +22,7 @@ import torch
 
 from dfast_serve.engine.batching import left_pad, split_into
 from dfast_serve.engine.detokenize import StreamingDetokenizer
+from dfast_serve.engine.options import BatchInvariance
 from dfast_serve.engine.sampling import choose_tokens, make_generator
 from dfast_serve.engine.sequence import Sequence, generate_alone
 from dfast_serve.engine.types import GenerationRequest, StreamingChunk
@@ -54,15 +55,21 @@ class ARSequence(Sequence):
 
 class AREngine:
     """Runs AR sequences on one causal LM. ``forward_passes`` counts every pass it makes;
-    ``max_batch_size`` bounds how many sequences ``step`` puts in one pass."""
+    ``max_batch_size`` bounds how many sequences ``step`` puts in one pass.
+
+    ``batch_invariance="strict"`` runs one sequence per pass (``max_batch_size`` becomes 1): a
+    sequence's passes then have shapes of its own alone, so its output does not depend on who else is
+    running. That is the plain fallback, not a fixed-shape decode: a strict AR replica does not batch.
+    """
 
     kind = "ar"
 
-    def __init__(self, model: CausalLM, max_batch_size: int = 8) -> None:
+    def __init__(self, model: CausalLM, max_batch_size: int = 8, batch_invariance: BatchInvariance = "off") -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.model = model
-        self.max_batch_size = max_batch_size
+        self.batch_invariance = batch_invariance
+        self.max_batch_size = 1 if batch_invariance == "strict" else max_batch_size
         self.forward_passes = 0
         # transformers 5 names the KV cache argument `cache`; 4.x calls it `past_key_values`.
         params = inspect.signature(model.network.forward).parameters

@@ -22,8 +22,9 @@ from dfast_serve.engine.batching import left_pad, split_into
 from dfast_serve.engine.budget import PassBudget
 from dfast_serve.engine.detokenize import StreamingDetokenizer
 from dfast_serve.engine.diffusion_sequence import DiffusionSequence
+from dfast_serve.engine.fixed_shape import PassShape, assemble
 from dfast_serve.engine.kv_cache import BlockCache, ForwardPlan, stack_contexts
-from dfast_serve.engine.options import DiffusionOptions
+from dfast_serve.engine.options import BatchInvariance, DiffusionOptions
 from dfast_serve.engine.sampling import make_generator
 from dfast_serve.engine.sequence import generate_alone
 from dfast_serve.engine.types import GenerationRequest, StreamingChunk
@@ -34,16 +35,24 @@ from dfast_serve.tensor_types import KeyValues
 class DiffusionEngine:
     """Runs diffusion sequences on one model. ``forward_passes`` counts every pass it makes;
     ``max_batch_size`` bounds how many sequences ``step`` puts in one pass, ``step_token_budget`` the
-    canvas tokens one step computes (a canvas longer than it runs alone)."""
+    canvas tokens one step computes (a canvas longer than it runs alone).
+
+    ``batch_invariance``: ``off`` pads a pass's rows to its longest slice (a row's low-order bits,
+    and in bf16 sometimes its greedy tokens, depend on its mates); ``strict`` runs every pass in the
+    fixed padded shape of its bucket (``fixed_shape``), so a request's output is the same whoever
+    its mates are. A model without ``padded_batches`` cannot pad: strict then runs one sequence a pass.
+    """
 
     kind = "diffusion"
 
-    def __init__(self, model: DiffusionLM, max_batch_size: int = 8, step_token_budget: int | None = None) -> None:
+    def __init__(self, model: DiffusionLM, max_batch_size: int = 8, step_token_budget: int | None = None,
+                 batch_invariance: BatchInvariance = "off") -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.model = model
         self.max_batch_size = max_batch_size
         self.step_token_budget = step_token_budget  # None: every sequence runs every step
+        self.batch_invariance = batch_invariance
         self.forward_passes = 0
 
     def start(self, request: GenerationRequest) -> DiffusionSequence:
@@ -126,7 +135,14 @@ class DiffusionEngine:
         """Forward passes for the step, shortest slices first: up to ``max_batch_size`` rows, and (with a
         budget) rows × longest slice within it, so a long canvas never pads the short ones; full passes
         apart from cached slices; a model without ``padded_batches`` shares a pass only among slices of
-        equal shape."""
+        equal shape. Strict batch invariance: rows of one bucket (``_shape``) per pass, as many as it holds."""
+        if self.batch_invariance == "strict":
+            if not self.model.padded_batches:
+                return [[seq] for seq in chosen]
+            by_bucket: dict[PassShape, list[DiffusionSequence]] = {}
+            for seq in sorted(chosen, key=lambda s: plans[id(s)].tokens):
+                by_bucket.setdefault(self._shape(plans[id(seq)]), []).append(seq)
+            return [group for shape, same in by_bucket.items() for group in split_into(same, shape.rows)]
         if not self.model.padded_batches:
             by_shape: dict[tuple[int, int], list[DiffusionSequence]] = {}
             for seq in chosen:
@@ -151,6 +167,8 @@ class DiffusionEngine:
                  ) -> tuple[torch.Tensor, list[KeyValues] | None]:
         """One forward pass for ``batch``: logits (batch, longest slice, vocab), and keys/values when cached."""
         device = self.model.device
+        if self.batch_invariance == "strict" and self.model.padded_batches:
+            return self._fixed_forward(batch, plans)
         ids, mask = left_pad([seq.canvas[p.start : p.end] for seq, p in zip(batch, plans)],
                              value=self.model.mask_token_id)
         self.forward_passes += 1
@@ -163,6 +181,21 @@ class DiffusionEngine:
             return self.model.logits(ids, keep=keep), None  # every canvas starts at position 0: nothing to pad or shift
         positions, _ = left_pad([torch.arange(p.start, p.end, device=device) for p in plans])
         return self.model.logits(ids, mask, positions, keep=keep), None
+
+    def _shape(self, plan: ForwardPlan) -> PassShape:
+        return PassShape.of(plan, self.max_batch_size, self.step_token_budget)
+
+    def _fixed_forward(self, batch: list[DiffusionSequence], plans: list[ForwardPlan]
+                       ) -> tuple[torch.Tensor, list[KeyValues] | None]:
+        """A pass in its bucket's fixed shape: always masked, positioned, untrimmed and (with a cache)
+        returning keys/values, so that nothing about it depends on which rows share it."""
+        shape = self._shape(plans[0])
+        fixed = assemble(shape, [seq.canvas[p.start : p.end] for seq, p in zip(batch, plans)], plans,
+                         self.model.mask_token_id, self.model.device)
+        self.forward_passes += 1
+        if self.model.kv_cache:
+            return self.model.logits_and_kv(fixed.ids, fixed.positions, fixed.mask, fixed.past)
+        return self.model.logits(fixed.ids, fixed.mask, fixed.positions), None
 
     def _postprocess(self, batch: list[DiffusionSequence], plans: list[ForwardPlan], logits: torch.Tensor,
                      kv: list[KeyValues] | None) -> None:

@@ -22,7 +22,7 @@ import torch
 from ray import serve
 
 from dfast_serve.config import DiffusionOptions, ModelConfig, ReplicaConfig
-from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
+from dfast_serve.engine import Engine, GenerationRequest, SamplingParams, build_engine
 from dfast_serve.models.registry import load_model
 from dfast_serve.serve.contract import ReplicaChunk, ReplicaError, ReplicaRequest
 from dfast_serve.serve.step_loop import StepLoop
@@ -53,8 +53,7 @@ class ModelReplica:
         self.model = load_model(config)
         self.diffusion = diffusion or DiffusionOptions()
         self.limits = replica_config
-        self.engine = build_engine(self.model, batch_size_for(self.model, replica_config),
-                                   replica_config.step_token_budget)
+        self.engine = engine_for(self.model, replica_config)
         self._warm_up()
         self._loop = StepLoop(self.engine, max_active=replica_config.max_ongoing_requests, name=self.name)
         self._in_flight = 0
@@ -154,7 +153,8 @@ class ModelReplica:
         return {"model": self.name, "engine": self.engine.kind, "forward_passes": self.engine.forward_passes,
                 "in_flight": self._in_flight, "requests": self._requests, "steps": self._loop.steps,
                 "active": self._loop.active, "waiting": self._loop.waiting,
-                "max_batch_size": self.engine.max_batch_size, "diffusion": self.diffusion.model_dump(),
+                "max_batch_size": self.engine.max_batch_size,
+                "batch_invariance": self.limits.batch_invariance, "diffusion": self.diffusion.model_dump(),
                 "torch_threads": torch.get_num_threads()}
 
     def ttft_p90_s(self) -> float:
@@ -184,9 +184,7 @@ class ModelReplica:
         return ray.get_runtime_context().get_node_id()
 
 
-def batch_size_for(model: Any, replica: ReplicaConfig) -> int:
-    """``replica.max_batch_size``, or 1 for a non-float32 model when batch invariance is required."""
-    dtype = next(model.network.parameters()).dtype
-    if replica.batch_invariant_only and dtype != torch.float32:
-        return 1
-    return replica.max_batch_size
+def engine_for(model: Any, replica: ReplicaConfig) -> Engine:
+    """The replica's engine: step-level batching up to ``replica.max_batch_size`` for every dtype, with
+    ``replica.batch_invariance`` deciding whether a request's output may depend on its batch mates."""
+    return build_engine(model, replica.max_batch_size, replica.step_token_budget, replica.batch_invariance)

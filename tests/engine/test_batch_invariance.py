@@ -1,0 +1,106 @@
+"""Strict batch invariance in bf16: a request's output, and every logit it sees, is the same alone and
+batched with mates of other lengths. Default batching is not so in bf16 (the guard test below shows
+its logits move), so the strict tests have something to catch: with strict a no-op they fail."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dfast_serve.config import DiffusionOptions
+from dfast_serve.engine.ar import AREngine
+from dfast_serve.engine.diffusion import DiffusionEngine
+from dfast_serve.engine.fixed_shape import PassShape, bucket
+from dfast_serve.engine.kv_cache import ForwardPlan
+from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from tests.engine.test_batching import run_alone, run_joined
+
+PROMPTS = ["Recite Genesis 1:1.", "Continue: And God said unto Moses, I AM THAT I AM", "Why?",
+           "Recite Psalms 23:1, then the verse after it.", "In the beginning was the Word, and the Word was with God."]
+JOIN_AT = [0, 0, 1, 3, 4]  # the step before which each request starts (in order: outcomes keep it)
+OPTIONS = {
+    "ultra": DiffusionOptions(),
+    "dual-cache": DiffusionOptions(ultra_fast=False, cache="dual", block_length=8),
+}
+
+
+class Recording(DiffusionEngine):
+    """Keeps every logits row each request's passes gave it, by request id."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: dict[str, list[torch.Tensor]] = {}
+
+    def _postprocess(self, batch, plans, logits, kv) -> None:
+        for i, (seq, plan) in enumerate(zip(batch, plans)):
+            self.seen.setdefault(seq.request.request_id, []).append(logits[i, logits.shape[1] - plan.tokens :].clone())
+        super()._postprocess(batch, plans, logits, kv)
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16():
+    from dfast_serve.models.embedded import load_tiny_mdlm
+
+    return load_tiny_mdlm(dtype="bfloat16")
+
+
+def requests_for(model, options, max_tokens=16):
+    return [GenerationRequest(model.encode_chat([{"role": "user", "content": p}]), SamplingParams(max_tokens=max_tokens),
+                              options, request_id=f"r{i}") for i, p in enumerate(PROMPTS)]
+
+
+def alone_and_batched(model, options, mode):
+    requests = requests_for(model, options)
+    engine = Recording(model, max_batch_size=4, batch_invariance=mode)
+    alone = run_alone(engine, requests)
+    alone_logits, engine.seen = engine.seen, {}
+    passes = engine.forward_passes
+    batched = run_joined(engine, requests, JOIN_AT)
+    return alone, batched, alone_logits, engine.seen, engine.forward_passes - passes
+
+
+def same_logits(a: dict[str, list[torch.Tensor]], b: dict[str, list[torch.Tensor]]) -> bool:
+    return a.keys() == b.keys() and all(len(a[k]) == len(b[k]) and all(torch.equal(x, y) for x, y in zip(a[k], b[k]))
+                                        for k in a)
+
+
+@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+def test_strict_output_and_logits_do_not_depend_on_the_batch(tiny_bf16, options):
+    alone, batched, alone_logits, batched_logits, shared_passes = alone_and_batched(tiny_bf16, options, "strict")
+    assert batched == alone
+    assert same_logits(alone_logits, batched_logits)  # bit for bit, every pass
+    assert shared_passes < sum(nfe for _, _, nfe, _ in alone)  # and it still batches
+
+
+def test_default_batching_moves_bf16_logits(tiny_bf16):
+    """The guard: without strict, the same runs see different logits, so the test above is not vacuous."""
+    _, _, alone_logits, batched_logits, _ = alone_and_batched(tiny_bf16, OPTIONS["ultra"], "off")
+    assert not same_logits(alone_logits, batched_logits)
+
+
+def test_strict_passes_have_one_shape_per_bucket():
+    assert [bucket(n) for n in (0, 1, 16, 17, 33, 128, 129, 300)] == [0, 16, 16, 32, 64, 128, 256, 384]
+    plan = ForwardPlan(0, 40)
+    assert PassShape.of(plan, 8, None) == PassShape(64, 0, 8)
+    assert PassShape.of(plan, 8, 256) == PassShape(64, 0, 4)  # a bucket's rows fit the step's token budget
+    assert PassShape.of(ForwardPlan(0, 300), 8, 256) == PassShape(384, 0, 1)
+
+
+def test_strict_without_padded_batches_runs_one_sequence_a_pass(tiny_bf16):
+    from dfast_serve.models.adapters import wrap_llada
+
+    llada_like = wrap_llada(tiny_bf16.network, tiny_bf16.tokenizer)  # ignores attention masks: cannot pad
+    engine = DiffusionEngine(llada_like, max_batch_size=8, batch_invariance="strict")
+    same = requests_for(tiny_bf16, OPTIONS["ultra"])[0]
+    engine.step([engine.start(same), engine.start(same)])
+    assert engine.forward_passes == 2  # equal shapes, yet apart: batch size is part of the shape
+
+
+def test_strict_ar_runs_one_sequence_a_pass(smollm2):
+    requests = [GenerationRequest(smollm2.encode_prompt(p), SamplingParams(max_tokens=4)) for p in PROMPTS[:3]]
+    engine = AREngine(smollm2, max_batch_size=8, batch_invariance="strict")
+    assert engine.max_batch_size == 1
+    alone = run_alone(engine, requests)
+    passes = engine.forward_passes
+    assert run_joined(engine, requests, [0, 0, 1]) == alone
+    assert engine.forward_passes - passes == sum(nfe for _, _, nfe, _ in alone)

@@ -47,7 +47,7 @@ import torch
 
 from benchmarks.prompts import get_prompts
 from benchmarks.results import markdown_table, save_result, stamp
-from dfast_serve.config import DiffusionOptions, ModelConfig
+from dfast_serve.config import BatchInvariance, DiffusionOptions, ModelConfig
 from dfast_serve.engine.diffusion import DiffusionEngine, DiffusionSequence
 from dfast_serve.engine.types import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import DiffusionLM
@@ -115,9 +115,9 @@ def prompt_ids(model: DiffusionLM, lengths: list[int]) -> list[list[int]]:
 
 
 def run_batch(model: DiffusionLM, prompts: list[list[int]], options: DiffusionOptions, max_tokens: int,
-              max_batch_size: int) -> dict[str, Any]:
+              max_batch_size: int, batch_invariance: BatchInvariance = "off") -> dict[str, Any]:
     """Every request started at once, then ``engine.step`` over the live ones until all are done."""
-    engine = DiffusionEngine(model, max_batch_size=max_batch_size)
+    engine = DiffusionEngine(model, max_batch_size=max_batch_size, batch_invariance=batch_invariance)
     started = time.perf_counter()
     seqs: list[DiffusionSequence] = [engine.start(GenerationRequest(p, SamplingParams(max_tokens=max_tokens), options))
                                      for p in prompts]

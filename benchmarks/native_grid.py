@@ -2,9 +2,9 @@
 native LLaDA-8B- and Dream-7B-shaped models (random weights, real sizes, bf16).
 
 A cell is (concurrent sequences, decoding, cache, batch invariance). All of a cell's requests start
-at once and run through ``engine.step`` as the server's step loop drives them; with batch invariance
-on, the engine gets ``max_batch_size`` 1 (every request its own forward pass, what
-``batch_invariant_only`` does to a bf16 model today), off, the cell's concurrency. Decodings:
+at once and run through ``engine.step`` as the server's step loop drives them, ``max_batch_size`` the
+cell's concurrency; batch invariance on is ``batch_invariance: strict`` (every pass in its bucket's
+fixed padded shape, ``engine/fixed_shape.py``), off the default batching. Decodings:
 ``standard`` (one token per pass), ``threshold`` (Fast-dLLM's parallel decoding, 0.9), ``ultra``
 (the ultra-fast streaming scheduler) and ``ultra+threshold``. Figures: TTFT (first streamed chunk)
 and TTFT over the floor (one forward pass over prompt + first block), TPF (answer tokens per
@@ -80,7 +80,8 @@ def run_cell(model: DiffusionLM, cell: Cell, max_tokens: int, block_length: int,
         runs = [run_batch(fixed, [p], opts, max_tokens, max_batch_size=1) for p in prompts]
     else:
         prompts = prompt_set(model, cell.concurrency)
-        runs = [run_batch(fixed, prompts, opts, max_tokens, max_batch_size=1 if cell.invariant else cell.concurrency)]
+        runs = [run_batch(fixed, prompts, opts, max_tokens, max_batch_size=cell.concurrency,
+                          batch_invariance="strict" if cell.invariant else "off")]
     floor = statistics.median(forward_time(model, p + [model.mask_token_id] * block_length, 3) for p in prompts[:3])
     ttft_ms = statistics.median(r["ttft_ms_p50"] for r in runs)
     wall = sum(r["wall_s"] for r in runs)

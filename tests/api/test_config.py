@@ -60,3 +60,11 @@ def test_every_number_has_an_upper_bound_that_is_enforced(model):
         with pytest.raises(ValidationError) as info:
             model.model_validate(data)
         assert info.value.errors()[0]["loc"] == (name,)
+
+
+def test_the_removed_batch_invariant_only_key_names_its_replacement():
+    with pytest.raises(ValidationError, match="replaced by replica.batch_invariance"):
+        ReplicaConfig.model_validate({"batch_invariant_only": True})
+    assert ReplicaConfig().batch_invariance == "off"
+    with pytest.raises(ValidationError):
+        ReplicaConfig.model_validate({"batch_invariance": "on"})

@@ -7,11 +7,10 @@ import asyncio
 import sys
 
 import pytest
-import torch
 
 from dfast_serve.config import DiffusionOptions, ReplicaConfig
 from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
-from dfast_serve.serve.replicas import batch_size_for
+from dfast_serve.serve.replicas import engine_for
 from dfast_serve.serve.step_loop import StepLoop
 
 STANDARD = DiffusionOptions(ultra_fast=False, block_length=8)
@@ -157,10 +156,10 @@ def test_an_engine_error_reaches_the_request_as_an_exception(tiny_mdlm):
         asyncio.run(run())
 
 
-def test_batching_is_only_on_for_float32_models_unless_asked(tiny_mdlm):
-    class Half:
-        network = torch.nn.Linear(2, 2).to(torch.bfloat16)
+def test_every_dtype_batches_by_default_and_strict_is_opt_in():
+    from dfast_serve.models.embedded import load_tiny_mdlm
 
-    assert batch_size_for(tiny_mdlm, ReplicaConfig(max_batch_size=6)) == 6  # float32 on CPU
-    assert batch_size_for(Half, ReplicaConfig(max_batch_size=6)) == 1
-    assert batch_size_for(Half, ReplicaConfig(max_batch_size=6, batch_invariant_only=False)) == 6
+    bf16 = load_tiny_mdlm(dtype="bfloat16")  # what dtype: auto picks on a GPU
+    engine = engine_for(bf16, ReplicaConfig(max_batch_size=6))
+    assert (engine.max_batch_size, engine.batch_invariance) == (6, "off")
+    assert engine_for(bf16, ReplicaConfig(max_batch_size=6, batch_invariance="strict")).batch_invariance == "strict"

@@ -1,0 +1,157 @@
+"""How often a greedy bf16 answer changes with its batch mates, default batching vs ``batch_invariance:
+strict``, and what strict costs. In-process (the engines as the replica's step loop drives them).
+
+    python -m benchmarks.bf16_agreement                     # ~2-4 min on 2 CPU cores
+    python -m benchmarks.bf16_agreement --prompts 4 --max-tokens 16 --ar-max-tokens 8 --out /tmp/a.json  # smoke
+
+Models: the embedded ones, trained weights (agreement means little on random ones), in bf16: tiny-mdlm
+(diffusion, under ``--diffusion-options``, each a named set of ``DiffusionOptions``) and SmolLM2-135M (AR).
+Every prompt (the built-in set, chat-templated, 9-40 tokens) runs alone, then in each *mate mix*: the
+prompts split into groups of 2, of 4 and all together, every group's requests started at once with
+``max_batch_size`` 8. A request agrees when its greedy answer's tokens equal its answer alone in the same
+mode; for one that does not, *tokens to first divergence* is the index of the first answer token that
+differs. Cost: the all-together workload's tokens/s and forward passes under default batching, strict, and
+batch size 1 (``max_batch_size: 1``). A strict AR engine runs one request per pass (the documented
+fallback), so its agreement is by construction and only the all-together mix is run for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.native_dllm import first_divergence
+from benchmarks.prompts import get_prompts
+from benchmarks.results import markdown_table, save_result, stamp
+from dfast_serve.config import BatchInvariance, DiffusionOptions
+from dfast_serve.engine import Engine, GenerationRequest, SamplingParams, build_engine
+
+OUT = Path(__file__).parent / "results" / "cpu-2core" / "bf16_agreement.json"
+DIFFUSION_OPTIONS = {
+    "ultra": DiffusionOptions(),  # the shipped defaults: ultra-fast streaming, block 32, no cache
+    "threshold+dual": DiffusionOptions(decoding="threshold", threshold=0.9, cache="dual"),
+}
+GROUP_SIZES = (2, 4, 0)  # 0: every prompt in one group
+HEADER = ["model", "options", "mode", "comparisons", "agree", "agreement", "first divergence (median, min)",
+          "tokens/s all together", "forward passes all together"]
+COST_HEADER = ["model", "options", "batching", "tokens/s", "forward passes", "wall (s)"]
+
+
+def run_together(engine: Engine, requests: list[GenerationRequest]) -> tuple[list[list[int]], float, int]:
+    """All ``requests`` started at once and stepped until done: each one's answer tokens, wall time, passes."""
+    passes = engine.forward_passes
+    started = time.perf_counter()
+    seqs = [engine.start(r) for r in requests]
+    while live := [s for s in seqs if not s.finished]:
+        engine.step(live)
+        for s in live:
+            s.drain()
+    return [list(s.detokenizer.token_ids) for s in seqs], time.perf_counter() - started, engine.forward_passes - passes
+
+
+def groups_of(n: int, size: int) -> list[list[int]]:
+    size = size or n
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def agreement(model: Any, requests: list[GenerationRequest], mode: BatchInvariance, group_sizes: tuple[int, ...],
+              max_batch_size: int) -> dict[str, Any]:
+    """Alone vs every mate mix in ``mode``; plus the all-together run's speed."""
+    engine = build_engine(model, max_batch_size, None, mode)
+    alone = [run_together(engine, [r])[0][0] for r in requests]
+    comparisons: list[dict[str, Any]] = []
+    together: dict[str, Any] = {}
+    for size in group_sizes:
+        for group in groups_of(len(requests), size):
+            answers, wall, passes = run_together(engine, [requests[i] for i in group])
+            for i, answer in zip(group, answers):
+                same = answer == alone[i]
+                comparisons.append({"prompt": i, "mix": size or len(requests), "mates": [j for j in group if j != i],
+                                    "agree": same, "first_divergence": None if same else first_divergence(answer, alone[i]),
+                                    "tokens": len(answer), "tokens_alone": len(alone[i])})
+            if size == 0:
+                together = {"tokens_per_s": sum(map(len, answers)) / wall, "forward_passes": passes, "wall_s": wall}
+    diverged = [c["first_divergence"] for c in comparisons if not c["agree"]]
+    return {"comparisons": comparisons, "agree": len(comparisons) - len(diverged), "total": len(comparisons),
+            "agreement": (len(comparisons) - len(diverged)) / len(comparisons),
+            "first_divergence_median": statistics.median(diverged) if diverged else None,
+            "first_divergence_min": min(diverged) if diverged else None, "together": together}
+
+
+def batch_one(model: Any, requests: list[GenerationRequest]) -> dict[str, Any]:
+    """The all-together workload with ``max_batch_size`` 1: every request its own pass each step."""
+    answers, wall, passes = run_together(build_engine(model, 1), requests)
+    return {"tokens_per_s": sum(map(len, answers)) / wall, "forward_passes": passes, "wall_s": wall}
+
+
+def measure(model: Any, name: str, options_name: str, requests: list[GenerationRequest], modes: dict[str, tuple],
+            max_batch_size: int, results: dict[str, Any], rows: list, cost_rows: list) -> None:
+    for mode, group_sizes in modes.items():
+        print(f"-- {name} {options_name} {mode}", flush=True)
+        r = agreement(model, requests, mode, group_sizes, max_batch_size)
+        results[f"{name}-{options_name}-{mode}"] = r
+        t = r["together"]
+        rows.append([name, options_name, mode, r["total"], r["agree"], r["agreement"],
+                     f"{r['first_divergence_median']}, {r['first_divergence_min']}" if r["first_divergence_median"]
+                     is not None else "-", t["tokens_per_s"], t["forward_passes"]])
+        cost_rows.append([name, options_name, f"{mode} (max_batch_size {max_batch_size})", t["tokens_per_s"],
+                          t["forward_passes"], t["wall_s"]])
+    print(f"-- {name} {options_name} batch size 1", flush=True)
+    one = batch_one(model, requests)
+    results[f"{name}-{options_name}-batch1"] = one
+    cost_rows.append([name, options_name, "max_batch_size 1", one["tokens_per_s"], one["forward_passes"], one["wall_s"]])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64, help="diffusion answer length")
+    parser.add_argument("--ar-max-tokens", type=int, default=32)
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--diffusion-options", default=",".join(DIFFUSION_OPTIONS), help="names, comma-separated")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (2 on a shared 2-core machine is slower)")
+    parser.add_argument("--skip-ar", action="store_true")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from dfast_serve.models.embedded import load_smollm2, load_tiny_mdlm
+
+    texts = get_prompts(args.prompts)
+    results: dict[str, Any] = {}
+    rows: list[list[Any]] = []
+    cost_rows: list[list[Any]] = []
+    started = time.perf_counter()
+    tiny = load_tiny_mdlm(dtype="bfloat16")
+    for options_name in args.diffusion_options.split(","):
+        options = DIFFUSION_OPTIONS[options_name]
+        requests = [GenerationRequest(tiny.encode_chat([{"role": "user", "content": t}]),
+                                      SamplingParams(max_tokens=args.max_tokens), options, f"p{i}")
+                    for i, t in enumerate(texts)]
+        measure(tiny, "tiny-mdlm", options_name, requests, {"off": GROUP_SIZES, "strict": GROUP_SIZES},
+                args.max_batch_size, results, rows, cost_rows)
+    if not args.skip_ar:
+        smol = load_smollm2(dtype="bfloat16")
+        requests = [GenerationRequest(smol.encode_chat([{"role": "user", "content": t}]),
+                                      SamplingParams(max_tokens=args.ar_max_tokens), None, f"p{i}")
+                    for i, t in enumerate(texts)]
+        measure(smol, "smollm2-135m", "greedy", requests, {"off": GROUP_SIZES, "strict": (0,)}, args.max_batch_size,
+                results, rows, cost_rows)
+    table = markdown_table(HEADER, rows)
+    costs = markdown_table(COST_HEADER, cost_rows)
+    print(table)
+    print(costs)
+    summary = stamp({"results": results, "table": table, "cost_table": costs,
+                     "wall_s": time.perf_counter() - started, "torch": torch.__version__},
+                    "bf16_agreement", None, {k: str(v) for k, v in vars(args).items()})
+    save_result(summary, args.out)
+    print(f"saved {args.out} ({summary['wall_s']:.0f} s)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

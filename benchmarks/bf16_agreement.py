@@ -10,9 +10,11 @@ Every prompt (the built-in set, chat-templated, 9-40 tokens) runs alone, then in
 prompts split into groups of 2, of 4 and all together, every group's requests started at once with
 ``max_batch_size`` 8. A request agrees when its greedy answer's tokens equal its answer alone in the same
 mode; for one that does not, *tokens to first divergence* is the index of the first answer token that
-differs. Cost: the all-together workload's tokens/s and forward passes under default batching, strict, and
-batch size 1 (``max_batch_size: 1``). A strict AR engine runs one request per pass (the documented
-fallback), so its agreement is by construction and only the all-together mix is run for it.
+differs. EOS is ignored (``ignore_eos``), so every answer runs ``max_tokens`` and every run does the same
+work. Cost: the all-together workload's tokens/s (median of ``--rounds``, the order of the variants flipping
+each round: the machine is shared) and forward passes under default batching, strict, and batch size 1
+(``max_batch_size: 1``). A strict AR engine runs one request per pass (the documented fallback), so its
+agreement is by construction and only the all-together mix is run for it.
 """
 
 from __future__ import annotations
@@ -37,9 +39,8 @@ DIFFUSION_OPTIONS = {
     "threshold+dual": DiffusionOptions(decoding="threshold", threshold=0.9, cache="dual"),
 }
 GROUP_SIZES = (2, 4, 0)  # 0: every prompt in one group
-HEADER = ["model", "options", "mode", "comparisons", "agree", "agreement", "first divergence (median, min)",
-          "tokens/s all together", "forward passes all together"]
-COST_HEADER = ["model", "options", "batching", "tokens/s", "forward passes", "wall (s)"]
+HEADER = ["model", "options", "mode", "comparisons", "agree", "agreement", "first divergence (median, min)"]
+COST_HEADER = ["model", "options", "batching", "tokens/s (median)", "vs default", "forward passes", "wall (s, median)"]
 
 
 def run_together(engine: Engine, requests: list[GenerationRequest]) -> tuple[list[list[int]], float, int]:
@@ -61,50 +62,59 @@ def groups_of(n: int, size: int) -> list[list[int]]:
 
 def agreement(model: Any, requests: list[GenerationRequest], mode: BatchInvariance, group_sizes: tuple[int, ...],
               max_batch_size: int) -> dict[str, Any]:
-    """Alone vs every mate mix in ``mode``; plus the all-together run's speed."""
+    """Each request alone vs in every mate mix, in ``mode``."""
     engine = build_engine(model, max_batch_size, None, mode)
     alone = [run_together(engine, [r])[0][0] for r in requests]
     comparisons: list[dict[str, Any]] = []
-    together: dict[str, Any] = {}
     for size in group_sizes:
         for group in groups_of(len(requests), size):
-            answers, wall, passes = run_together(engine, [requests[i] for i in group])
+            answers, _, _ = run_together(engine, [requests[i] for i in group])
             for i, answer in zip(group, answers):
                 same = answer == alone[i]
                 comparisons.append({"prompt": i, "mix": size or len(requests), "mates": [j for j in group if j != i],
                                     "agree": same, "first_divergence": None if same else first_divergence(answer, alone[i]),
                                     "tokens": len(answer), "tokens_alone": len(alone[i])})
-            if size == 0:
-                together = {"tokens_per_s": sum(map(len, answers)) / wall, "forward_passes": passes, "wall_s": wall}
     diverged = [c["first_divergence"] for c in comparisons if not c["agree"]]
     return {"comparisons": comparisons, "agree": len(comparisons) - len(diverged), "total": len(comparisons),
             "agreement": (len(comparisons) - len(diverged)) / len(comparisons),
             "first_divergence_median": statistics.median(diverged) if diverged else None,
-            "first_divergence_min": min(diverged) if diverged else None, "together": together}
+            "first_divergence_min": min(diverged) if diverged else None}
 
 
-def batch_one(model: Any, requests: list[GenerationRequest]) -> dict[str, Any]:
-    """The all-together workload with ``max_batch_size`` 1: every request its own pass each step."""
-    answers, wall, passes = run_together(build_engine(model, 1), requests)
-    return {"tokens_per_s": sum(map(len, answers)) / wall, "forward_passes": passes, "wall_s": wall}
+def cost(model: Any, requests: list[GenerationRequest], max_batch_size: int, rounds: int) -> dict[str, Any]:
+    """The all-together workload under default batching, strict and batch size 1, ``rounds`` times each."""
+    variants: dict[str, tuple[int, BatchInvariance]] = {"off": (max_batch_size, "off"), "strict": (max_batch_size, "strict"), "batch1": (1, "off")}
+    runs: dict[str, list[tuple[int, float, int]]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+            size, mode = variants[name]
+            answers, wall, passes = run_together(build_engine(model, size, None, mode), requests)
+            runs[name].append((sum(map(len, answers)), wall, passes))
+    out = {}
+    for name, rs in runs.items():
+        out[name] = {"tokens_per_s": statistics.median(t / w for t, w, _ in rs), "wall_s": statistics.median(w for _, w, _ in rs),
+                     "forward_passes": rs[0][2], "tokens": rs[0][0], "runs": rs}
+    return out
 
 
 def measure(model: Any, name: str, options_name: str, requests: list[GenerationRequest], modes: dict[str, tuple],
-            max_batch_size: int, results: dict[str, Any], rows: list, cost_rows: list) -> None:
+            args: argparse.Namespace, results: dict[str, Any], rows: list, cost_rows: list) -> None:
     for mode, group_sizes in modes.items():
-        print(f"-- {name} {options_name} {mode}", flush=True)
-        r = agreement(model, requests, mode, group_sizes, max_batch_size)
+        print(f"-- {name} {options_name} {mode}: agreement", flush=True)
+        r = agreement(model, requests, mode, group_sizes, args.max_batch_size)
         results[f"{name}-{options_name}-{mode}"] = r
-        t = r["together"]
         rows.append([name, options_name, mode, r["total"], r["agree"], r["agreement"],
                      f"{r['first_divergence_median']}, {r['first_divergence_min']}" if r["first_divergence_median"]
-                     is not None else "-", t["tokens_per_s"], t["forward_passes"]])
-        cost_rows.append([name, options_name, f"{mode} (max_batch_size {max_batch_size})", t["tokens_per_s"],
-                          t["forward_passes"], t["wall_s"]])
-    print(f"-- {name} {options_name} batch size 1", flush=True)
-    one = batch_one(model, requests)
-    results[f"{name}-{options_name}-batch1"] = one
-    cost_rows.append([name, options_name, "max_batch_size 1", one["tokens_per_s"], one["forward_passes"], one["wall_s"]])
+                     is not None else "-"])
+    print(f"-- {name} {options_name}: cost", flush=True)
+    c = cost(model, requests, args.max_batch_size, args.rounds)
+    results[f"{name}-{options_name}-cost"] = c
+    labels = {"off": f"default (max_batch_size {args.max_batch_size})",
+              "strict": f"strict (max_batch_size {args.max_batch_size})", "batch1": "max_batch_size 1"}
+    for variant, label in labels.items():
+        v = c[variant]
+        cost_rows.append([name, options_name, label, v["tokens_per_s"], v["tokens_per_s"] / c["off"]["tokens_per_s"],
+                          v["forward_passes"], v["wall_s"]])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -114,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ar-max-tokens", type=int, default=32)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--diffusion-options", default=",".join(DIFFUSION_OPTIONS), help="names, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each cost variant")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (2 on a shared 2-core machine is slower)")
     parser.add_argument("--skip-ar", action="store_true")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -130,17 +141,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for options_name in args.diffusion_options.split(","):
         options = DIFFUSION_OPTIONS[options_name]
         requests = [GenerationRequest(tiny.encode_chat([{"role": "user", "content": t}]),
-                                      SamplingParams(max_tokens=args.max_tokens), options, f"p{i}")
+                                      SamplingParams(max_tokens=args.max_tokens, ignore_eos=True), options, f"p{i}")
                     for i, t in enumerate(texts)]
-        measure(tiny, "tiny-mdlm", options_name, requests, {"off": GROUP_SIZES, "strict": GROUP_SIZES},
-                args.max_batch_size, results, rows, cost_rows)
+        measure(tiny, "tiny-mdlm", options_name, requests, {"off": GROUP_SIZES, "strict": GROUP_SIZES}, args,
+                results, rows, cost_rows)
     if not args.skip_ar:
         smol = load_smollm2(dtype="bfloat16")
         requests = [GenerationRequest(smol.encode_chat([{"role": "user", "content": t}]),
-                                      SamplingParams(max_tokens=args.ar_max_tokens), None, f"p{i}")
+                                      SamplingParams(max_tokens=args.ar_max_tokens, ignore_eos=True), None, f"p{i}")
                     for i, t in enumerate(texts)]
-        measure(smol, "smollm2-135m", "greedy", requests, {"off": GROUP_SIZES, "strict": (0,)}, args.max_batch_size,
-                results, rows, cost_rows)
+        measure(smol, "smollm2-135m", "greedy", requests, {"off": GROUP_SIZES, "strict": (0,)}, args, results, rows,
+                cost_rows)
     table = markdown_table(HEADER, rows)
     costs = markdown_table(COST_HEADER, cost_rows)
     print(table)

@@ -186,6 +186,17 @@ class ReplicaConfig(StrictModel):
         "what every pass samples over); larger gets 400 naming dfast.block_length."
     )
 
+    @field_validator("batch_invariance", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads an unquoted ``off`` as false: that is the ``"off"`` it meant. ``true`` is ambiguous."""
+        if value is False:
+            return "off"
+        if value is True:
+            raise ValueError("batch_invariance takes 'off' or 'strict', not a boolean (YAML reads an unquoted "
+                             "on/yes/true as true)")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _renamed_options(cls, data: Any) -> Any:

@@ -66,5 +66,18 @@ def test_the_removed_batch_invariant_only_key_names_its_replacement():
     with pytest.raises(ValidationError, match="replaced by replica.batch_invariance"):
         ReplicaConfig.model_validate({"batch_invariant_only": True})
     assert ReplicaConfig().batch_invariance == "off"
-    with pytest.raises(ValidationError):
-        ReplicaConfig.model_validate({"batch_invariance": "on"})
+    assert ReplicaConfig.model_validate({"batch_invariance": False}).batch_invariance == "off"  # YAML's unquoted off
+    for wrong in ("on", True):
+        with pytest.raises(ValidationError, match="'off' or 'strict'"):
+            ReplicaConfig.model_validate({"batch_invariance": wrong})
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.cluster.yaml"])
+def test_the_shipped_configs_batch_every_dtype(name):
+    from pathlib import Path
+
+    from dfast_serve.serve.config_file import application, load_serve_config
+
+    args = application(load_serve_config(Path(__file__).resolve().parents[2] / name))["args"]
+    assert [m["replica"]["batch_invariance"] for m in args["models"]] == ["off"] * len(args["models"])
+    assert all(ReplicaConfig.model_validate(m["replica"]).batch_invariance == "off" for m in args["models"])

@@ -1,7 +1,7 @@
 """How often a greedy bf16 answer changes with its batch mates, default batching vs ``batch_invariance:
 strict``, and what strict costs. In-process (the engines as the replica's step loop drives them).
 
-    python -m benchmarks.bf16_agreement                     # ~2-4 min on 2 CPU cores
+    python -m benchmarks.bf16_agreement                     # ~5 min on 2 shared CPU cores
     python -m benchmarks.bf16_agreement --prompts 4 --max-tokens 16 --ar-max-tokens 8 --out /tmp/a.json  # smoke
 
 Models: the embedded ones, trained weights (agreement means little on random ones), in bf16: tiny-mdlm
@@ -13,8 +13,8 @@ mode; for one that does not, *tokens to first divergence* is the index of the fi
 differs. EOS is ignored (``ignore_eos``), so every answer runs ``max_tokens`` and every run does the same
 work. Cost: the all-together workload's tokens/s (median of ``--rounds``, the order of the variants flipping
 each round: the machine is shared) and forward passes under default batching, strict, and batch size 1
-(``max_batch_size: 1``). A strict AR engine runs one request per pass (the documented fallback), so its
-agreement is by construction and only the all-together mix is run for it.
+(``max_batch_size: 1``). A strict AR engine runs one request per pass (the documented fallback): its
+agreement is by construction, so only the all-together mix is run for it, and it is its own batch-size-1 run.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from benchmarks.prompts import get_prompts
 from benchmarks.results import markdown_table, save_result, stamp
 from dfast_serve.config import BatchInvariance, DiffusionOptions
 from dfast_serve.engine import Engine, GenerationRequest, SamplingParams, build_engine
+from dfast_serve.models.adapters import CausalLM
 
 OUT = Path(__file__).parent / "results" / "cpu-2core" / "bf16_agreement.json"
 DIFFUSION_OPTIONS = {
@@ -81,9 +82,13 @@ def agreement(model: Any, requests: list[GenerationRequest], mode: BatchInvarian
             "first_divergence_min": min(diverged) if diverged else None}
 
 
-def cost(model: Any, requests: list[GenerationRequest], max_batch_size: int, rounds: int) -> dict[str, Any]:
-    """The all-together workload under default batching, strict and batch size 1, ``rounds`` times each."""
-    variants: dict[str, tuple[int, BatchInvariance]] = {"off": (max_batch_size, "off"), "strict": (max_batch_size, "strict"), "batch1": (1, "off")}
+def cost(model: Any, requests: list[GenerationRequest], max_batch_size: int, rounds: int, batch_one: bool
+         ) -> dict[str, Any]:
+    """The all-together workload under default batching, strict and (``batch_one``) batch size 1, ``rounds``
+    times each."""
+    variants: dict[str, tuple[int, BatchInvariance]] = {"off": (max_batch_size, "off"), "strict": (max_batch_size, "strict")}
+    if batch_one:
+        variants["batch1"] = (1, "off")
     runs: dict[str, list[tuple[int, float, int]]] = {name: [] for name in variants}
     for r in range(rounds):
         for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
@@ -107,11 +112,15 @@ def measure(model: Any, name: str, options_name: str, requests: list[GenerationR
                      f"{r['first_divergence_median']}, {r['first_divergence_min']}" if r["first_divergence_median"]
                      is not None else "-"])
     print(f"-- {name} {options_name}: cost", flush=True)
-    c = cost(model, requests, args.max_batch_size, args.rounds)
+    ar = isinstance(model, CausalLM)  # strict AR is max_batch_size 1 itself: no separate batch-1 run
+    c = cost(model, requests, args.max_batch_size, args.rounds, batch_one=not ar)
     results[f"{name}-{options_name}-cost"] = c
     labels = {"off": f"default (max_batch_size {args.max_batch_size})",
-              "strict": f"strict (max_batch_size {args.max_batch_size})", "batch1": "max_batch_size 1"}
+              "strict": "strict = max_batch_size 1 (AR fallback)" if ar else f"strict (max_batch_size {args.max_batch_size})",
+              "batch1": "max_batch_size 1"}
     for variant, label in labels.items():
+        if variant not in c:
+            continue
         v = c[variant]
         cost_rows.append([name, options_name, label, v["tokens_per_s"], v["tokens_per_s"] / c["off"]["tokens_per_s"],
                           v["forward_passes"], v["wall_s"]])
@@ -121,15 +130,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64, help="diffusion answer length")
-    parser.add_argument("--ar-max-tokens", type=int, default=32)
+    parser.add_argument("--ar-max-tokens", type=int, default=24)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--diffusion-options", default=",".join(DIFFUSION_OPTIONS), help="names, comma-separated")
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each cost variant")
+    parser.add_argument("--rounds", type=int, default=2, help="timed runs of each cost variant")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (2 on a shared 2-core machine is slower)")
     parser.add_argument("--skip-ar", action="store_true")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     from dfast_serve.models.embedded import load_smollm2, load_tiny_mdlm
 
     texts = get_prompts(args.prompts)

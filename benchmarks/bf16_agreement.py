@@ -13,8 +13,7 @@ mode; for one that does not, *tokens to first divergence* is the index of the fi
 differs. EOS is ignored (``ignore_eos``), so every answer runs ``max_tokens`` and every run does the same
 work. Cost: the all-together workload's tokens/s (median of ``--rounds``, the order of the variants flipping
 each round: the machine is shared) and forward passes under default batching, strict, and batch size 1
-(``max_batch_size: 1``). A strict AR engine runs one request per pass (the documented fallback): its
-agreement is by construction, so only the all-together mix is run for it, and it is its own batch-size-1 run.
+(``max_batch_size: 1``).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from benchmarks.prompts import get_prompts
 from benchmarks.results import markdown_table, save_result, stamp
 from dfast_serve.config import BatchInvariance, DiffusionOptions
 from dfast_serve.engine import Engine, GenerationRequest, SamplingParams, build_engine
-from dfast_serve.models.adapters import CausalLM
 
 OUT = Path(__file__).parent / "results" / "cpu-2core" / "bf16_agreement.json"
 DIFFUSION_OPTIONS = {
@@ -82,13 +80,10 @@ def agreement(model: Any, requests: list[GenerationRequest], mode: BatchInvarian
             "first_divergence_min": min(diverged) if diverged else None}
 
 
-def cost(model: Any, requests: list[GenerationRequest], max_batch_size: int, rounds: int, batch_one: bool
-         ) -> dict[str, Any]:
-    """The all-together workload under default batching, strict and (``batch_one``) batch size 1, ``rounds``
-    times each."""
-    variants: dict[str, tuple[int, BatchInvariance]] = {"off": (max_batch_size, "off"), "strict": (max_batch_size, "strict")}
-    if batch_one:
-        variants["batch1"] = (1, "off")
+def cost(model: Any, requests: list[GenerationRequest], max_batch_size: int, rounds: int) -> dict[str, Any]:
+    """The all-together workload under default batching, strict and batch size 1, ``rounds`` times each."""
+    variants: dict[str, tuple[int, BatchInvariance]] = {"off": (max_batch_size, "off"), "strict": (max_batch_size, "strict"),
+                                                        "batch1": (1, "off")}
     runs: dict[str, list[tuple[int, float, int]]] = {name: [] for name in variants}
     for r in range(rounds):
         for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
@@ -112,15 +107,11 @@ def measure(model: Any, name: str, options_name: str, requests: list[GenerationR
                      f"{r['first_divergence_median']}, {r['first_divergence_min']}" if r["first_divergence_median"]
                      is not None else "-"])
     print(f"-- {name} {options_name}: cost", flush=True)
-    ar = isinstance(model, CausalLM)  # strict AR is max_batch_size 1 itself: no separate batch-1 run
-    c = cost(model, requests, args.max_batch_size, args.rounds, batch_one=not ar)
+    c = cost(model, requests, args.max_batch_size, args.rounds)
     results[f"{name}-{options_name}-cost"] = c
     labels = {"off": f"default (max_batch_size {args.max_batch_size})",
-              "strict": "strict = max_batch_size 1 (AR fallback)" if ar else f"strict (max_batch_size {args.max_batch_size})",
-              "batch1": "max_batch_size 1"}
+              "strict": f"strict (max_batch_size {args.max_batch_size})", "batch1": "max_batch_size 1"}
     for variant, label in labels.items():
-        if variant not in c:
-            continue
         v = c[variant]
         cost_rows.append([name, options_name, label, v["tokens_per_s"], v["tokens_per_s"] / c["off"]["tokens_per_s"],
                           v["forward_passes"], v["wall_s"]])
@@ -167,8 +158,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         requests = [GenerationRequest(smol.encode_chat([{"role": "user", "content": t}]),
                                       SamplingParams(max_tokens=args.ar_max_tokens, ignore_eos=True), None, f"p{i}")
                     for i, t in enumerate(texts)]
-        measure(smol, "smollm2-135m", "greedy", requests, {"off": GROUP_SIZES, "strict": (0,)}, args, results, rows,
-                cost_rows)
+        measure(smol, "smollm2-135m", "greedy", requests, {"off": GROUP_SIZES, "strict": GROUP_SIZES}, args, results,
+                rows, cost_rows)
     table = markdown_table(HEADER, rows)
     costs = markdown_table(COST_HEADER, cost_rows)
     print(table)

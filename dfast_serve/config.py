@@ -168,8 +168,8 @@ class ReplicaConfig(StrictModel):
     batch_invariance: BatchInvariance = Field(
         "off", description="off: every dtype batches (bf16 on a GPU included); in bf16 a greedy answer can change "
         "with its batch mates (benchmarks/bf16_agreement.py measures how often). strict: a request's output is the "
-        "same whatever its batch mates, at a cost: diffusion passes run in fixed padded shapes per length bucket, "
-        "AR models run one request per pass."
+        "same whatever its batch mates, at a cost: every forward pass runs in the fixed padded shape of its length "
+        "bucket, with dummy rows up to max_batch_size (engine/fixed_shape.py)."
     )
 
     step_token_budget: int = Field(

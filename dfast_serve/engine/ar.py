@@ -22,6 +22,7 @@ import torch
 
 from dfast_serve.engine.batching import left_pad, split_into
 from dfast_serve.engine.detokenize import StreamingDetokenizer
+from dfast_serve.engine.fixed_shape import ArShape, assemble_ar
 from dfast_serve.engine.options import BatchInvariance
 from dfast_serve.engine.sampling import choose_tokens, make_generator
 from dfast_serve.engine.sequence import Sequence, generate_alone
@@ -57,9 +58,10 @@ class AREngine:
     """Runs AR sequences on one causal LM. ``forward_passes`` counts every pass it makes;
     ``max_batch_size`` bounds how many sequences ``step`` puts in one pass.
 
-    ``batch_invariance="strict"`` runs one sequence per pass (``max_batch_size`` becomes 1): a
-    sequence's passes then have shapes of its own alone, so its output does not depend on who else is
-    running. That is the plain fallback, not a fixed-shape decode: a strict AR replica does not batch.
+    ``batch_invariance="strict"`` keeps a sequence's output independent of who else is running: with a
+    mergeable cache, every pass has the fixed shape of its bucket (``fixed_shape.ArShape``: prefill or
+    decode, key columns bucketed, dummy rows up to ``max_batch_size``); without one, sequences already run
+    one per pass, at shapes of their own.
     """
 
     kind = "ar"
@@ -69,7 +71,7 @@ class AREngine:
             raise ValueError("max_batch_size must be at least 1")
         self.model = model
         self.batch_invariance = batch_invariance
-        self.max_batch_size = 1 if batch_invariance == "strict" else max_batch_size
+        self.max_batch_size = max_batch_size
         self.forward_passes = 0
         # transformers 5 names the KV cache argument `cache`; 4.x calls it `past_key_values`.
         params = inspect.signature(model.network.forward).parameters
@@ -78,6 +80,7 @@ class AREngine:
         # prompt position at prefill (SmolLM2: 49K-vocab projection per token, ~1/5 of the pass).
         self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self._mergeable = _plain_dynamic_cache(model.network.config)
+        self._fixed = batch_invariance == "strict" and self._mergeable
 
     def start(self, request: GenerationRequest) -> ARSequence:
         if request.params.max_tokens < 1:
@@ -101,6 +104,9 @@ class AREngine:
         """Prefill (first call) or decode one token, for each sequence: ``max_batch_size`` a pass.
         A batch whose pass fails is retried one sequence at a time, so an error ends only the
         request that causes it."""
+        if self._fixed:
+            self._fixed_step(sequences)
+            return
         for batch in split_into(sequences, self.max_batch_size):
             if len(batch) > 1 and self._mergeable:
                 try:
@@ -117,12 +123,42 @@ class AREngine:
                 except Exception as exc:  # noqa: BLE001 - reported to this request alone
                     seq.fail(exc)
 
-    def _run_batch(self, batch: list[ARSequence]) -> None:
-        """One pass for sequences at different points: [cache padding | cache | input padding | input] per row."""
+    def _fixed_step(self, sequences: list[ARSequence]) -> None:
+        """Strict batch invariance: sequences of one ``ArShape`` share a pass of exactly that shape
+        (``fixed_shape.ArShape``); a pass that fails is retried per sequence, in the same shape."""
+        by_shape: dict[ArShape, list[ARSequence]] = {}
+        for seq in sequences:
+            by_shape.setdefault(self._shape(seq), []).append(seq)
+        for shape, same in by_shape.items():
+            for batch in split_into(same, shape.rows):
+                try:
+                    self._run_batch(batch, shape)
+                    continue
+                except Exception:  # noqa: BLE001 - the pass failed before any sequence moved: retry each alone
+                    pass
+                for seq in batch:
+                    try:
+                        self._run_batch([seq], shape)
+                    except Exception as exc:  # noqa: BLE001 - reported to this request alone
+                        seq.fail(exc)
+
+    def _shape(self, seq: ARSequence) -> ArShape:
+        past = 0 if seq.past_key_values is None else seq.past_key_values.get_seq_length()
+        return ArShape.of(past, seq.next_input.shape[1], self.max_batch_size)
+
+    def _run_batch(self, batch: list[ARSequence], shape: ArShape | None = None) -> None:
+        """One pass for sequences at different points: [cache padding | cache | input padding | input] per
+        row, padded to the longest, or (strict) to ``shape`` with dummy rows."""
         from transformers import DynamicCache
 
         device = self.model.device
         past_lens = [0 if s.past_key_values is None else s.past_key_values.get_seq_length() for s in batch]
+        if shape is not None:
+            ids, positions, mask, layers = assemble_ar(shape, [s.next_input[0] for s in batch], past_lens,
+                                                       [s.past_key_values for s in batch], device)
+            cache = DynamicCache(ddp_cache_data=layers) if layers else None
+            self._pass(batch, ids, positions, mask, cache)
+            return
         ids, mask = left_pad([s.next_input[0] for s in batch])
         positions, _ = left_pad([torch.arange(p, p + s.next_input.shape[1], device=device) for p, s in zip(past_lens, batch)])
         cache = None
@@ -137,6 +173,13 @@ class AREngine:
                 layers.append((keys, values))
             cache = DynamicCache(ddp_cache_data=layers)
             mask = torch.cat([past_mask, mask], dim=1)
+        self._pass(batch, ids, positions, mask, cache)
+
+    def _pass(self, batch: list[ARSequence], ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+              cache: Any) -> None:
+        """Run the network on a merged batch; each sequence takes its row's logits and its real cache entries."""
+        from transformers import DynamicCache
+
         out = self.model.network(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                                  **self._last_logits, **{self._cache_arg: cache})
         self.forward_passes += 1

@@ -1,4 +1,4 @@
-"""Strict batch invariance for diffusion passes: every forward pass has one fixed padded shape per bucket.
+"""Strict batch invariance: every forward pass has one fixed padded shape per bucket (diffusion and AR).
 
 Default batching left-pads a pass's rows to its longest slice (``batching.left_pad``), so a row's
 tensors change shape with its mates, and kernels block their reductions by shape: in bf16 a row's
@@ -10,7 +10,8 @@ attention mask over the row's own positions and the same (empty) logit trimming.
 arithmetic is then the same whoever its mates are: matrix products treat rows independently at a
 given shape, and attention masks padding keys out per row. The price is padding (up to 2x on short
 slices, up to ``BUCKET_STEP`` - 1 tokens on long ones) and dummy rows when fewer requests share a
-bucket than a pass holds; ``benchmarks/bf16_agreement.py`` measures it.
+bucket than a pass holds; ``benchmarks/bf16_agreement.py`` measures it. ``ArShape`` / ``assemble_ar``
+do the same for the AR engine's merged prefill / decode passes.
 """
 
 from __future__ import annotations
@@ -94,3 +95,57 @@ def assemble(shape: PassShape, slices: list[torch.Tensor], plans: list[ForwardPl
                 values[i, :, c - n :] = plan.context[layer][1]
             past.append((keys, values))
     return FixedBatch(ids, positions, mask, past)
+
+
+@dataclass(frozen=True)
+class ArShape:
+    """An AR pass's fixed shape: input columns and cached key columns per row, and rows.
+
+    A prefill row's input pads to ``bucket(prompt + 1)``; a decode row (one new token) attends to
+    ``bucket(past + 2)`` keys, its cache padded to one less. The ``+ 1``: every row keeps at least one
+    padding column, so the attention mask is never all ones; transformers drops such a mask (and changes
+    the attention path) only when no row of the batch pads, which would make the path depend on the mates.
+    """
+
+    inputs: int
+    past: int
+    rows: int
+
+    @classmethod
+    def of(cls, past: int, new: int, rows: int) -> "ArShape":
+        if past == 0:
+            return cls(bucket(new + 1), 0, rows)
+        columns = bucket(past + new + 1)
+        return cls(new, columns - new, rows)
+
+
+def assemble_ar(shape: ArShape, inputs: list[torch.Tensor], past_lens: list[int], caches: list,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[KeyValues]]:
+    """(rows, inputs) ids and positions, the (rows, past + inputs) mask of real keys, and each layer's
+    (rows, heads, past, head_dim) keys/values, each row right-aligned in ``shape``. ``caches`` are the
+    sequences' ``DynamicCache``s (None before prefill). A dummy row attends to its last column only."""
+    if len(inputs) > shape.rows:
+        raise ValueError(f"{len(inputs)} rows do not fit a pass of {shape.rows}")
+    q, p = shape.inputs, shape.past
+    ids = torch.zeros((shape.rows, q), dtype=torch.long, device=device)
+    positions = torch.zeros((shape.rows, q), dtype=torch.long, device=device)
+    mask = torch.zeros((shape.rows, p + q), dtype=torch.long, device=device)
+    mask[len(inputs) :, -1] = 1
+    for i, (tokens, past) in enumerate(zip(inputs, past_lens)):
+        n = tokens.shape[0]
+        ids[i, q - n :] = tokens
+        positions[i, q - n :] = torch.arange(past, past + n, device=device)
+        mask[i, p - past : p] = 1
+        mask[i, p + q - n :] = 1
+    layers: list[KeyValues] = []
+    reference = next((c for c in caches if c is not None), None)
+    if p and reference is not None:
+        for index, ref_layer in enumerate(reference.layers):
+            _, heads, _, head_dim = ref_layer.keys.shape
+            keys = ref_layer.keys.new_zeros((shape.rows, heads, p, head_dim))
+            values = torch.zeros_like(keys)
+            for i, (cache, past) in enumerate(zip(caches, past_lens)):
+                keys[i, :, p - past :] = cache.layers[index].keys[0]
+                values[i, :, p - past :] = cache.layers[index].values[0]
+            layers.append((keys, values))
+    return ids, positions, mask, layers

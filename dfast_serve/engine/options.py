@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 ConfidenceKind = Literal["probability", "margin", "entropy"]
 BatchInvariance = Literal["off", "strict"]
 """``off``: batch freely (in bf16 a greedy answer can change with its batch mates); ``strict``: a
-request's output is the same whatever its batch mates (diffusion: fixed padded shapes per bucket;
-AR: one sequence per pass)."""
+request's output is the same whatever its batch mates (every pass in the fixed padded shape of its
+length bucket, ``engine/fixed_shape.py``)."""
 
 
 class StrictModel(BaseModel):

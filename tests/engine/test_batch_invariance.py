@@ -10,7 +10,7 @@ import torch
 from dfast_serve.config import DiffusionOptions
 from dfast_serve.engine.ar import AREngine
 from dfast_serve.engine.diffusion import DiffusionEngine
-from dfast_serve.engine.fixed_shape import PassShape, bucket
+from dfast_serve.engine.fixed_shape import ArShape, PassShape, bucket
 from dfast_serve.engine.kv_cache import ForwardPlan
 from dfast_serve.engine.types import GenerationRequest, SamplingParams
 from tests.engine.test_batching import run_alone, run_joined
@@ -35,6 +35,15 @@ class Recording(DiffusionEngine):
         for i, (seq, plan) in enumerate(zip(batch, plans)):
             self.seen.setdefault(seq.request.request_id, []).append(logits[i, logits.shape[1] - plan.tokens :].clone())
         super()._postprocess(batch, plans, logits, kv)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """bf16 on 2 threads of a shared 2-core machine runs several times slower than on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +105,43 @@ def test_strict_without_padded_batches_runs_one_sequence_a_pass(tiny_bf16):
     assert engine.forward_passes == 2  # equal shapes, yet apart: batch size is part of the shape
 
 
-def test_strict_ar_runs_one_sequence_a_pass(smollm2):
-    """The AR fallback: a sequence's passes have shapes of its own alone, so its output cannot depend on mates."""
-    requests = [GenerationRequest(smollm2.encode_prompt(p), SamplingParams(max_tokens=2)) for p in PROMPTS[:3]]
-    for mode, passes in (("off", 1), ("strict", 3)):
-        engine = AREngine(smollm2, max_batch_size=8, batch_invariance=mode)
-        engine.step([engine.start(r) for r in requests])
-        assert engine.forward_passes == passes, mode
-    assert engine.max_batch_size == 1
+def ar_alone_and_batched(model, mode, monkeypatch):
+    """SmolLM2 in bf16: each request alone, then joined at different steps; the logits every step gave each."""
+    from dfast_serve.engine import ar
+
+    seen: dict[str, list[torch.Tensor]] = {}
+    advance = ar.ARSequence.advance
+
+    def recording(seq, logits, cache):
+        seen.setdefault(seq.request.request_id, []).append(logits.clone())
+        advance(seq, logits, cache)
+
+    monkeypatch.setattr(ar.ARSequence, "advance", recording)
+    requests = [GenerationRequest(model.encode_chat([{"role": "user", "content": p}]),
+                                  SamplingParams(max_tokens=6, ignore_eos=True), request_id=f"r{i}")
+                for i, p in enumerate(PROMPTS)]
+    engine = AREngine(model, max_batch_size=3, batch_invariance=mode)
+    alone = run_alone(engine, requests)
+    alone_logits = dict(seen)
+    seen.clear()
+    passes = engine.forward_passes
+    batched = run_joined(engine, requests, JOIN_AT)
+    return alone, batched, alone_logits, dict(seen), engine.forward_passes - passes
+
+
+def test_strict_ar_output_and_logits_do_not_depend_on_the_batch(smollm2, monkeypatch):
+    alone, batched, alone_logits, batched_logits, shared_passes = ar_alone_and_batched(smollm2, "strict", monkeypatch)
+    assert batched == alone
+    assert same_logits(alone_logits, batched_logits)
+    assert shared_passes < sum(nfe for _, _, nfe, _ in alone)
+
+
+def test_default_ar_batching_moves_bf16_logits(smollm2, monkeypatch):
+    _, _, alone_logits, batched_logits, _ = ar_alone_and_batched(smollm2, "off", monkeypatch)
+    assert not same_logits(alone_logits, batched_logits)
+
+
+def test_ar_shapes_always_keep_a_padding_column():
+    """transformers drops an all-ones mask (and switches attention path): every strict row pads at least once."""
+    assert ArShape.of(0, 15, 8) == ArShape(16, 0, 8) and ArShape.of(0, 16, 8) == ArShape(32, 0, 8)
+    assert ArShape.of(30, 1, 8) == ArShape(1, 31, 8) and ArShape.of(31, 1, 8) == ArShape(1, 63, 8)

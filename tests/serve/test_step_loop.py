@@ -10,7 +10,6 @@ import pytest
 
 from dfast_serve.config import DiffusionOptions, ReplicaConfig
 from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
-from dfast_serve.serve.replicas import engine_for
 from dfast_serve.serve.step_loop import StepLoop
 
 STANDARD = DiffusionOptions(ultra_fast=False, block_length=8)
@@ -157,9 +156,11 @@ def test_an_engine_error_reaches_the_request_as_an_exception(tiny_mdlm):
 
 
 def test_every_dtype_batches_by_default_and_strict_is_opt_in():
-    from dfast_serve.models.embedded import load_tiny_mdlm
+    """The replica as Serve builds it (undeployed class, no Ray), on a bf16 model: what dtype auto picks on a GPU."""
+    from dfast_serve.serve.replicas import ModelReplica
 
-    bf16 = load_tiny_mdlm(dtype="bfloat16")  # what dtype: auto picks on a GPU
-    engine = engine_for(bf16, ReplicaConfig(max_batch_size=6))
-    assert (engine.max_batch_size, engine.batch_invariance) == (6, "off")
-    assert engine_for(bf16, ReplicaConfig(max_batch_size=6, batch_invariance="strict")).batch_invariance == "strict"
+    bf16 = {"name": "tiny-mdlm", "engine": "diffusion", "device": "cpu", "dtype": "bfloat16"}
+    stats = ModelReplica.func_or_class(bf16, replica={"max_batch_size": 6}).stats()
+    assert (stats["max_batch_size"], stats["batch_invariance"]) == (6, "off")
+    strict = ModelReplica.func_or_class(bf16, replica={"max_batch_size": 6, "batch_invariance": "strict"})
+    assert strict.engine.batch_invariance == "strict" and strict.stats()["max_batch_size"] == 6

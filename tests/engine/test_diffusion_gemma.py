@@ -119,6 +119,15 @@ def test_batched_equals_alone_with_per_row_generators(model):
     assert decoder_passes == 2 * (2 * STEPS)  # two groups (by cache length), 2 canvases of STEPS passes each
 
 
+def test_strict_batch_invariance_runs_one_sequence_a_pass(model):
+    """No fixed-shape path for this engine: strict gives each sequence passes of its own."""
+    engine = build_engine(model, max_batch_size=8, batch_invariance="strict")
+    assert engine.max_batch_size == 1
+    seqs = [engine.start(request(CANVAS, seed)) for seed in (1, 2)]
+    engine.step(seqs)  # encode each, then one decoder pass each
+    assert engine.forward_passes - engine.encoder_passes == 2
+
+
 def test_refusals_name_the_option(model):
     engine = build_engine(model)
     defaults = DiffusionOptions()

@@ -11,8 +11,8 @@ the same sequence alone by ~1e-5 in float32 (tiny-mdlm, SmolLM2) and by up to ~0
 (SmolLM2), where greedy tokens do flip within a few dozen tokens. Right-padding is no better.
 So what batching keeps, and the tests check, is the greedy tokens in float32: one changes only
 at a near-tie (top-2 logit gap ~1e-5). bf16 batches are not batch-invariant; the opt-in
-``batch_invariance: strict`` makes diffusion passes so without special kernels, by giving every pass
-a fixed shape per length bucket (``fixed_shape``).
+``batch_invariance: strict`` makes the diffusion and AR engines' passes so without special kernels, by
+giving every pass a fixed shape per length bucket (``fixed_shape``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A fault-injection replica that exists only in tests: ``ModelReplica`` whose engine fails every
-request whose prompt starts with ``FAIL_MARK``, on its own, after that request's second forward
-pass, the way the engine marks a sequence whose own work failed (``Sequence.fail``). Its batch
-mates are stepped as usual. Importable by Ray workers (the tests package is on their path)."""
+request whose prompt starts with ``FAIL_MARK``, on its own, at the first step after one of that
+request's chunks was handed out (so it always fails mid-stream: which pass first reveals text depends
+on its batch mates), the way the engine marks a sequence whose own work failed (``Sequence.fail``). Its batch
+mates are stepped as usual. Ray's processes get this module by value (the ``failing_app`` fixture)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from dfast_serve.serve.contract import ReplicaError, ReplicaRequest
 from dfast_serve.serve.replicas import ModelReplica
 
 FAIL_MARK = "FAIL-HERE "
-FAIL_AFTER_PASSES = 2
 
 
 class FailingReplica(ModelReplica.func_or_class):
@@ -26,7 +26,7 @@ class FailingReplica(ModelReplica.func_or_class):
             step(sequences)
             for sequence in sequences:
                 if (sequence.request.request_id in self.doomed and sequence.error is None
-                        and sequence.nfe >= FAIL_AFTER_PASSES):
+                        and sequence.chunks_sent > 0):
                     sequence.fail(RuntimeError("injected failure"))
 
         self.engine.step = step_then_fail  # the step loop calls engine.step on this instance

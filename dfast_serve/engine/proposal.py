@@ -34,7 +34,8 @@ def propose(window_logits: torch.Tensor, offset: int, gen_len: int, params: Samp
     rows = torch.arange(offset, offset + len(window_logits), device=window_logits.device)
     if eligible is not None:
         keep = eligible[offset : offset + len(window_logits)]
-        rows, window_logits = rows[keep], window_logits[keep]
+        if not bool(keep.all()):  # a copy of the window's logits only when some rows drop out
+            rows, window_logits = rows[keep], window_logits[keep]
     proposed = choose_tokens(window_logits, params.temperature, generator, params.top_k, params.top_p)
     probs = window_logits.float().softmax(-1)
     confidence = probs.gather(-1, proposed[:, None])[:, 0]

@@ -71,12 +71,17 @@ def llada_key(name: str) -> str:
 
 
 def write_llada_checkpoint(directory: Path, hidden: int, layers: int, heads: int, mlp: int, logit_scale: float = 12.0,
-                           seed: int = 0) -> Path:
-    """A random-weight LLaDA-layout checkpoint speaking the tiny-mdlm tokenizer (its vocabulary, mask, EOS)."""
+                           seed: int = 0, vocab_size: int | None = None, mask_token_id: int | None = None) -> Path:
+    """A random-weight LLaDA-layout checkpoint speaking the tiny-mdlm tokenizer (its vocabulary, mask, EOS).
+
+    ``vocab_size`` larger than the tokenizer's (LLaDA's own is 126464) widens the embedding and the head
+    as the real checkpoint's are; the head rows of ids the tokenizer lacks are zero, so they never win
+    over the random logits of real tokens. ``mask_token_id`` replaces the tokenizer's mask in config.json."""
     from safetensors.torch import save_file
 
     tiny = json.loads((TINY_MDLM_DIR / "config.json").read_text())
-    vocab = int(tiny["vocab_size"])
+    known = int(tiny["vocab_size"])
+    vocab = vocab_size or known
     cfg = BidirectionalConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
                               num_kv_heads=heads, intermediate_size=mlp, rope_theta=500000.0, norm_eps=1e-5)
     torch.manual_seed(seed)
@@ -89,6 +94,8 @@ def write_llada_checkpoint(directory: Path, hidden: int, layers: int, heads: int
             value = torch.randn_like(param)
         else:  # the head's scale sets how peaked the random predictions are (see --logit-scale)
             value = torch.randn_like(param) * (logit_scale if name == "lm_head.weight" else 1.0) / math.sqrt(param.shape[1])
+            if name == "lm_head.weight":
+                value[known:] = 0.0
         weights[llada_key(name)] = value.to(torch.bfloat16).contiguous()
     directory.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(directory / "model.safetensors"))
@@ -97,8 +104,8 @@ def write_llada_checkpoint(directory: Path, hidden: int, layers: int, heads: int
               "d_model": hidden, "n_heads": heads, "n_kv_heads": heads, "n_layers": layers, "mlp_hidden_size": mlp,
               "vocab_size": vocab, "embedding_size": vocab, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
               "weight_tying": False, "include_bias": False, "include_qkv_bias": False,
-              "mask_token_id": tiny["mask_token_id"], "eos_token_id": tiny["eos_token_id"],
-              "max_sequence_length": 4096}
+              "mask_token_id": tiny["mask_token_id"] if mask_token_id is None else mask_token_id,
+              "eos_token_id": tiny["eos_token_id"], "max_sequence_length": 4096}
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(TINY_MDLM_DIR / name, directory / name)

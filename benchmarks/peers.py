@@ -16,6 +16,9 @@ from typing import Iterator
 
 import httpx
 
+from benchmarks.metrics import RequestRecord
+from benchmarks.serving import BenchConfig, send_request
+
 
 def venv_bin(venv: str | Path, name: str) -> Path | None:
     """``<venv>/bin/<name>`` when it exists, else None."""
@@ -76,3 +79,31 @@ def pause_group(process: subprocess.Popen, paused: bool) -> None:
         os.killpg(process.pid, signal.SIGSTOP if paused else signal.SIGCONT)
     except ProcessLookupError:
         pass
+
+
+async def interleaved(configs: dict[str, BenchConfig], prompts: list[str],
+                      pause: dict[str, subprocess.Popen] | None = None) -> dict[str, list[RequestRecord]]:
+    """One request at a time, the servers taking turns per prompt (the order alternating), so that load
+    on a shared machine hits them alike; one uncounted warm-up request each first. ``pause``: name ->
+    process group to SIGSTOP while it is another server's turn."""
+    pause = pause or {}
+    records: dict[str, list[RequestRecord]] = {name: [] for name in configs}
+    names = list(configs)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), trust_env=False) as client:
+        for name, config in configs.items():
+            _resume_only(pause, name)
+            warm = await send_request(client, config, prompts[0])
+            if warm.error:
+                raise RuntimeError(f"{name} warm-up failed: {warm.error}")
+        for i, prompt in enumerate(prompts):
+            for name in names if i % 2 == 0 else names[::-1]:
+                _resume_only(pause, name)
+                records[name].append(await send_request(client, configs[name], prompt))
+    _resume_only(pause, None)
+    return records
+
+
+def _resume_only(pause: dict[str, subprocess.Popen], name: str | None) -> None:
+    """Keep only the paused-when-idle server whose turn it is running (None: resume all)."""
+    for other, process in pause.items():
+        pause_group(process, paused=name is not None and other != name)

@@ -52,6 +52,7 @@ class BenchConfig:
     timeout_s: float = 300.0
     api_key: str | None = None
     label: str | None = None
+    stream_usage: bool = True  # ask for the usage chunk (stream_options); False for servers that reject the field
 
     @property
     def chat(self) -> bool:
@@ -65,7 +66,7 @@ def request_body(config: BenchConfig, prompt: str) -> dict[str, Any]:
         body["messages"] = [{"role": "user", "content": prompt}]
     else:
         body["prompt"] = prompt
-    if config.stream:
+    if config.stream and config.stream_usage:
         body["stream_options"] = {"include_usage": True}
     if config.temperature is not None:
         body["temperature"] = config.temperature

@@ -37,15 +37,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from benchmarks.experiments import RAY_ENV, ROOT, _free_port, local_server
 from benchmarks.metrics import RequestRecord, e2e_latency, summarize, tpot, ttft
-from benchmarks.peers import background_server, pause_group, venv_bin
+from benchmarks.peers import background_server, interleaved, venv_bin
 from benchmarks.prompts import get_prompts
 from benchmarks.results import markdown_table, save_result
-from benchmarks.serving import BenchConfig, send_request
+from benchmarks.serving import BenchConfig
 
 DEFAULT_VENV = "/work/peers/vllm"
 MODEL = "smollm2-135m"
@@ -87,33 +86,6 @@ def dfast_config(base: Path, out: Path, phases: list[str]) -> Path:
 
 def dfast_model(phase: str, suffix: str = "") -> str:
     return (MODEL if PHASES[phase] is None else f"{MODEL}-{phase}") + suffix
-
-
-async def interleaved(targets: dict[str, tuple[str, str]], prompts: list[str], max_tokens: int,
-                      pause: dict[str, Any]) -> dict[str, list[RequestRecord]]:
-    """One request at a time, servers taking turns per prompt (order alternating); ``targets``: name -> (url, model)."""
-    records: dict[str, list[RequestRecord]] = {name: [] for name in targets}
-    names = list(targets)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), trust_env=False) as client:
-        configs = {name: BenchConfig(model=model, base_url=url, endpoint="/v1/chat/completions",
-                                     max_tokens=max_tokens, temperature=0.0) for name, (url, model) in targets.items()}
-        for name, config in configs.items():  # warm-up, not counted
-            _resume_only(pause, name)
-            warm = await send_request(client, config, prompts[0])
-            if warm.error:
-                raise RuntimeError(f"{name} warm-up failed: {warm.error}")
-        for i, prompt in enumerate(prompts):
-            for name in names if i % 2 == 0 else names[::-1]:
-                _resume_only(pause, name)
-                records[name].append(await send_request(client, configs[name], prompt))
-    _resume_only(pause, None)
-    return records
-
-
-def _resume_only(pause: dict[str, Any], name: str | None) -> None:
-    """With ``--pause-idle``: keep only the server whose turn it is running (``pause``: name -> process)."""
-    for other, process in pause.items():
-        pause_group(process, paused=name is not None and other != name)
 
 
 def paired(a: list[RequestRecord], b: list[RequestRecord]) -> dict[str, Any]:
@@ -184,10 +156,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                         vllm_argv(venv, model_dir, port, args.vllm_dtype), vllm_env(threads),
                         f"http://127.0.0.1:{port}/health", out / f"vllm-{phase}.log", args.vllm_startup_timeout))
                     pause = {"vllm": process} if args.pause_idle else {}
+                    targets = {"vllm": (f"http://127.0.0.1:{port}", MODEL), "dfast_serve": (dfast_url, dfast_model(phase)),
+                               "dfast_serve-bf16": (dfast_url, dfast_model(phase, BF16))}
                     records = asyncio.run(interleaved(
-                        {"vllm": (f"http://127.0.0.1:{port}", MODEL), "dfast_serve": (dfast_url, dfast_model(phase)),
-                         "dfast_serve-bf16": (dfast_url, dfast_model(phase, BF16))},
-                        prompts, args.max_tokens, pause))
+                        {name: BenchConfig(model=model, base_url=url, endpoint="/v1/chat/completions",
+                                           max_tokens=args.max_tokens, temperature=0.0)
+                         for name, (url, model) in targets.items()}, prompts, pause))
             except RuntimeError as exc:  # vLLM did not come up (slow on a loaded machine): keep the other phases
                 print(f"phase {phase} skipped: {exc}", flush=True)
                 results[phase] = {"threads": threads, "error": str(exc)}

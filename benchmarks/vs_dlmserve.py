@@ -240,12 +240,12 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 HEADER = ["phase", "server", "dtype", "torch threads", "ok", "passes / request", "ms / pass p50", "ms / pass min",
-          "TTFT p50 (ms)", "total p50 (ms)"]
+          "TTFT p50 (ms)", "total p50 (ms)", "server's own ms / step"]
 
 
-def table_row(phase: str, server: str, dtype: str, threads: int, f: dict[str, Any]) -> list[Any]:
+def table_row(phase: str, server: str, dtype: str, threads: int, f: dict[str, Any], step_ms: float | None = None) -> list[Any]:
     return [phase, server, dtype, threads, f"{f['ok']}/{f['requests']}", f["passes"], f["ms_per_pass_p50"],
-            f["ms_per_pass_min"], f["ttft_ms_p50"], f["total_ms_p50"]]
+            f["ms_per_pass_min"], f["ttft_ms_p50"], f["total_ms_p50"], step_ms]
 
 
 # ---- the run --------------------------------------------------------------------------------------
@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                     results[phase] = {"error": str(exc)}
                     continue
                 r = results[phase]
-                phase_rows = [table_row(phase, "dlmserve standard", "bfloat16", threads or default_threads, r[DLM])]
+                phase_rows = [table_row(phase, "dlmserve standard", "bfloat16", threads or default_threads, r[DLM],
+                                        r["dlm_server_step_ms"])]
                 phase_rows += [table_row(phase, VARIANTS[n].label, VARIANTS[n].dtype_name, VARIANTS[n].thread_count, r[n])
                                for n in PHASES[phase][1]]
                 rows += phase_rows

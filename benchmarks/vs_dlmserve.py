@@ -191,6 +191,86 @@ def read_steps(url: str) -> tuple[float, float]:
     return step_counter(httpx.get(url + "/metrics", timeout=30, trust_env=False).text)
 
 
+# ---- what one pass is made of (in-process, after the servers stopped) ----------------------------
+# Run by dlmserve's interpreter: its model (the checkpoint's remote code, bf16) and its commit step, timed apart
+# over one request's canvas (prompt + all-mask answer), as its engine loop calls them.
+DLM_PASS = """
+import json, sys, time, torch
+from dlmserve.engine import Engine
+from dlmserve.sampler import SamplingParams, commit_top_k_by_confidence
+path, threads, reps, prompt, steps, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+torch.set_num_threads(threads)
+engine = Engine(model_id=path, dtype="bf16", device="cpu")
+ids, _ = engine._encode([prompt])
+canvas = torch.cat([ids, torch.full((1, length), engine._loaded.mask_id)], dim=1)
+mask = canvas == engine._loaded.mask_id
+times = {"forward": [], "commit": [], "step": []}
+with torch.no_grad():
+    for _ in range(reps):
+        t0 = time.perf_counter(); logits = engine._loaded.model(canvas, attention_mask=torch.ones_like(canvas)).logits
+        t1 = time.perf_counter(); commit_top_k_by_confidence(canvas, logits, mask, torch.tensor([1]), canvas.shape[1])
+        t2 = time.perf_counter()
+        times["forward"].append(t1 - t0); times["commit"].append(t2 - t1)
+    from dlmserve.denoise_loop import init_state
+    params = SamplingParams(num_denoising_steps=steps, gen_length=length)
+    for _ in range(reps):
+        state = init_state(ids, params, mask_id=engine._loaded.mask_id)
+        t0 = time.perf_counter(); engine._step_batch([type("R", (), {"state": state})()]); times["step"].append(time.perf_counter() - t0)
+print(json.dumps({"canvas": canvas.shape[1], **{k: sorted(v)[len(v) // 2] * 1000 for k, v in times.items()}}))
+"""
+
+
+def attribute(venv: Path, checkpoint: Path, threads: int, prompt: str, steps: int, max_tokens: int,
+              reps: int = 9, rounds: int = 2) -> dict[str, Any]:
+    """Median ms of one pass's parts, each server's code on the same canvas at ``threads`` torch threads:
+    dlmserve's model forward, its commit and its whole engine step; dfast_serve's native forward (only the
+    answer's logits, as its engine asks) and its logits at every position, and its engine's time per pass over
+    one whole request (in-process, no server), in bf16 and float32. The two take turns ``rounds`` times; each part keeps its lowest median (the least disturbed)."""
+    import torch
+
+    from benchmarks.native_dllm import run_batch
+    from dfast_serve.config import DiffusionOptions, ModelConfig
+    from dfast_serve.models.registry import load_model
+
+    standard = DiffusionOptions(ultra_fast=False, steps=steps, block_length=max_tokens)
+    models = {dtype: load_model(ModelConfig(name="llada", engine="diffusion", source="llada", path=str(checkpoint),
+                                            device="cpu", dtype=dtype)) for dtype in ("bfloat16", "float32")}
+    ids = models["float32"].encode_chat([{"role": "user", "content": prompt}])
+    canvas = torch.tensor([ids + [models["float32"].mask_token_id] * max_tokens])
+    result: dict[str, Any] = {"threads": threads}
+
+    def keep_lowest(name: str, parts: dict[str, float]) -> None:
+        old = result.setdefault(name, {})
+        result[name] = {k: min(v, old.get(k, v)) if isinstance(v, float) else v for k, v in parts.items()}
+
+    previous = torch.get_num_threads()
+    try:
+        for _ in range(rounds):
+            run = subprocess.run([str(venv_bin(venv, "python")), "-c", DLM_PASS, str(checkpoint), str(threads), str(reps),
+                                  prompt, str(steps), str(max_tokens)], capture_output=True, text=True, timeout=600,
+                                 env={**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"})
+            if run.returncode != 0:
+                raise RuntimeError(f"dlmserve attribution failed: {run.stderr[-2000:]}")
+            keep_lowest("dlmserve", json.loads(run.stdout.strip().splitlines()[-1]))
+            torch.set_num_threads(threads)
+            for dtype, model in models.items():
+                timed: dict[str, Any] = {"canvas": canvas.shape[1]}
+                for name, keep in (("forward_answer_logits", max_tokens), ("forward_all_logits", None)):
+                    samples = []
+                    for _ in range(reps):
+                        t0 = time.perf_counter()
+                        model.logits(canvas, keep=keep)
+                        samples.append(time.perf_counter() - t0)
+                    timed[name] = sorted(samples)[reps // 2] * 1000
+                run_ = run_batch(model, [ids], standard, max_tokens, max_batch_size=1)  # the engine, no server
+                timed["engine_step"] = run_["wall_s"] * 1000 / run_["forward_passes"]
+                keep_lowest(f"dfast_serve {dtype}", timed)
+            torch.set_num_threads(previous)
+    finally:
+        torch.set_num_threads(previous)
+    return result
+
+
 # ---- requests and figures -------------------------------------------------------------------------
 def standard_body(steps: int, max_tokens: int) -> dict[str, Any]:
     """dfast_serve's request options for the per-pass comparison: one block, ``steps`` passes, no ultra-fast."""
@@ -248,6 +328,18 @@ def table_row(phase: str, server: str, dtype: str, threads: int, f: dict[str, An
             f["ms_per_pass_min"], f["ttft_ms_p50"], f["total_ms_p50"], step_ms]
 
 
+PARTS_HEADER = ["torch threads", "canvas tokens", "dlmserve forward (bf16, remote code)", "dlmserve commit",
+                "dlmserve engine step", "dfast_serve forward bf16 (all logits)", "dfast_serve engine step bf16",
+                "dfast_serve forward float32 (all logits)", "dfast_serve engine step float32"]
+
+
+def part_row(p: dict[str, Any]) -> list[Any]:
+    d, b, f = p["dlmserve"], p["dfast_serve bfloat16"], p["dfast_serve float32"]
+    return [p["threads"], d["canvas"], d["forward"], d["commit"], d["step"],
+            f"{b['forward_answer_logits']:.1f} ({b['forward_all_logits']:.1f})", b["engine_step"],
+            f"{f['forward_answer_logits']:.1f} ({f['forward_all_logits']:.1f})", f["engine_step"]]
+
+
 # ---- the run --------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -266,6 +358,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--mlp", type=int, default=352)
     ap.add_argument("--pause-idle", action=argparse.BooleanOptionalAction, default=True,
                     help="SIGSTOP dlmserve while dfast_serve has its turn (its engine loop polls every 1 ms when idle)")
+    ap.add_argument("--attribute", action=argparse.BooleanOptionalAction, default=True,
+                    help="after the servers stop, time one pass's parts in-process (each server's code, same canvas)")
     ap.add_argument("--out", default="benchmarks/results/latest/vs_dlmserve", help="folder for JSON, logs and table.md")
     return ap.parse_args(argv)
 
@@ -346,6 +440,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 rows += phase_rows
                 print(markdown_table(HEADER, phase_rows), flush=True)
                 save_result({"partial": True, "phases": results}, out / "vs_dlmserve.json")
+        parts = []
+        for threads in sorted({1, default_threads}) if args.attribute else []:
+            print(f"-- one pass, part by part, in-process, {threads} thread(s)", flush=True)
+            parts.append(attribute(venv, checkpoint, threads, prompts[0], args.steps, args.max_tokens))
     comparisons = []
     for label, phase, name in COMPARISONS:
         r = results.get(phase, {})
@@ -360,10 +458,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
               f"{args.max_tokens} tokens, {args.steps} steps, chat, {args.num_prompts} prompts per server and phase; "
               f"command: `python -m benchmarks.vs_dlmserve {' '.join(argv if argv is not None else sys.argv[1:])}`")
     table = header + "\n\n" + markdown_table(HEADER, rows) + "\n" + markdown_table(ratio_header, comparisons)
+    if parts:
+        table += "\n" + markdown_table(PARTS_HEADER, [part_row(p) for p in parts])
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table)
     result = {"header": header, "args": vars(args), "dlm_default_threads": default_threads, "prompts": prompts,
-              "phases": results, "comparisons": {c[0]: dict(zip(ratio_header[1:], c[1:])) for c in comparisons}}
+              "phases": results, "pass_parts": parts, "comparisons": {c[0]: dict(zip(ratio_header[1:], c[1:])) for c in comparisons}}
     save_result(result, out / "vs_dlmserve.json")
     print("\n" + table)
     print(f"wrote {out}/vs_dlmserve.json and table.md")

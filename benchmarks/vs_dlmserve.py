@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -266,9 +266,44 @@ def attribute(venv: Path, checkpoint: Path, threads: int, prompt: str, steps: in
                 timed["engine_step"] = run_["wall_s"] * 1000 / run_["forward_passes"]
                 keep_lowest(f"dfast_serve {dtype}", timed)
             torch.set_num_threads(previous)
+        torch.set_num_threads(threads)
+        result["dfast_serve bfloat16 top ops"] = top_ops(lambda: run_batch(models["bfloat16"], [ids], standard, max_tokens, 1),
+                                                          steps)
+        result["sampler ops"] = sampler_ops(max_tokens, LLADA_VOCAB, reps)
     finally:
         torch.set_num_threads(previous)
     return result
+
+
+def top_ops(run: Any, passes: int, count: int = 8) -> list[dict[str, Any]]:
+    """The ``count`` torch ops with the most self CPU time over ``run()``, in ms per pass."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:count]
+    return [{"op": e.key, "ms_per_pass": e.self_cpu_time_total / 1000 / passes, "calls": e.count} for e in ops]
+
+
+def sampler_ops(rows: int, vocab: int, reps: int) -> dict[str, float]:
+    """Median ms of the reductions a greedy sampler may use over (rows, vocab) logits, bf16 and float32."""
+    import torch
+
+    bf16 = torch.randn(rows, vocab).to(torch.bfloat16)
+    fp32 = bf16.float()
+    ops = {"argmax bf16": lambda: bf16.argmax(-1), "max(-1) bf16 (values and indices)": lambda: bf16.max(-1),
+           "argmax float32": lambda: fp32.argmax(-1), "max(-1) float32": lambda: fp32.max(-1),
+           "bf16 -> float32": lambda: bf16.float(), "softmax float32": lambda: fp32.softmax(-1),
+           "logsumexp float32": lambda: torch.logsumexp(fp32, -1)}
+    out = {}
+    for name, op in ops.items():
+        samples = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            op()
+            samples.append(time.perf_counter() - t0)
+        out[name] = sorted(samples)[reps // 2] * 1000
+    return out
 
 
 # ---- requests and figures -------------------------------------------------------------------------
@@ -406,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if reason := skip_reason(args):
         print(f"skipped: {reason}")
         return None
-    phases = args.phases.split(",")
+    phases = [p for p in args.phases.split(",") if p]  # none: only the in-process part (--phases "")
     if unknown := set(phases) - set(PHASES):
         raise SystemExit(f"unknown phases {sorted(unknown)}; choose from {list(PHASES)}")
     venv, out = Path(args.dlm_venv), Path(args.out).resolve()
@@ -422,7 +457,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                                       args.mlp)
         config = dfast_config(Path(args.config), out / "dfast" / "config.yaml", checkpoint)
         print(f"checkpoint {checkpoint}: hidden {args.hidden}, {args.layers} layers, vocab {LLADA_VOCAB}", flush=True)
-        with local_server(config, out / "dfast", ray_env={**RAY_ENV, **RAY_PROCESS_ENV}) as dfast_url:
+        with (local_server(config, out / "dfast", ray_env={**RAY_ENV, **RAY_PROCESS_ENV}) if phases
+              else nullcontext("")) as dfast_url:
             for phase in phases:
                 threads = PHASES[phase][0]
                 print(f"-- phase {phase}: dlmserve threads {threads or f'default ({default_threads})'}", flush=True)
@@ -460,6 +496,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     table = header + "\n\n" + markdown_table(HEADER, rows) + "\n" + markdown_table(ratio_header, comparisons)
     if parts:
         table += "\n" + markdown_table(PARTS_HEADER, [part_row(p) for p in parts])
+        for p in parts:
+            table += (f"\n{p['threads']} thread(s): dfast_serve's bf16 engine step, top torch ops (ms per pass)\n\n"
+                      + markdown_table(["op", "ms / pass", "calls"], [[o["op"], o["ms_per_pass"], o["calls"]]
+                                                                      for o in p["dfast_serve bfloat16 top ops"]])
+                      + f"\n{p['threads']} thread(s): greedy-sampler reductions over ({args.max_tokens}, {LLADA_VOCAB}) "
+                      "logits (ms)\n\n" + markdown_table(["op", "ms"], [[k, v] for k, v in p["sampler ops"].items()]))
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table)
     result = {"header": header, "args": vars(args), "dlm_default_threads": default_threads, "prompts": prompts,

@@ -61,3 +61,13 @@ def test_skips_cleanly_without_dlmserve(tmp_path: Path, capsys) -> None:
     assert vs_dlmserve.main(["--dlm-venv", str(tmp_path / "none"), "--out", str(tmp_path / "out")]) is None
     assert "skipped" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+def test_sampler_ops_and_top_ops_report_milliseconds() -> None:
+    import torch
+
+    ops = vs_dlmserve.sampler_ops(rows=4, vocab=50, reps=3)
+    assert {"argmax bf16", "max(-1) bf16 (values and indices)", "softmax float32"} <= set(ops)
+    assert all(v >= 0.0 for v in ops.values())
+    top = vs_dlmserve.top_ops(lambda: torch.ones(8, 8) @ torch.ones(8, 8), passes=2, count=3)
+    assert top and len(top) <= 3 and {"op", "ms_per_pass", "calls"} <= set(top[0])

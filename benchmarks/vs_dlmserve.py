@@ -455,9 +455,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory(prefix="vs_dlmserve-") as tmp:
         checkpoint = write_checkpoint(Path(tmp) / "llada", Path(args.remote_code), args.hidden, args.layers, args.heads,
                                       args.mlp)
-        config = dfast_config(Path(args.config), out / "dfast" / "config.yaml", checkpoint)
+        config = dfast_config(Path(args.config), out / "dfast" / "config.yaml", checkpoint) if phases else None
         print(f"checkpoint {checkpoint}: hidden {args.hidden}, {args.layers} layers, vocab {LLADA_VOCAB}", flush=True)
-        with (local_server(config, out / "dfast", ray_env={**RAY_ENV, **RAY_PROCESS_ENV}) if phases
+        with (local_server(config, out / "dfast", ray_env={**RAY_ENV, **RAY_PROCESS_ENV}) if config
               else nullcontext("")) as dfast_url:
             for phase in phases:
                 threads = PHASES[phase][0]

@@ -42,7 +42,9 @@ def choose_tokens(
     ``NUCLEUS_CANDIDATES``, whose probability mass almost always covers ``top_p``; where it does not,
     the whole vocabulary is sorted): exact, without sorting the vocabulary at every position."""
     if temperature <= 0:
-        return logits.argmax(-1)
+        # max(-1) picks the first maximal index as argmax does, and is 1.4x (float32) to 4x (bf16) faster on a
+        # CPU over a 126k vocabulary (benchmarks/vs_dlmserve.py's op profile)
+        return logits.max(-1).indices
     tempered = logits.double() / temperature
     vocab = tempered.shape[-1]
     if not (0 < top_k < vocab) and top_p >= 1.0:

@@ -47,7 +47,7 @@ import torch
 
 from benchmarks.prompts import get_prompts
 from benchmarks.results import markdown_table, save_result, stamp
-from dfast_serve.config import BatchInvariance, DiffusionOptions, ModelConfig
+from dfast_serve.config import BatchInvariance, DiffusionOptions, ModelConfig, ReplicaConfig
 from dfast_serve.engine.diffusion import DiffusionEngine, DiffusionSequence
 from dfast_serve.engine.types import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import DiffusionLM
@@ -122,9 +122,11 @@ def prompt_ids(model: DiffusionLM, lengths: list[int]) -> list[list[int]]:
 
 
 def run_batch(model: DiffusionLM, prompts: list[list[int]], options: DiffusionOptions, max_tokens: int,
-              max_batch_size: int, batch_invariance: BatchInvariance = "off") -> dict[str, Any]:
+              max_batch_size: int, batch_invariance: BatchInvariance = "off",
+              step_token_budget: int | None = None) -> dict[str, Any]:
     """Every request started at once, then ``engine.step`` over the live ones until all are done."""
-    engine = DiffusionEngine(model, max_batch_size=max_batch_size, batch_invariance=batch_invariance)
+    engine = DiffusionEngine(model, max_batch_size=max_batch_size, step_token_budget=step_token_budget,
+                             batch_invariance=batch_invariance)
     started = time.perf_counter()
     seqs: list[DiffusionSequence] = [engine.start(GenerationRequest(p, SamplingParams(max_tokens=max_tokens), options))
                                      for p in prompts]
@@ -189,6 +191,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--single-prompts", type=int, default=3, help="requests per variant in the batch-1 experiment")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--step-token-budget", type=int, default=ReplicaConfig().step_token_budget,
+                    help="canvas tokens per step in the concurrent experiment (the replica's default; 0: none)")
     ap.add_argument("--save-result", help="write the result JSON here")
     return ap.parse_args(argv)
 
@@ -213,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print(f"concurrent: {n} requests, prompts {min(lengths)}-{max(lengths)} tokens, {args.max_tokens} tokens each")
     concurrent = alternate({"native": native, "remote-style": remote_style}, args.rounds,
-                           lambda model: run_batch(model, prompts, dual, args.max_tokens, max_batch_size=n))
+                           lambda model: run_batch(model, prompts, dual, args.max_tokens, max_batch_size=n,
+                                                                   step_token_budget=args.step_token_budget or None))
     conc = {k: summary(v) for k, v in concurrent.items()}
 
     single_prompts = prompt_ids(native, [lengths[round(i * (n - 1) / max(args.single_prompts - 1, 1))]

@@ -40,6 +40,7 @@ import httpx
 import yaml
 
 from benchmarks import engine as engine_bench
+from benchmarks.peers import wait_healthy
 from benchmarks.plot import plot_ttft_distributions
 from benchmarks.results import markdown_table, save_result
 from benchmarks.serving import BenchConfig, run_benchmark
@@ -114,7 +115,10 @@ def local_server(config_path: Path, workdir: Path, startup_timeout_s: float = 30
                                    stderr=subprocess.STDOUT, cwd=workdir, env=dict(os.environ),
                                    start_new_session=True)
         try:
-            _wait_healthy(url, process, startup_timeout_s, workdir / "serve_run.log")
+            try:
+                wait_healthy(url + "/ready", process, startup_timeout_s, workdir / "serve_run.log", poll_s=1)
+            except RuntimeError as exc:  # a clean exit with the reason, not a traceback
+                raise SystemExit(str(exc)) from None
             yield url
         finally:
             process.send_signal(signal.SIGINT)
@@ -122,20 +126,6 @@ def local_server(config_path: Path, workdir: Path, startup_timeout_s: float = 30
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"serve run exited with {process.returncode}; see {log_path}")
-        try:
-            if httpx.get(url + "/ready", timeout=5, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"serve run not ready after {timeout_s:.0f} s; see {log_path}")
 
 
 def served_models(url: str) -> dict[str, str]:

@@ -41,7 +41,8 @@ def background_server(argv: list[str], env: dict[str, str], health_url: str, log
             stop_group(process)
 
 
-def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, log_path: Path) -> None:
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, log_path: Path, poll_s: float = 2.0) -> None:
+    """Until ``url`` answers 200; RuntimeError when ``process`` exits first or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -51,7 +52,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, log_path
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(2)
+        time.sleep(poll_s)
     raise RuntimeError(f"{process.args[0]} not healthy after {timeout_s:.0f} s; see {log_path}")
 
 

@@ -31,6 +31,7 @@ from dfast_serve.api.model_choice import ServedModel, choose_model
 from dfast_serve.api.prompt_limit import check_prompt_chars
 from dfast_serve.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from dfast_serve.api.responses import ResponseBuilder, usage
+from dfast_serve.api.tracking import Metrics, RequestTracker
 from dfast_serve.config import DiffusionOptions, ServerConfig, deep_merge
 from dfast_serve.engine.types import SamplingParams
 from dfast_serve.serve.contract import ReplicaChunk, ReplicaRequest
@@ -72,22 +73,6 @@ class ReplicaClient(Protocol):
 
     async def detokenize(self, tokens: list[int], timeout_s: float) -> tuple[str, list[str]]:
         """The text of ``tokens``, and each token's own string."""
-
-
-class RequestTracker(Protocol):
-    """Metrics hooks for one request (``serve/metrics.py``); only the first end counts."""
-
-    arrived: float  # time.monotonic() at arrival
-
-    def routed(self, model: str) -> None: ...
-    def chunk(self, chunk: ReplicaChunk) -> None: ...
-    def finish(self) -> None: ...
-    def abort(self) -> None: ...
-    def fail(self, code: str | None) -> None: ...
-
-
-class Metrics(Protocol):
-    def request(self) -> RequestTracker: ...
 
 
 @dataclass

@@ -27,7 +27,7 @@ def answer(engine: Any, ids: list[int], max_tokens: int, options: Any) -> dict[s
     seq = engine.start(GenerationRequest(ids, SamplingParams(max_tokens=max_tokens), options))
     text = ""
     while not seq.finished:
-        engine.step([seq])
+        engine.step_sequences([seq])
         text += "".join(c.new_text for c in seq.drain())
     per_block = getattr(seq, "passes_per_block", None)
     tokens = seq.answer[: seq.streamed].tolist() if hasattr(seq, "streamed") else []

@@ -48,7 +48,7 @@ def run_together(engine: Engine, requests: list[GenerationRequest]) -> tuple[lis
     started = time.perf_counter()
     seqs = [engine.start(r) for r in requests]
     while live := [s for s in seqs if not s.finished]:
-        engine.step(live)
+        engine.step_sequences(live)
         for s in live:
             s.drain()
     return [list(s.detokenizer.token_ids) for s in seqs], time.perf_counter() - started, engine.forward_passes - passes

@@ -35,9 +35,9 @@ import torch
 import yaml
 
 from benchmarks.results import markdown_table, save_result, stamp
-from dfast_serve.engine.diffusion_gemma import DiffusionGemmaEngine
-from dfast_serve.engine.options import DiffusionOptions
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import build_engine
+from dfast_serve.wire.options import DiffusionOptions
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.models.diffusion_gemma import DiffusionGemmaLM, load_diffusion_gemma
 from dfast_serve.models.gemma_tiny import write_tiny_checkpoint
 
@@ -51,7 +51,7 @@ def ours(engine: DiffusionGemmaEngine, prompt_ids: list[int], max_tokens: int, s
     seq = engine.start(GenerationRequest(prompt_ids, params, options))
     first_text = first_draft = None
     while not seq.finished:
-        engine.step([seq])
+        engine.step_sequences([seq])
         now = (time.perf_counter() - started) * 1000.0
         for chunk in seq.drain():
             if first_text is None and chunk.new_text:
@@ -133,7 +133,7 @@ def compare(model: DiffusionGemmaLM, prompt_ids: list[int], max_tokens: int,
             seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
     """Per-seed runs of transformers' generate and of our engine (standard, ultra-fast), interleaved so
     that machine load hits every variant alike; one warm-up of each first."""
-    engine = DiffusionGemmaEngine(model)
+    engine = build_engine(model)
     ours(engine, prompt_ids, model.canvas_length, 0, DiffusionOptions(ultra_fast=False))
     reference(model, prompt_ids, model.canvas_length, 0)
     rows: dict[str, list[dict[str, Any]]] = {"transformers generate + streamer": [], "ours, standard": [],

@@ -20,8 +20,8 @@ from typing import Any
 
 from dfast_serve.api.serving import native_event
 from dfast_serve.config import DiffusionOptions
-from dfast_serve.engine.diffusion import DiffusionEngine
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import build_engine
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from benchmarks.prompts import get_prompts
 from benchmarks.results import markdown_table, save_result, stamp
 
@@ -43,7 +43,7 @@ def one_run(engine: DiffusionEngine, prompt_ids: list[int], params: SamplingPara
     released, views, step_ms, draft_ms, draft_bytes, event_bytes, plain_bytes = "", [], [], [], [], [], []
     while not seq.finished:
         t0 = time.perf_counter()
-        engine.step([seq])
+        engine.step_sequences([seq])
         step_ms.append((time.perf_counter() - t0) * 1000.0)
         t0 = time.perf_counter()
         seq.draft_text()  # the same call the step made once more, timed alone
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from dfast_serve.models.embedded import load_tiny_mdlm
 
     model = load_tiny_mdlm()
-    engine = DiffusionEngine(model)
+    engine = build_engine(model)
     prompts = get_prompts(args.num_prompts)
     params = SamplingParams(max_tokens=args.max_tokens, draft=True, ignore_eos=args.ignore_eos)
     result: dict[str, Any] = {}

@@ -23,7 +23,7 @@ import torch
 from benchmarks.results import markdown_table, save_result, stamp
 from dfast_serve.config import ReplicaConfig
 from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
-from dfast_serve.engine.options import DiffusionOptions
+from dfast_serve.wire.options import DiffusionOptions
 from dfast_serve.models.embedded import load_tiny_mdlm
 from dfast_serve.serve.step_loop import StepLoop
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     defaults = ReplicaConfig()
     normal, worst = requests(model, defaults.max_block_length)
     variants = {f"step_token_budget {defaults.step_token_budget}": defaults.step_token_budget, "no budget": None}
-    loops = {label: StepLoop(build_engine(model, 8, budget), max_active=8, name=label) for label, budget in variants.items()}
+    loops = {label: StepLoop(build_engine(model, 8, budget), name=label) for label, budget in variants.items()}
     times: dict[str, dict[str, list[float]]] = {label: {"alone": [], "beside": []} for label in variants}
 
     async def measure() -> None:

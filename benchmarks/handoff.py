@@ -25,7 +25,7 @@ import torch
 
 from benchmarks.results import markdown_table, save_result, stamp
 from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
-from dfast_serve.engine.options import DiffusionOptions
+from dfast_serve.wire.options import DiffusionOptions
 from dfast_serve.models.embedded import load_tiny_mdlm
 from dfast_serve.serve.step_loop import StepLoop
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = load_tiny_mdlm()
     engine = build_engine(model, 8, 2048)
     stamp_chunks(engine)
-    loop = StepLoop(engine, max_active=8, name="handoff")
+    loop = StepLoop(engine, name="handoff")
     prompts = ["Recite Genesis 1:1.", "Recite Psalms 23:1.", "Who was Moses?", "Recite John 3:16."]
 
     def requests(n: int) -> list[GenerationRequest]:

@@ -48,8 +48,9 @@ import torch
 from benchmarks.prompts import get_prompts
 from benchmarks.results import markdown_table, save_result, stamp
 from dfast_serve.config import BatchInvariance, DiffusionOptions, ModelConfig, ReplicaConfig
-from dfast_serve.engine.diffusion import DiffusionEngine, DiffusionSequence
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import build_engine
+from dfast_serve.engine.masked.sequence import DiffusionSequence
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import DiffusionLM
 from dfast_serve.models.bidirectional import BidirectionalConfig, BidirectionalLM
 from dfast_serve.models.embedded import TINY_MDLM_DIR
@@ -125,7 +126,7 @@ def run_batch(model: DiffusionLM, prompts: list[list[int]], options: DiffusionOp
               max_batch_size: int, batch_invariance: BatchInvariance = "off",
               step_token_budget: int | None = None) -> dict[str, Any]:
     """Every request started at once, then ``engine.step`` over the live ones until all are done."""
-    engine = DiffusionEngine(model, max_batch_size=max_batch_size, step_token_budget=step_token_budget,
+    engine = build_engine(model, max_batch_size=max_batch_size, step_token_budget=step_token_budget,
                              batch_invariance=batch_invariance)
     started = time.perf_counter()
     seqs: list[DiffusionSequence] = [engine.start(GenerationRequest(p, SamplingParams(max_tokens=max_tokens), options))
@@ -134,7 +135,7 @@ def run_batch(model: DiffusionLM, prompts: list[list[int]], options: DiffusionOp
     done: dict[int, float] = {}
     first_pass = None
     while live := [s for s in seqs if not s.finished]:
-        engine.step(live)
+        engine.step_sequences(live)
         now = time.perf_counter()
         first_pass = first_pass or now - started
         for i, s in enumerate(seqs):

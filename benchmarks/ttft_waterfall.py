@@ -12,7 +12,7 @@ no work). Then, per prompt, in turn, with the torch thread count a replica gets:
   step loop → engine → back), and the echo app's one-hop and two-hop TTFT;
 * in-process (no Ray, no HTTP): the whole serving path — ``OpenAIServing.create`` (parse, validate,
   plan) on a replica client that calls the replica class itself (``ModelReplica``, undeployed:
-  tokenize, step loop, ``ReplicaChunk``) up to the first SSE event with text — and, timed apart, the
+  tokenize, step loop, ``StreamingChunk``) up to the first SSE event with text — and, timed apart, the
   ingress's parse/validate/plan, tokenization (the chat template), one forward pass over the first
   step's canvas (diffusion: prompt + ``max_tokens`` masks; AR: the prefill) and the engine's TTFT
   (``engine.generate``).
@@ -57,7 +57,7 @@ from dfast_serve.api.serving import EventStream, OpenAIServing
 from dfast_serve.config import ServerConfig, load_server_config
 from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import DiffusionLM
-from dfast_serve.serve.contract import ReplicaChunk, ReplicaError, ReplicaRequest
+from dfast_serve.wire import StreamingChunk, APIError, ReplicaRequest
 from dfast_serve.serve.replicas import ModelReplica
 
 BASE_ENV = {k: v for k, v in RAY_ENV.items() if k != "RAY_worker_niceness"}
@@ -97,7 +97,7 @@ class _Tracker:
         self.arrived = time.monotonic()
 
     def routed(self, model: str) -> None: ...
-    def chunk(self, chunk: ReplicaChunk) -> None: ...
+    def chunk(self, chunk: StreamingChunk) -> None: ...
     def finish(self) -> None: ...
     def abort(self) -> None: ...
     def fail(self, code: str | None) -> None: ...
@@ -117,9 +117,9 @@ class _LocalCall:
     def __aiter__(self) -> "_LocalCall":
         return self
 
-    async def __anext__(self) -> ReplicaChunk:
+    async def __anext__(self) -> StreamingChunk:
         item = await self._gen.__anext__()
-        if isinstance(item, ReplicaError):
+        if isinstance(item, APIError):
             raise item.to_api_error()
         return item
 

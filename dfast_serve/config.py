@@ -20,8 +20,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from dfast_serve.api.protocol import MAX_TOKENS_CEILING
-from dfast_serve.engine.options import BatchInvariance, ConfidenceKind, DiffusionOptions, StrictModel, UltraFastConfig
+from dfast_serve.wire import MAX_TOKENS_CEILING
+from dfast_serve.wire.options import BatchInvariance, ConfidenceKind, DiffusionOptions, StrictModel, UltraFastConfig
 
 # BatchInvariance, ConfidenceKind, DiffusionOptions and UltraFastConfig are the engine's (engine/options.py),
 # re-exported here.

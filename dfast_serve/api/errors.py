@@ -1,46 +1,14 @@
-"""Every error a client can get, in one shape: ``{"error": {"message", "type", "param", "code"}}``."""
+"""Building the errors a client gets (the record itself, ``APIError``, is the wire layer's)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from typing import Iterable
 
 from pydantic import ValidationError
 
+from dfast_serve.wire.errors import APIError, bad_request
 
-@dataclass
-class APIError(Exception):
-    """An error bound for the client. ``param`` names the offending request field, if any."""
-
-    status: int
-    message: str
-    type: str = "invalid_request_error"
-    param: str | None = None
-    code: str | None = None
-    retry_after_s: int | None = None
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def headers(self) -> dict[str, str]:
-        headers = {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
-        if self.status == 401:
-            headers["WWW-Authenticate"] = "Bearer"
-        return headers
-
-    def to_json(self) -> str:
-        return json.dumps(self.body())
-
-    @classmethod
-    def from_body(cls, body: dict, status: int = 400) -> "APIError":
-        """Rebuild an error that crossed a process boundary as its ``body()`` dict."""
-        err = body["error"]
-        return cls(status, err["message"], err.get("type", "invalid_request_error"), err.get("param"), err.get("code"))
-
-
-def bad_request(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
-    return APIError(400, message, "invalid_request_error", param, code)
+__all__ = ["APIError", "bad_request", "from_validation_error", "internal_error", "loc_to_param"]
 
 
 def internal_error() -> APIError:

@@ -17,9 +17,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from dfast_serve.wire import MAX_TOKENS_CEILING
+
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 256
-MAX_TOKENS_CEILING = 1_000_000  # model context limits apply later; this only refuses absurd numbers early
 
 Strings = Annotated[list[str], Field(fail_fast=True)]
 

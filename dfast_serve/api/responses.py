@@ -1,4 +1,4 @@
-"""OpenAI response objects built from the replica's chunk deltas (``serve.contract.ReplicaChunk``).
+"""OpenAI response objects built from the replica's chunk deltas (``serve.contract.StreamingChunk``).
 
 Every chunk of a stream also carries ``"dfast": {"nfe", "progress"}`` so that clients and
 benchmarks can read time to first token in forward passes; OpenAI clients ignore it.
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from dfast_serve.serve.contract import ReplicaChunk
+    from dfast_serve.wire import StreamingChunk
 
 Kind = Literal["completion", "chat"]
 
@@ -41,7 +41,7 @@ class ResponseBuilder:
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.request_id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
 
-    def stream_chunk(self, chunk: ReplicaChunk) -> dict[str, Any] | None:
+    def stream_chunk(self, chunk: StreamingChunk) -> dict[str, Any] | None:
         """One SSE payload for a chunk, or None when it carries nothing to say."""
         text, finish = chunk.new_text, chunk.finish_reason
         if not text and finish is None:

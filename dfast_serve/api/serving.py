@@ -18,61 +18,27 @@ Deadlines run from the request's arrival: no first chunk within ``queue_timeout_
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Literal, Mapping, Protocol
+from typing import Any, AsyncIterator, Callable, Literal, Mapping
 
 from dfast_serve.api import sse
 from dfast_serve.api.body import parse_json, validate
-from dfast_serve.api.errors import APIError, bad_request, internal_error
+from dfast_serve.api.errors import APIError, bad_request
 from dfast_serve.api.model_choice import ServedModel, choose_model
 from dfast_serve.api.prompt_limit import check_prompt_chars
 from dfast_serve.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from dfast_serve.api.replica_stream import ReplicaClient, ReplicaStream, timeout_error
 from dfast_serve.api.responses import ResponseBuilder, usage
 from dfast_serve.api.tracking import Metrics, RequestTracker
 from dfast_serve.config import DiffusionOptions, ServerConfig, deep_merge
-from dfast_serve.engine.types import SamplingParams
-from dfast_serve.serve.contract import ReplicaChunk, ReplicaRequest
+from dfast_serve.wire import ReplicaRequest, SamplingParams, StreamingChunk
 
-logger = logging.getLogger(__name__)
 Kind = Literal["completion", "chat", "native"]
 HEALTH_TIMEOUT_S = 5.0
 UTILITY_TIMEOUT_S = 30.0  # /tokenize, /detokenize and model cards: one quick call to a replica
 ID_PREFIX = {"completion": "cmpl", "chat": "chatcmpl", "native": "dfast"}
-
-
-class ReplicaCall(Protocol):
-    """One generation on a replica: ``ReplicaChunk`` deltas, then ``StopAsyncIteration``.
-
-    Every failure (a refusal, overload, a dead replica) is raised as an ``APIError``.
-    """
-
-    def __aiter__(self) -> "ReplicaCall": ...
-
-    async def __anext__(self) -> ReplicaChunk: ...
-
-    def cancel(self) -> None:
-        """Stop the generation; safe to call at any time, any number of times."""
-
-
-class ReplicaClient(Protocol):
-    """The replicas of one served model."""
-
-    def generate(self, request: ReplicaRequest) -> ReplicaCall: ...
-
-    async def check_ready(self, timeout_s: float) -> str:
-        """"ok", or why no replica can take a request now."""
-
-    async def model_card(self, timeout_s: float) -> dict[str, Any]:
-        """``root`` (where the weights and tokenizer came from) and ``max_model_len``, from a replica."""
-
-    async def tokenize(self, prompt: str | None, messages: list[dict[str, str]] | None, add_special_tokens: bool,
-                       add_generation_prompt: bool, timeout_s: float) -> list[int]: ...
-
-    async def detokenize(self, tokens: list[int], timeout_s: float) -> tuple[str, list[str]]:
-        """The text of ``tokens``, and each token's own string."""
 
 
 @dataclass
@@ -81,52 +47,6 @@ class EventStream:
 
     events: AsyncIterator[bytes]
     close: Callable[[], None]
-
-
-class ReplicaStream:
-    """A generation whose first chunk is in hand, bounded by the request deadline.
-
-    Iterating (once) yields the chunks and turns a failure or the deadline into an ``APIError``; however
-    it ends (done, failed, timed out, or abandoned by a client that left), ``close`` cancels the
-    replica's generation, which then leaves the batch before its next forward pass.
-    """
-
-    def __init__(self, first: ReplicaChunk, call: ReplicaCall, tracker: RequestTracker, timeout_s: float) -> None:
-        self.first = first
-        self.call = call
-        self.tracker = tracker
-        self.timeout_s = timeout_s
-        self.deadline = tracker.arrived + timeout_s
-
-    async def __aiter__(self) -> AsyncIterator[ReplicaChunk]:
-        try:
-            yield self.first
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(self.call.__anext__(), max(self.deadline - time.monotonic(), 0.0))
-                except StopAsyncIteration:
-                    self.tracker.finish()
-                    return
-                except asyncio.TimeoutError:
-                    raise self._failed(timeout_error(self.timeout_s)) from None
-                except APIError as err:
-                    raise self._failed(err) from None
-                except Exception:  # noqa: BLE001 - a bug on the call path: logged, the client gets an error event
-                    logger.exception("relaying a generation failed")
-                    raise self._failed(internal_error()) from None
-                self.tracker.chunk(chunk)
-                yield chunk
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Stop the replica (a no-op after a normal end); a request nothing else ended was aborted."""
-        self.call.cancel()
-        self.tracker.abort()
-
-    def _failed(self, err: APIError) -> APIError:
-        self.tracker.fail(err.code)
-        return err
 
 
 class OpenAIServing:
@@ -233,7 +153,7 @@ class OpenAIServing:
 
     async def _relay_openai(self, stream: ReplicaStream, builder: ResponseBuilder, include_usage: bool,
                             continuous_usage: bool = False) -> AsyncIterator[bytes]:
-        last: ReplicaChunk | None = None
+        last: StreamingChunk | None = None
         try:
             async for chunk in stream:
                 last = chunk
@@ -332,7 +252,7 @@ class OpenAIServing:
         return ok, {"status": "ok" if ok else "unavailable", "models": models}
 
 
-def native_event(chunk: ReplicaChunk, full_text: str, model: str) -> dict[str, Any]:
+def native_event(chunk: StreamingChunk, full_text: str, model: str) -> dict[str, Any]:
     """One ``/v1/dfast/stream`` event: the chunk's fields, the text so far and the model (and the
     ``draft`` of the undecided tail, when the request asked for one)."""
     event = {"model": model, "new_text": chunk.new_text, "full_text": full_text, "new_tokens": chunk.new_tokens,
@@ -342,8 +262,3 @@ def native_event(chunk: ReplicaChunk, full_text: str, model: str) -> dict[str, A
     if chunk.draft is not None:
         event["draft"] = chunk.draft
     return event
-
-
-def timeout_error(limit_s: float) -> APIError:
-    return APIError(504, f"Generation exceeded the request timeout of {limit_s:g} s", "timeout_error", None,
-                    "timeout")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from dfast_serve.engine.types import StreamingChunk
+from dfast_serve.wire import StreamingChunk
 
 
 class RequestTracker(Protocol):

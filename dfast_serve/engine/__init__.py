@@ -1,51 +1,49 @@
-"""Inference core: plain Python + torch, nothing of Ray or HTTP."""
+"""Inference core: plain Python + torch, nothing of Ray, HTTP or the server's config.
+
+``build_engine`` gives an ``EngineCore`` (``core.py``: step = schedule → run → advance) over the
+family that fits the model: masked diffusion (``masked/``: tiny-mdlm, LLaDA, Dream), block diffusion
+(``block/``: DiffusionGemma) or autoregressive (``ar/``).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Protocol
-
-from dfast_serve.engine.ar import AREngine
-from dfast_serve.engine.diffusion import DiffusionEngine
-from dfast_serve.engine.diffusion_gemma import DiffusionGemmaEngine
-from dfast_serve.engine.options import BatchInvariance
+from dfast_serve.engine.ar.family import Autoregressive
+from dfast_serve.engine.block.family import BlockDiffusion
+from dfast_serve.engine.core import EngineCore, Family, Pass, StepOutput
+from dfast_serve.engine.limits import EngineLimits
+from dfast_serve.engine.masked.family import MaskedDiffusion
+from dfast_serve.engine.request import GenerationRequest
 from dfast_serve.engine.sequence import Sequence
-from dfast_serve.engine.types import GenerationRequest, SamplingParams, StreamingChunk
-from dfast_serve.models.adapters import CausalLM, DiffusionLM
+from dfast_serve.models.adapters import DiffusionLM
+from dfast_serve.models.causal_lm import CausalLM
 from dfast_serve.models.diffusion_gemma import DiffusionGemmaLM
+from dfast_serve.wire import BatchInvariance, DiffusionOptions, SamplingParams, StreamingChunk
 
-
-class Engine(Protocol):
-    """What every engine offers: a stream of chunks for one request, or ``start`` + ``step`` to run
-    many requests' sequences together (each sequence then ``drain()``s its own chunks; one whose
-    own work failed is finished with its ``error``)."""
-
-    kind: str
-    forward_passes: int
-    max_batch_size: int
-
-    def start(self, request: GenerationRequest) -> Sequence: ...
-
-    def step(self, sequences: list[Any]) -> None: ...
-
-    def generate(
-        self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None
-    ) -> Iterator[StreamingChunk]: ...
+Engine = EngineCore
 
 
 def build_engine(model: DiffusionLM | DiffusionGemmaLM | CausalLM, max_batch_size: int = 8,
-                 step_token_budget: int | None = None, batch_invariance: BatchInvariance = "off") -> Engine:
-    """The engine for ``model``; ``max_batch_size`` bounds how many sequences one forward pass of ``step`` runs,
-    ``step_token_budget`` (diffusion) the canvas tokens one step computes, ``batch_invariance`` whether a
-    request's output may depend on its batch mates (see ``options.BatchInvariance``).
-    A diffusion request without options runs with ``DiffusionOptions()``: callers resolve a
-    model's defaults into each request (``config.resolve_diffusion_options``)."""
+                 step_token_budget: int | None = None, batch_invariance: BatchInvariance = "off", *,
+                 max_running: int | None = None, limits: EngineLimits = EngineLimits(),
+                 diffusion_defaults: DiffusionOptions | None = None) -> EngineCore:
+    """The engine for ``model``. ``max_batch_size`` bounds how many sequences share a forward pass,
+    ``max_running`` how many requests run at once (default ``max_batch_size``), ``step_token_budget``
+    (masked diffusion) the canvas tokens one step computes, ``batch_invariance`` whether a request's
+    output may depend on its batch mates (see ``wire.options.BatchInvariance``), ``limits`` what a
+    request may ask for beyond the model's context. ``diffusion_defaults`` are the model's resolved
+    options (DiffusionGemma compares a request's with them); a diffusion request without options runs
+    with them (callers resolve a model's defaults into each request: ``config.resolve_diffusion_options``).
+    """
+    family: Family
     if isinstance(model, DiffusionLM):
-        return DiffusionEngine(model, max_batch_size, step_token_budget, batch_invariance)
-    if isinstance(model, DiffusionGemmaLM):
+        family = MaskedDiffusion(model, max_batch_size, step_token_budget, batch_invariance, limits)
+    elif isinstance(model, DiffusionGemmaLM):
         # Its decoder passes share rows of equal cache length, with no fixed shape: strict runs one a pass.
-        return DiffusionGemmaEngine(model, 1 if batch_invariance == "strict" else max_batch_size)
-    return AREngine(model, max_batch_size, batch_invariance)
+        family = BlockDiffusion(model, 1 if batch_invariance == "strict" else max_batch_size, diffusion_defaults)
+    else:
+        family = Autoregressive(model, max_batch_size, batch_invariance)
+    return EngineCore(family, max_running or max_batch_size)
 
 
-__all__ = ["AREngine", "DiffusionEngine", "DiffusionGemmaEngine", "Engine", "GenerationRequest", "SamplingParams", "Sequence", "StreamingChunk",
-           "build_engine"]
+__all__ = ["Autoregressive", "BlockDiffusion", "Engine", "EngineCore", "EngineLimits", "Family", "GenerationRequest",
+           "MaskedDiffusion", "Pass", "SamplingParams", "Sequence", "StepOutput", "StreamingChunk", "build_engine"]

@@ -41,3 +41,17 @@ def left_pad(tensors: Sequence[torch.Tensor], dim: int = 0, value: float = 0) ->
 def split_into(items: list, size: int) -> list[list]:
     """``items`` in order, ``size`` at a time."""
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+SMALLEST_BUCKET = 16
+BUCKET_STEP = 128  # buckets are powers of two up to this, then its multiples
+
+
+def bucket(n: int) -> int:
+    """The padded length of ``n`` tokens: the next power of two (at least ``SMALLEST_BUCKET``) up to
+    ``BUCKET_STEP``, then the next multiple of ``BUCKET_STEP``; 0 stays 0 (no cached context)."""
+    if n <= 0:
+        return 0
+    if n > BUCKET_STEP:
+        return -(-n // BUCKET_STEP) * BUCKET_STEP
+    return max(SMALLEST_BUCKET, 1 << (n - 1).bit_length())

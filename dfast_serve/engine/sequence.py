@@ -1,6 +1,6 @@
-"""Per-request state shared by both engines: the stream a sequence builds as its answer grows.
+"""Per-request state shared by every family: the stream a sequence builds as its answer grows.
 
-An engine's ``step`` advances sequences; each sequence turns its newly final answer tokens into
+The core's step advances sequences (``core.py``); each sequence turns its newly final answer tokens into
 chunks with ``emit`` (EOS, stop strings, UTF-8 hold-back, finish reasons, usage), and the caller
 takes them with ``drain``. A sequence whose own work failed carries the ``error`` and is finished;
 its batch mates are untouched.
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
 
 import torch
 
 from dfast_serve.engine.detokenize import StreamingDetokenizer
 from dfast_serve.engine.sampling import apply_min_p, penalize_repetition
-from dfast_serve.engine.types import FinishReason, GenerationRequest, StreamingChunk
+from dfast_serve.engine.request import GenerationRequest
+from dfast_serve.wire import FinishReason, StreamingChunk
 
 
 @dataclass(eq=False)
@@ -110,24 +110,3 @@ class Sequence:
         out, self.pending = self.pending, []
         self.chunks_sent += len(out)
         return out
-
-
-class SteppedEngine(Protocol):
-    def start(self, request: GenerationRequest) -> Sequence: ...
-
-    def step(self, sequences: list) -> None: ...
-
-
-def generate_alone(
-    engine: SteppedEngine, request: GenerationRequest, should_stop: Callable[[], bool] | None = None
-) -> Iterator[StreamingChunk]:
-    """One request's chunks as its sequence is stepped alone; ``should_stop`` is polled before
-    every step; the sequence's own error is raised."""
-    seq = engine.start(request)
-    while not seq.finished:
-        if should_stop is not None and should_stop():
-            return
-        engine.step([seq])
-        if seq.error is not None:
-            raise seq.error
-        yield from seq.drain()

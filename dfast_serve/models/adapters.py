@@ -14,38 +14,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dfast_serve.tensor_types import KeyValues
+from dfast_serve.models.causal_lm import CausalLM
+from dfast_serve.models.tokenizing import Tokenizing
+from dfast_serve.wire.tensors import KeyValues
 
 DiffusionKind = Literal["llada", "dream", "tiny-mdlm"]  # the family; native and remote-code loads share it
 
 LLADA_MASK_ID = 126336
 LLADA_EOS_IDS = (126081, 126348)  # <|endoftext|>, <|eot_id|>
-
-
-def _as_id_list(encoded: Any) -> list[int]:
-    """apply_chat_template returns a list, a dict or a BatchEncoding depending on the version."""
-    if isinstance(encoded, dict) or hasattr(encoded, "input_ids"):
-        encoded = encoded["input_ids"]
-    if encoded and isinstance(encoded[0], list):
-        encoded = encoded[0]
-    return [int(t) for t in encoded]
-
-
-@dataclass
-class Tokenizing:
-    """Prompt encoding shared by both adapter kinds."""
-
-    tokenizer: Any
-
-    def encode_prompt(self, prompt: str) -> list[int]:
-        return list(self.tokenizer.encode(prompt))
-
-    def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-            return self.encode_prompt(text + "\nassistant:" if add_generation_prompt else text)
-        return _as_id_list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                                              tokenize=True))
 
 
 @dataclass
@@ -118,20 +94,6 @@ class DiffusionLM(Tokenizing):
             # (``BlockCache.lead``) so that the slice's first answer position is scored.
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
-
-
-@dataclass
-class CausalLM(Tokenizing):
-    """An autoregressive Hugging Face causal LM with a KV cache."""
-
-    network: nn.Module = field(default=None)  # type: ignore[assignment]
-    name: str = "ar"
-    eos_token_ids: frozenset[int] = frozenset()
-    max_context: int = 2048
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
 
 
 def _eos_ids(tokenizer: Any, config: Any, extra: tuple[int, ...] = ()) -> frozenset[int]:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfast_serve.models.tiny_mdlm import RMSNorm, apply_rotary, rotary_tables
-from dfast_serve.tensor_types import KeyValues
+from dfast_serve.wire.tensors import KeyValues
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

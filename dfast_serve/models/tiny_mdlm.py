@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfast_serve.tensor_types import KeyValues
+from dfast_serve.wire.tensors import KeyValues
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

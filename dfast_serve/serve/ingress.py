@@ -39,8 +39,6 @@ from dfast_serve.config import DiffusionOptions, ServerConfig
 from dfast_serve.serve.metrics import ServingMetrics
 from dfast_serve.serve.replica_client import RayReplicaClient
 
-logger = logging.getLogger(__name__)
-
 logger = logging.getLogger("ray.serve")  # Serve's replica logs, which carry the request id
 REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # a client's x-request-id we adopt as the request id
 

@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from dfast_serve.serve.cluster_metrics import counter, gauge, histogram
 
 if TYPE_CHECKING:
-    from dfast_serve.serve.contract import ReplicaChunk
+    from dfast_serve.wire import StreamingChunk
 
 # vLLM's buckets, with finer ones at the low end: CPU-sized models answer in milliseconds.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -105,7 +105,7 @@ class RequestMetrics:
         self.model = ""
         self._state = "new"  # new → waiting → running → ended
         self._last_at = 0.0
-        self._last: ReplicaChunk | None = None
+        self._last: StreamingChunk | None = None
 
     def routed(self, model: str) -> None:
         if self._state != "new":
@@ -113,7 +113,7 @@ class RequestMetrics:
         self.model, self._state = model, "waiting"
         self._m.waiting.labels(model).inc()
 
-    def chunk(self, chunk: ReplicaChunk) -> None:
+    def chunk(self, chunk: StreamingChunk) -> None:
         now = time.monotonic()
         if self._state == "waiting":
             self._m.waiting.labels(self.model).dec()

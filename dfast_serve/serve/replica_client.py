@@ -1,6 +1,6 @@
 """The one place Ray's errors become API errors: a ``ReplicaClient`` over a Serve DeploymentHandle.
 
-``OpenAIServing`` (``api/serving.py``) sees only ``ReplicaChunk`` deltas and ``APIError``s. What a
+``OpenAIServing`` (``api/serving.py``) sees only ``StreamingChunk`` deltas and ``APIError``s. What a
 Ray failure means depends on when it happens:
 
 =============================  ===================================  =================================
@@ -12,13 +12,12 @@ anything else (actor died,     503 ``replica_unavailable``          503 ``replic
 unreachable)                   + Retry-After
 =============================  ===================================  =================================
 
-A ``ReplicaError`` the replica yields (it refused the request) becomes the error it describes.
+An ``APIError`` the replica yields (it refused the request, or the request failed there) is raised as it is.
 Deadlines are the serving logic's, not Ray's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import asyncio
 import logging
 from typing import Any
@@ -27,8 +26,7 @@ from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
-from dfast_serve.api.errors import APIError
-from dfast_serve.serve.contract import ReplicaChunk, ReplicaError, ReplicaRequest
+from dfast_serve.wire import APIError, ReplicaRequest, StreamingChunk
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +81,8 @@ class RayReplicaClient:
                            "server_error", None, "replica_unavailable", self.retry_after_s) from None
         except Exception as exc:  # noqa: BLE001 - every Ray failure is mapped
             raise RayReplicaCall(None, self.model, self.retry_after_s)._api_error(exc) from None  # type: ignore[arg-type]
-        if isinstance(result, ReplicaError):
-            raise result.to_api_error()
+        if isinstance(result, APIError):
+            raise result
         return result
 
 
@@ -100,7 +98,7 @@ class RayReplicaCall:
     def __aiter__(self) -> "RayReplicaCall":
         return self
 
-    async def __anext__(self) -> ReplicaChunk:
+    async def __anext__(self) -> StreamingChunk:
         try:
             item = await self._generator.__anext__()
         except StopAsyncIteration:
@@ -108,8 +106,8 @@ class RayReplicaCall:
         except Exception as exc:  # noqa: BLE001 - every Ray failure is mapped; CancelledError passes
             self.cancel()
             raise self._api_error(exc) from None
-        if isinstance(item, ReplicaError):
-            raise item.to_api_error()
+        if isinstance(item, APIError):
+            raise item
         self._started = True
         return item
 

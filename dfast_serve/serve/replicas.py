@@ -1,7 +1,7 @@
 """The model replica deployment: one model, loaded once in the constructor, generating for the ingress.
 
-``generate`` takes a ``ReplicaRequest`` and is an async generator of ``ReplicaChunk`` deltas (or
-one ``ReplicaError``), called by the ingress's replica client (``serve/replica_client.py``)
+``generate`` takes a ``ReplicaRequest`` and is an async generator of ``StreamingChunk`` deltas (or
+one ``APIError``), called by the ingress's replica client (``serve/replica_client.py``)
 through a ``DeploymentHandle`` with ``stream=True``. The engine is plain synchronous torch code; it runs
 on the replica's step loop thread (``step_loop.StepLoop``), so the event loop stays free to accept
 and cancel requests. Concurrent requests share each step's forward passes (step-level batching,
@@ -22,10 +22,10 @@ import torch
 from ray import serve
 
 from dfast_serve.config import DiffusionOptions, ModelConfig, ReplicaConfig
-from dfast_serve.engine import Engine, GenerationRequest, SamplingParams, build_engine
+from dfast_serve.engine import EngineCore, EngineLimits, GenerationRequest, SamplingParams, build_engine
 from dfast_serve.models.registry import load_model
-from dfast_serve.serve.contract import ReplicaChunk, ReplicaError, ReplicaRequest
 from dfast_serve.serve.step_loop import StepLoop
+from dfast_serve.wire import APIError, ReplicaRequest, StreamingChunk
 
 TTFT_WINDOW_S = 30.0  # recent TTFTs the autoscaler sees
 logger = logging.getLogger(__name__)
@@ -53,9 +53,9 @@ class ModelReplica:
         self.model = load_model(config)
         self.diffusion = diffusion or DiffusionOptions()
         self.limits = replica_config
-        self.engine = engine_for(self.model, replica_config)
+        self.engine = engine_for(self.model, replica_config, self.diffusion)
         self._warm_up()
-        self._loop = StepLoop(self.engine, max_active=replica_config.max_ongoing_requests, name=self.name)
+        self._loop = StepLoop(self.engine, name=self.name)
         self._in_flight = 0
         self._requests = 0
         self._recent_ttfts: deque[tuple[float, float]] = deque(maxlen=1024)
@@ -67,45 +67,31 @@ class ModelReplica:
             pass
 
     # ---- request path -----------------------------------------------------------------------
-    def _encode(self, request: ReplicaRequest) -> GenerationRequest | ReplicaError:
-        """Tokenize and check the context; a refusal names the field at fault."""
-        params = request.params
+    def _encode(self, request: ReplicaRequest) -> GenerationRequest | APIError:
+        """Tokenize, then the family's checks (its limits, once, before admission): the engine's request,
+        or the refusal (400 naming the field)."""
         if request.messages is not None:
             ids, field = self.model.encode_chat(request.messages), "messages"
         else:
             ids, field = self.model.encode_prompt(request.prompt or ""), "prompt"
-        if not ids:
-            return ReplicaError(400, f"{field} encodes to no tokens", param=field, code="invalid_value")
-        refuse = getattr(self.engine, "refusal", None)  # an engine family's own limits (DiffusionGemma)
-        if refuse is not None and (refused := refuse(len(ids), params, request.diffusion, self.diffusion)):
-            return ReplicaError(400, refused.message, param=refused.param, code="invalid_value")
-        limit = self.model.max_context
-        if request.diffusion is not None:
-            limit = min(limit, self.limits.max_canvas_tokens)
-            if request.diffusion.block_length > self.limits.max_block_length:
-                return ReplicaError(400, f"dfast.block_length {request.diffusion.block_length} exceeds this model's "
-                                    f"max_block_length of {self.limits.max_block_length}",
-                                    param="dfast.block_length", code="invalid_value")
-        if len(ids) + params.max_tokens > limit:
-            if len(ids) >= limit:
-                return ReplicaError(400, f"{field} is {len(ids)} tokens; the model's limit is {limit} (its context, "
-                                    f"or replica.max_canvas_tokens for a diffusion model)",
-                                    param=field, code="context_length_exceeded")
-            return ReplicaError(400, f"{field} is {len(ids)} tokens and max_tokens {params.max_tokens}; together "
-                                f"they exceed the model's limit of {limit} tokens (max_tokens can be at most "
-                                f"{limit - len(ids)})", param="max_tokens", code="context_length_exceeded")
-        return GenerationRequest(prompt_ids=ids, params=params, request_id=request.request_id,
-                                 diffusion=request.diffusion)
+        encoded = GenerationRequest(prompt_ids=ids, params=request.params, request_id=request.request_id,
+                                    diffusion=request.diffusion, prompt_field=field)
+        try:
+            self.engine.validate(encoded)
+        except APIError as refused:
+            return refused
+        return encoded
 
-    async def generate(self, request: ReplicaRequest) -> AsyncIterator[ReplicaChunk | ReplicaError]:
+    async def generate(self, request: ReplicaRequest) -> AsyncIterator[StreamingChunk | APIError]:
         """Stream chunk deltas; a request the replica refuses, or whose own generation fails, ends with
-        one ``ReplicaError`` (the engine isolates a request's failure: its batch mates go on).
+        one ``APIError`` (the engine isolates a request's failure: its batch mates go on). This is the
+        one place an engine failure becomes a wire error.
 
         Tokenizing runs in a worker thread: a long prompt (up to the router's ``max_prompt_chars``)
         takes a while, and the event loop meanwhile relays the other streams' chunks and cancellations.
         """
         encoded = await asyncio.to_thread(self._encode, request)
-        if isinstance(encoded, ReplicaError):
+        if isinstance(encoded, APIError):
             yield encoded
             return
         subscription = self._loop.submit(encoded)
@@ -119,8 +105,8 @@ class ModelReplica:
                 yield chunk
         except Exception:  # noqa: BLE001 - this request's generation failed; logged, the client gets an error
             logger.exception("request %s failed", request.request_id)
-            yield ReplicaError(500, f"Model '{self.name}' failed while generating this request", "server_error",
-                               None, "generation_failed")
+            yield APIError(500, f"Model '{self.name}' failed while generating this request", "server_error",
+                           None, "generation_failed")
         finally:
             subscription.cancel()  # caller gone or stream done: it leaves the batch before the next step
             self._in_flight -= 1
@@ -132,18 +118,18 @@ class ModelReplica:
                 "max_model_len": self.model.max_context}
 
     def tokenize(self, prompt: str | None, messages: list[dict[str, str]] | None, add_special_tokens: bool,
-                 add_generation_prompt: bool) -> list[int] | ReplicaError:
+                 add_generation_prompt: bool) -> list[int] | APIError:
         try:
             if messages is not None:
                 return self.model.encode_chat(messages, add_generation_prompt)
             return [int(t) for t in self.model.tokenizer.encode(prompt or "", add_special_tokens=add_special_tokens)]
         except Exception as exc:  # noqa: BLE001 - a template that rejects the messages is the client's error
-            return ReplicaError(400, f"cannot tokenize: {exc}", param="messages" if messages else "prompt")
+            return APIError(400, f"cannot tokenize: {exc}", param="messages" if messages else "prompt")
 
-    def detokenize(self, tokens: list[int]) -> tuple[str, list[str]] | ReplicaError:
+    def detokenize(self, tokens: list[int]) -> tuple[str, list[str]] | APIError:
         tokenizer = self.model.tokenizer
         if tokens and max(tokens) >= len(tokenizer):
-            return ReplicaError(400, f"token ids must be below the vocabulary size {len(tokenizer)}", param="tokens")
+            return APIError(400, f"token ids must be below the vocabulary size {len(tokenizer)}", param="tokens")
         return tokenizer.decode(tokens), [str(t) for t in tokenizer.convert_ids_to_tokens(tokens)]
 
     # ---- observability ------------------------------------------------------------------------
@@ -184,7 +170,11 @@ class ModelReplica:
         return ray.get_runtime_context().get_node_id()
 
 
-def engine_for(model: Any, replica: ReplicaConfig) -> Engine:
-    """The replica's engine: step-level batching up to ``replica.max_batch_size`` for every dtype, with
-    ``replica.batch_invariance`` deciding whether a request's output may depend on its batch mates."""
-    return build_engine(model, replica.max_batch_size, replica.step_token_budget, replica.batch_invariance)
+def engine_for(model: Any, replica: ReplicaConfig, diffusion: DiffusionOptions | None = None) -> EngineCore:
+    """The replica's engine: step-level batching up to ``replica.max_batch_size`` for every dtype, at most
+    ``replica.max_ongoing_requests`` running, with ``replica.batch_invariance`` deciding whether a request's
+    output may depend on its batch mates and the replica's caps on what one request may ask for."""
+    return build_engine(model, replica.max_batch_size, replica.step_token_budget, replica.batch_invariance,
+                        max_running=replica.max_ongoing_requests,
+                        limits=EngineLimits(replica.max_canvas_tokens, replica.max_block_length),
+                        diffusion_defaults=diffusion)

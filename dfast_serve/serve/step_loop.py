@@ -1,11 +1,11 @@
-"""Step-level batching: one engine thread runs every in-flight request, one step at a time.
+"""The replica's engine thread: it moves work between the event loop and the engine core, nothing else.
 
-A replica's requests do not each run their own generator. They join one loop that, before every
-step, drops the requests whose caller left, admits new ones (up to ``max_active``), and calls
-``engine.step(sequences)`` once for all of them: the engine shares forward passes among them (up
-to its batch size) and each sequence queues its own chunks, which are handed to that request's
-asyncio queue. A request that arrives mid-generation joins at the next step without restarting
-the others; a cancelled one leaves at the next step. Should the thread itself die (an engine bug
+Requests submitted from the event loop wait in an inbox; before every step the thread hands them to
+the core (``EngineCore.add``), tells it which callers left (``abort``), and calls ``step`` once: the
+core admits, schedules, runs and advances every running request together (step-level batching) and
+returns each one's new chunks, which are handed to that request's asyncio queue in one call per
+event loop. A request that arrives mid-generation joins at the next step without restarting the
+others; a cancelled one leaves before the next step. Should the thread itself die (an engine bug
 that escapes a step), every request in it and every later one gets an error instead of waiting
 forever, and ``alive`` turns false, which fails the replica's health check.
 """
@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from dfast_serve.engine import Engine, GenerationRequest, StreamingChunk
+from dfast_serve.engine import EngineCore, GenerationRequest, StreamingChunk
 
 _END = object()
 
@@ -31,7 +31,6 @@ class Subscription:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    sequence: Any = None
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -69,13 +68,12 @@ class StepLoopDied(RuntimeError):
 
 
 class StepLoop:
-    """The thread that owns the engine. ``submit`` may be called from any event loop."""
+    """The thread that owns the engine core. ``submit`` may be called from any event loop."""
 
-    def __init__(self, engine: Engine, max_active: int, name: str = "engine") -> None:
+    def __init__(self, engine: EngineCore, name: str = "engine") -> None:
         self.engine = engine
-        self.max_active = max_active
-        self._waiting: deque[Subscription] = deque()
-        self._active: list[Subscription] = []
+        self._inbox: deque[Subscription] = deque()
+        self._active: list[Subscription] = []  # handed to the core, not yet ended
         self._wake = threading.Condition()
         self.steps = 0
         self._stopped = False
@@ -88,7 +86,7 @@ class StepLoop:
             if self._stopped:
                 subscription._send(StepLoopDied())
             else:
-                self._waiting.append(subscription)
+                self._inbox.append(subscription)
                 self._wake.notify()
         return subscription
 
@@ -99,11 +97,11 @@ class StepLoop:
 
     @property
     def active(self) -> int:
-        return len(self._active)
+        return self.engine.running
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._inbox) + self.engine.waiting
 
     def _run(self) -> None:
         try:
@@ -111,59 +109,49 @@ class StepLoop:
         finally:  # only a BaseException escaping the engine gets here
             with self._wake:
                 self._stopped = True
-                for subscription in [*self._active, *self._waiting]:
+                for subscription in [*self._active, *self._inbox]:
                     subscription._send(StepLoopDied())
-                self._active, self._waiting = [], deque()
+                self._active, self._inbox = [], deque()
 
     def _loop_forever(self) -> None:
         while True:
             with self._wake:
-                while not self._waiting and not self._active:
+                while not self._inbox and not self._active:
                     self._wake.wait()
-                self._admit()
-            self._active = [s for s in self._active if not s.cancelled.is_set()]
+                arrived, self._inbox = list(self._inbox), deque()
+            for subscription in arrived:
+                self.engine.add(subscription.request, subscription)
+            self._active.extend(arrived)
+            for subscription in [s for s in self._active if s.cancelled.is_set()]:
+                self.engine.abort(subscription)
+                self._active.remove(subscription)
             if self._active:
                 self._step()
 
-    def _admit(self) -> None:
-        """Move waiting requests into the batch (called with the lock held)."""
-        while self._waiting and len(self._active) < self.max_active:
-            subscription = self._waiting.popleft()
-            if subscription.cancelled.is_set():
-                continue
-            try:
-                subscription.sequence = self.engine.start(subscription.request)
-            except Exception as exc:  # noqa: BLE001 - reported to that request alone
-                subscription._send(exc)
-                continue
-            self._active.append(subscription)
-
     def _step(self) -> None:
-        """One engine step for every active request. A request whose own work failed (the engine
-        marks its sequence with the ``error``) gets that error and leaves; its batch mates go on.
-        Only an error of the step as a whole (an engine bug) reaches every request in it."""
+        """One core step; each request's chunks, then its error or its end, to its event loop. Only an
+        error of the step as a whole (an engine bug) reaches every request in it."""
         try:
-            self.engine.step([s.sequence for s in self._active])
+            outputs = self.engine.step()
         except Exception as exc:  # noqa: BLE001 - the engine itself failed: nobody's step ran
             for subscription in self._active:
+                self.engine.abort(subscription)
                 subscription._send(exc)
             self._active = []
             return
         self.steps += 1
-        still_running = []
         # One hand-over per event loop per step (one self-pipe write and loop wake-up), not one per chunk.
         deliveries: dict[asyncio.AbstractEventLoop, list[tuple[Subscription, Any]]] = {}
-        for subscription in self._active:
-            sequence = subscription.sequence
-            items: list[Any] = list(sequence.drain())
-            if sequence.error is not None:
-                items.append(sequence.error)
-            elif sequence.finished:
+        for output in outputs:
+            subscription: Subscription = output.owner
+            items: list[Any] = list(output.chunks)
+            if output.error is not None:
+                items.append(output.error)
+            elif output.finished:
                 items.append(_END)
-            else:
-                still_running.append(subscription)
+            if output.finished:
+                self._active.remove(subscription)
             deliveries.setdefault(subscription.loop, []).extend((subscription, item) for item in items)
         for loop, batch in deliveries.items():
             if batch:
                 _hand_over(loop, _deliver, batch)
-        self._active = still_running

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from dfast_serve.serve.contract import ReplicaChunk
-from tests.api.test_serving import AR, DIFFUSION, body, create, error_of, events, make
+from dfast_serve.wire import StreamingChunk
+from tests.api.fakes import AR, DIFFUSION, body, create, error_of, events, make
 
 
 def chat(**fields) -> bytes:
@@ -68,9 +68,9 @@ def test_request_id_names_the_response():
 
 
 def test_draft_rides_the_native_stream_only_when_asked():
-    drafting = [ReplicaChunk("", 0, 0, 8, 0.1, 1.0, True, False, 1, draft=" In the beginning"),
-                ReplicaChunk("In the", 2, 2, 8, 0.5, 2.0, False, False, 2, draft=" beginning God"),
-                ReplicaChunk(" beginning God", 2, 4, 8, 1.0, 3.0, False, True, 3, "length", draft="")]
+    drafting = [StreamingChunk("", 0, 0, 8, 0.1, 1.0, True, False, 1, draft=" In the beginning"),
+                StreamingChunk("In the", 2, 2, 8, 0.5, 2.0, False, False, 2, draft=" beginning God"),
+                StreamingChunk(" beginning God", 2, 4, 8, 1.0, 3.0, False, True, 3, "length", draft="")]
     serving, _ = make(diffusion_script=drafting)
     out = events(create(serving, body(draft=True), "native"))
     assert [e["draft"] for e in out[:3]] == [" In the beginning", " beginning God", ""]
@@ -111,7 +111,7 @@ def test_tokenize_and_detokenize_have_vllms_shapes():
 
 def test_routes_and_the_api_key():
     """/tokenize, /detokenize and model cards need the key when one is set; /version and / do not."""
-    from tests.api.test_ingress import ingress_app, run
+    from tests.serve.ingress_asgi import ingress_app, run
 
     app, _ = ingress_app(api_key="sekrit")
     tok = json.dumps({"model": AR, "prompt": "ab"}).encode()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dfast_serve.engine.types import GenerationRequest, StreamingChunk
+from torch import nn
+
+from dfast_serve.engine import GenerationRequest, StreamingChunk
 
 
 def text_of(chunks: list[StreamingChunk]) -> str:
@@ -38,15 +40,55 @@ def run_checked(engine, request: GenerationRequest) -> tuple[list[StreamingChunk
     seq = engine.start(request)
     chunks: list[StreamingChunk] = []
     while not seq.finished:
-        engine.step([seq])
+        engine.step_sequences([seq])
         chunks += seq.drain()
     assert seq.error is None, seq.error
     check_chunk_invariants(chunks)
     ids = committed_ids(seq)
     eos = next((i for i, t in enumerate(ids) if t in seq.eos_ids), len(ids))
-    tokenizer = engine.model.tokenizer
+    tokenizer = engine.family.model.tokenizer
     decoded = tokenizer.decode(ids[:eos], skip_special_tokens=True, clean_up_tokenization_spaces=False)
     cuts = [i for s in request.params.stop if (i := decoded.find(s)) != -1]
     expected = decoded[: min(cuts)] if cuts else decoded.rstrip("\ufffd")
     assert text_of(chunks) == expected
     return chunks, seq
+
+
+def outcome(seq):
+    tokens = seq.answer.tolist() if hasattr(seq, "answer") else None
+    return tokens, "".join(c.new_text for c in seq.pending), seq.nfe, seq.finish_reason
+
+
+def run_alone(engine, requests):
+    results = []
+    for request in requests:
+        seq = engine.start(request)
+        while not seq.finished:
+            engine.step_sequences([seq])
+        results.append(outcome(seq))
+    return results
+
+
+def run_joined(engine, requests, join_at):
+    """All requests in one running list; request i joins before step ``join_at[i]``."""
+    started, step = [], 0
+    while len(started) < len(requests) or any(not s.finished for s in started):
+        started += [engine.start(r) for r, at in zip(requests, join_at) if at == step]
+        running = [s for s in started if not s.finished]
+        if running:
+            engine.step_sequences(running)
+        step += 1
+    return [outcome(s) for s in started]
+
+
+class FailsOnLongCanvas(nn.Module):
+    """tiny-mdlm's network that fails (as an out-of-memory would) on canvases longer than ``limit``."""
+
+    def __init__(self, inner: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit = inner, limit
+
+    def forward(self, input_ids, **kwargs):
+        if input_ids.shape[1] > self.limit:
+            raise RuntimeError("out of memory (simulated)")
+        return self.inner(input_ids, **kwargs)

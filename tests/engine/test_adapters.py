@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from dfast_serve.config import DiffusionOptions
-from dfast_serve.engine.diffusion import DiffusionEngine
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import build_engine
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import LLADA_MASK_ID, wrap_dream, wrap_llada
 from dfast_serve.models.tiny_mdlm import TinyMDLM, TinyMDLMConfig
 from tests.engine.helpers import text_of
@@ -33,7 +33,7 @@ def test_llada_style_random_model_generates_with_mask_id_126336():
     adapter = wrap_llada(TinyMDLM(cfg).eval(), IdTokenizer())
     assert adapter.mask_token_id == 126336 and not adapter.shift_logits
     assert {126081, 126348} <= adapter.eos_token_ids
-    engine = DiffusionEngine(adapter)
+    engine = build_engine(adapter)
     options = DiffusionOptions(ultra_fast=False, steps=8, block_length=8)
     chunks = list(engine.generate(GenerationRequest([5, 6, 7], SamplingParams(max_tokens=8), options)))
     assert chunks[-1].is_final
@@ -60,7 +60,7 @@ def test_dream_shift_is_applied():
     adapter = wrap_dream(NextPositionNet(50), IdTokenizer())
     assert adapter.shift_logits and adapter.mask_token_id == 49
     prompt = [10, 11, 12]
-    chunks = list(DiffusionEngine(adapter).generate(
+    chunks = list(build_engine(adapter).generate(
         GenerationRequest(prompt, SamplingParams(max_tokens=5), DiffusionOptions(ultra_fast=False))))
     # after the shift, absolute position p receives token p % vocab: 3, 4, 5, 6, 7
     assert text_of(chunks) == "t3 t4 t5 t6 t7 "
@@ -75,7 +75,7 @@ def test_dream_style_transformers_network_runs_through_adapter():
     torch.manual_seed(0)
     adapter = wrap_dream(Qwen2ForCausalLM(cfg).eval(), IdTokenizer())
     options = DiffusionOptions(ultra_fast=False, steps=6, block_length=6)
-    chunks = list(DiffusionEngine(adapter).generate(GenerationRequest([4, 5], SamplingParams(max_tokens=6), options)))
+    chunks = list(build_engine(adapter).generate(GenerationRequest([4, 5], SamplingParams(max_tokens=6), options)))
     assert chunks[-1].is_final
     assert text_of(chunks) == IdTokenizer().decode(reference_answer(adapter, [4, 5], 6))
 

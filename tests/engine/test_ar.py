@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dfast_serve.engine.ar import AREngine
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import build_engine
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from tests.engine.helpers import check_chunk_invariants, run_checked, text_of
 
 
@@ -12,7 +12,7 @@ def run(engine, ids, **params):
 
 
 def test_first_chunk_after_exactly_one_prefill_pass(smollm2):
-    engine = AREngine(smollm2)
+    engine = build_engine(smollm2)
     ids = smollm2.encode_chat([{"role": "user", "content": "Why is the sky blue?"}])
     before = engine.forward_passes
     stream = engine.generate(GenerationRequest(ids, SamplingParams(max_tokens=8)))
@@ -27,7 +27,7 @@ def test_first_chunk_after_exactly_one_prefill_pass(smollm2):
 
 
 def test_greedy_is_coherent_and_deterministic(smollm2):
-    engine = AREngine(smollm2)
+    engine = build_engine(smollm2)
     ids = smollm2.encode_chat([{"role": "user", "content": "What color is the sky on a clear day?"}])
     a = text_of(run(engine, ids, max_tokens=24))
     assert a == text_of(run(engine, ids, max_tokens=24))
@@ -35,7 +35,7 @@ def test_greedy_is_coherent_and_deterministic(smollm2):
 
 
 def test_sampling_seed_top_k_top_p(smollm2):
-    engine = AREngine(smollm2)
+    engine = build_engine(smollm2)
     ids = smollm2.encode_prompt("Once upon a time")
     a = run(engine, ids, max_tokens=12, temperature=1.0, top_p=0.95, seed=3)
     b = run(engine, ids, max_tokens=12, temperature=1.0, top_p=0.95, seed=3)
@@ -47,7 +47,7 @@ def test_sampling_seed_top_k_top_p(smollm2):
 
 
 def test_eos_and_stop_string_across_tokens(smollm2):
-    engine = AREngine(smollm2)
+    engine = build_engine(smollm2)
     ids = smollm2.encode_chat([{"role": "user", "content": "Say hello."}])
     done = run(engine, ids, max_tokens=64)
     assert done[-1].finish_reason == "stop" and done[-1].total_tokens < 64  # the model ended on EOS
@@ -67,7 +67,7 @@ def test_eos_and_stop_string_across_tokens(smollm2):
 
 def test_the_lm_head_runs_on_the_last_position_only(smollm2):
     """Only the last position's logits are read: prefill must not project every prompt position."""
-    engine = AREngine(smollm2)
+    engine = build_engine(smollm2)
     ids = smollm2.encode_chat([{"role": "user", "content": "Why is the sky blue?"}])
     seen: list[int] = []
     hook = smollm2.network.lm_head.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
@@ -75,7 +75,7 @@ def test_the_lm_head_runs_on_the_last_position_only(smollm2):
         run(engine, ids, max_tokens=3)
         first, second = engine.start(GenerationRequest(list(ids), SamplingParams(max_tokens=2))), \
             engine.start(GenerationRequest(list(ids[:-2]), SamplingParams(max_tokens=2)))
-        engine.step([first, second])  # a batched prefill (left-padded rows) as well
+        engine.step_sequences([first, second])  # a batched prefill (left-padded rows) as well
     finally:
         hook.remove()
     assert len(ids) > 1 and seen and set(seen) == {1}

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from dfast_serve.config import DiffusionOptions
-from dfast_serve.engine.ar import AREngine
-from dfast_serve.engine.diffusion import DiffusionEngine
-from dfast_serve.engine.fixed_shape import ArShape, PassShape, bucket
-from dfast_serve.engine.kv_cache import ForwardPlan
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
-from tests.engine.test_batching import run_alone, run_joined
+from dfast_serve.engine import EngineCore, MaskedDiffusion, build_engine
+from dfast_serve.engine.ar.shape import ArShape
+from dfast_serve.engine.batching import bucket
+from dfast_serve.engine.masked.fixed_shape import PassShape
+from dfast_serve.engine.masked.kv_cache import ForwardPlan
+from dfast_serve.engine import GenerationRequest, SamplingParams
+from tests.engine.helpers import run_alone, run_joined
 
 PROMPTS = ["Recite Genesis 1:1.", "Continue: And God said unto Moses, I AM THAT I AM", "Why?",
            "Recite Psalms 23:1, then the verse after it."]  # chat prompts of 17, 25, 7 and 24 tokens
@@ -24,17 +25,17 @@ OPTIONS = {
 }
 
 
-class Recording(DiffusionEngine):
+class Recording(MaskedDiffusion):
     """Keeps every logits row each request's passes gave it, by request id."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.seen: dict[str, list[torch.Tensor]] = {}
 
-    def _postprocess(self, batch, plans, logits, kv) -> None:
-        for i, (seq, plan) in enumerate(zip(batch, plans)):
-            self.seen.setdefault(seq.request.request_id, []).append(logits[i, logits.shape[1] - plan.tokens :].clone())
-        super()._postprocess(batch, plans, logits, kv)
+    def advance(self, seq, row, output, pass_) -> None:
+        logits, _ = output
+        self.seen.setdefault(seq.request.request_id, []).append(logits[row, logits.shape[1] - pass_.plan(row).tokens :].clone())
+        super().advance(seq, row, output, pass_)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -60,12 +61,13 @@ def requests_for(model, options, max_tokens=12):
 
 def alone_and_batched(model, options, mode):
     requests = requests_for(model, options)
-    engine = Recording(model, max_batch_size=3, batch_invariance=mode)
+    recording = Recording(model, max_batch_size=3, batch_invariance=mode)
+    engine = EngineCore(recording)
     alone = run_alone(engine, requests)
-    alone_logits, engine.seen = engine.seen, {}
+    alone_logits, recording.seen = recording.seen, {}
     passes = engine.forward_passes
     batched = run_joined(engine, requests, JOIN_AT)
-    return alone, batched, alone_logits, engine.seen, engine.forward_passes - passes
+    return alone, batched, alone_logits, recording.seen, engine.forward_passes - passes
 
 
 def same_logits(a: dict[str, list[torch.Tensor]], b: dict[str, list[torch.Tensor]]) -> bool:
@@ -99,15 +101,15 @@ def test_strict_without_padded_batches_runs_one_sequence_a_pass(tiny_bf16):
     from dfast_serve.models.adapters import wrap_llada
 
     llada_like = wrap_llada(tiny_bf16.network, tiny_bf16.tokenizer)  # ignores attention masks: cannot pad
-    engine = DiffusionEngine(llada_like, max_batch_size=8, batch_invariance="strict")
+    engine = build_engine(llada_like, max_batch_size=8, batch_invariance="strict")
     same = requests_for(tiny_bf16, OPTIONS["ultra"])[0]
-    engine.step([engine.start(same), engine.start(same)])
+    engine.step_sequences([engine.start(same), engine.start(same)])
     assert engine.forward_passes == 2  # equal shapes, yet apart: batch size is part of the shape
 
 
 def ar_alone_and_batched(model, mode, monkeypatch):
     """SmolLM2 in bf16: each request alone, then joined at different steps; the logits every step gave each."""
-    from dfast_serve.engine import ar
+    from dfast_serve.engine.ar import family as ar
 
     seen: dict[str, list[torch.Tensor]] = {}
     advance = ar.ARSequence.advance
@@ -120,7 +122,7 @@ def ar_alone_and_batched(model, mode, monkeypatch):
     requests = [GenerationRequest(model.encode_chat([{"role": "user", "content": p}]),
                                   SamplingParams(max_tokens=6, ignore_eos=True), request_id=f"r{i}")
                 for i, p in enumerate(PROMPTS)]
-    engine = AREngine(model, max_batch_size=3, batch_invariance=mode)
+    engine = build_engine(model, max_batch_size=3, batch_invariance=mode)
     alone = run_alone(engine, requests)
     alone_logits = dict(seen)
     seen.clear()

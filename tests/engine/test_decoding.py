@@ -10,9 +10,9 @@ from pydantic import ValidationError
 from torch import nn
 
 from dfast_serve.config import DiffusionOptions, UltraFastConfig, resolve_diffusion_options
-from dfast_serve.engine.confidence import confidence_of
-from dfast_serve.engine.diffusion import DiffusionEngine
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine.masked.confidence import confidence_of
+from dfast_serve.engine import build_engine
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import DiffusionLM
 from tests.engine.helpers import check_chunk_invariants
 
@@ -52,11 +52,11 @@ def fixed_model(prompt_len: int, probs: list[tuple[float, ...]]) -> DiffusionLM:
 
 
 def decided_per_step(model: DiffusionLM, prompt: list[int], options: DiffusionOptions, max_tokens: int) -> list[list[int]]:
-    engine = DiffusionEngine(model)
+    engine = build_engine(model)
     seq = engine.start(GenerationRequest(prompt, SamplingParams(max_tokens=max_tokens), options))
     steps, before = [], seq.decided.clone()
     while not seq.finished:
-        engine.step([seq])
+        engine.step_sequences([seq])
         steps.append((seq.decided & ~before).nonzero()[:, 0].tolist())
         before = seq.decided.clone()
     return steps
@@ -104,7 +104,7 @@ def test_margin_ranks_and_thresholds_differently_from_probability():
 
 def run(model, prompt, options, max_tokens=32):
     ids = model.encode_chat([{"role": "user", "content": prompt}])
-    return list(DiffusionEngine(model).generate(GenerationRequest(ids, SamplingParams(max_tokens=max_tokens), options)))
+    return list(build_engine(model).generate(GenerationRequest(ids, SamplingParams(max_tokens=max_tokens), options)))
 
 
 def test_threshold_one_is_the_standard_one_token_schedule(tiny_mdlm):

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from dfast_serve.config import DiffusionOptions
-from dfast_serve.engine.diffusion import DiffusionEngine
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import build_engine
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import DiffusionLM
-from tests.engine.helpers import check_chunk_invariants, run_checked, text_of
+from tests.engine.helpers import run_checked, text_of
 
 STANDARD = DiffusionOptions(ultra_fast=False)
 PROMPTS = ["Recite Genesis 1:1.", "Continue: And God said", "Recite Psalms 23:1.", "Recite John 3:16."]
@@ -40,7 +40,7 @@ def llada_reference(model: DiffusionLM, prompt_ids: list[int], gen_len: int) -> 
 
 
 def test_matches_plain_llada_reference_token_for_token(tiny_mdlm):
-    engine = DiffusionEngine(tiny_mdlm)
+    engine = build_engine(tiny_mdlm)
     gen_len = 24
     for prompt in PROMPTS[:3]:
         ids = chat(tiny_mdlm, prompt)
@@ -48,7 +48,7 @@ def test_matches_plain_llada_reference_token_for_token(tiny_mdlm):
         options = DiffusionOptions(ultra_fast=False, steps=gen_len, block_length=gen_len)
         seq = engine.start(GenerationRequest(ids, SamplingParams(max_tokens=gen_len), options))
         while not seq.finished:
-            engine.step([seq])
+            engine.step_sequences([seq])
         ours = seq.answer.tolist()
         eos = next((i for i, t in enumerate(reference) if t in tiny_mdlm.eos_token_ids), gen_len - 1)
         assert ours[: eos + 1] == reference[: eos + 1]  # the engine stops once the prefix reaches EOS
@@ -57,7 +57,7 @@ def test_matches_plain_llada_reference_token_for_token(tiny_mdlm):
 
 
 def test_fixed_seed_is_deterministic_and_streaming_equals_final_text(tiny_mdlm):
-    engine = DiffusionEngine(tiny_mdlm)
+    engine = build_engine(tiny_mdlm)
     ids = chat(tiny_mdlm, PROMPTS[1])
     for remasking in ("low_confidence", "random"):
         options = DiffusionOptions(ultra_fast=False, remasking=remasking)
@@ -68,14 +68,14 @@ def test_fixed_seed_is_deterministic_and_streaming_equals_final_text(tiny_mdlm):
 
 
 def test_different_seeds_sample_differently(tiny_mdlm):
-    engine = DiffusionEngine(tiny_mdlm)
+    engine = build_engine(tiny_mdlm)
     ids = chat(tiny_mdlm, PROMPTS[0])
     texts = {text_of(run(engine, ids, temperature=1.5, seed=s, max_tokens=24)) for s in range(4)}
     assert len(texts) > 1
 
 
 def test_chunk_invariants_and_streaming_starts_before_the_end(tiny_mdlm):
-    engine = DiffusionEngine(tiny_mdlm)
+    engine = build_engine(tiny_mdlm)
     for prompt in PROMPTS:
         for options in (STANDARD, DiffusionOptions()):
             run_checked(engine, GenerationRequest(chat(tiny_mdlm, prompt), SamplingParams(max_tokens=48), options))
@@ -84,7 +84,7 @@ def test_chunk_invariants_and_streaming_starts_before_the_end(tiny_mdlm):
 
 
 def test_finish_reasons_length_eos_and_stop(tiny_mdlm):
-    engine = DiffusionEngine(tiny_mdlm)
+    engine = build_engine(tiny_mdlm)
     ids = chat(tiny_mdlm, PROMPTS[0])
     # a long answer window: the model pads with EOS, so the stream ends with "stop" before max_tokens
     long_run = run(engine, ids, max_tokens=96)
@@ -128,7 +128,7 @@ def test_streaming_never_emits_broken_utf8_or_stop_string(tiny_mdlm):
         tokenizer=tiny_mdlm.tokenizer, network=ForcedAnswer(len(prompt), answer, len(tiny_mdlm.tokenizer)),
         mask_token_id=tiny_mdlm.mask_token_id, eos_token_ids=tiny_mdlm.eos_token_ids,
     )
-    engine = DiffusionEngine(forced)
+    engine = build_engine(forced)
     for options in (STANDARD, DiffusionOptions(), DiffusionOptions(ultra_fast=False, steps=len(answer))):
         chunks, _ = run_checked(engine, GenerationRequest(prompt, SamplingParams(max_tokens=len(answer) + 4), options))
         assert text_of(chunks) == answer_text and chunks[-1].finish_reason == "stop"

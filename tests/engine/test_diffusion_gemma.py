@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dfast_serve.engine import build_engine
-from dfast_serve.engine.diffusion_gemma import DiffusionGemmaEngine
-from dfast_serve.engine.options import DiffusionOptions, UltraFastConfig
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import BlockDiffusion, EngineCore, build_engine
+from dfast_serve.wire import APIError
+from dfast_serve.wire.options import DiffusionOptions, UltraFastConfig
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.models.diffusion_gemma import load_diffusion_gemma
 from tests.engine.helpers import check_chunk_invariants
 from tests.gemma import CANVAS, STEPS, StubGemma, load_tokenizer, peaked, tiny_checkpoint
@@ -39,7 +39,7 @@ def run(engine, req):
     seq = engine.start(req)
     chunks = []
     while not seq.finished:
-        engine.step([seq])
+        engine.step_sequences([seq])
         assert seq.error is None
         chunks += seq.drain()
     return seq, chunks
@@ -56,7 +56,7 @@ def reference(model, max_tokens: int, seed: int, prompt: list[int] = PROMPT, str
 @pytest.mark.parametrize("max_tokens", [CANVAS, 2 * CANVAS + 4])
 def test_final_tokens_equal_transformers_generate(model, max_tokens):
     engine = build_engine(model)
-    assert isinstance(engine, DiffusionGemmaEngine)
+    assert isinstance(engine.family, BlockDiffusion)
     for seed in (0, 123):
         seq, chunks = run(engine, request(max_tokens, seed))
         assert seq.detokenizer.token_ids == reference(model, max_tokens, seed)
@@ -68,7 +68,7 @@ def test_max_tokens_not_a_multiple_of_the_canvas_denoises_the_last_canvas_whole_
     seq, chunks = run(engine, request(2 * CANVAS + 3, seed=5))
     assert seq.finish_reason == "length" and chunks[-1].total_tokens == 2 * CANVAS + 3
     assert seq.passes_per_block == [STEPS] * 3  # random weights never stop a canvas early
-    assert engine.encoder_passes == 3  # the prompt and the two finished canvases; the last one is never encoded
+    assert engine.family.encoder_passes == 3  # the prompt and the two finished canvases; the last one is never encoded
 
 
 def test_standard_mode_commits_a_canvas_when_it_ends_and_drafts_every_step(model):
@@ -94,7 +94,7 @@ def test_standard_mode_commits_a_canvas_when_it_ends_and_drafts_every_step(model
     seq = engine.start(request(2 * CANVAS, 7, draft=True))
     argmaxes, chunks = [], []
     while not seq.finished:
-        engine.step([seq])
+        engine.step_sequences([seq])
         argmaxes.append(seq.argmax.tolist())
         chunks += seq.drain()
     assert argmaxes == recorder.drafts
@@ -113,9 +113,9 @@ def test_batched_equals_alone_with_per_row_generators(model):
     engine = build_engine(model, max_batch_size=8)
     seqs = [engine.start(r) for r in reqs]
     while not all(s.finished for s in seqs):
-        engine.step([s for s in seqs if not s.finished])
+        engine.step_sequences([s for s in seqs if not s.finished])
     assert [s.detokenizer.token_ids for s in seqs] == alone
-    decoder_passes = engine.forward_passes - engine.encoder_passes
+    decoder_passes = engine.forward_passes - engine.family.encoder_passes
     assert decoder_passes == 2 * (2 * STEPS)  # two groups (by cache length), 2 canvases of STEPS passes each
 
 
@@ -124,25 +124,43 @@ def test_strict_batch_invariance_runs_one_sequence_a_pass(model):
     engine = build_engine(model, max_batch_size=8, batch_invariance="strict")
     assert engine.max_batch_size == 1
     seqs = [engine.start(request(CANVAS, seed)) for seed in (1, 2)]
-    engine.step(seqs)  # encode each, then one decoder pass each
-    assert engine.forward_passes - engine.encoder_passes == 2
+    engine.step_sequences(seqs)  # encode each, then one decoder pass each
+    assert engine.forward_passes - engine.family.encoder_passes == 2
+
+
+def refused(engine, prompt_len: int, params: SamplingParams, options: DiffusionOptions | None) -> str | None:
+    """The field a refusal names, or None when the family takes the request."""
+    try:
+        engine.validate(GenerationRequest(list(range(1, prompt_len + 1)), params, options))
+    except APIError as err:
+        assert err.status == 400
+        return err.param
+    return None
 
 
 def test_refusals_name_the_option(model):
     engine = build_engine(model)
     defaults = DiffusionOptions()
     params = SamplingParams(max_tokens=8)
-    assert engine.refusal(5, params, defaults, defaults) is None
-    assert engine.refusal(5, SamplingParams(max_tokens=8, top_p=0.9), defaults, defaults).param == "top_p"
-    assert engine.refusal(5, params, DiffusionOptions(block_length=64), defaults).param == "dfast.block_length"
-    assert engine.refusal(5, params, DiffusionOptions(cache="dual"), defaults).param == "dfast.cache"
+    assert refused(engine, 5, params, defaults) is None
+    assert refused(engine, 5, SamplingParams(max_tokens=8, top_p=0.9), defaults) == "top_p"
+    assert refused(engine, 5, params, DiffusionOptions(block_length=64)) == "dfast.block_length"
+    assert refused(engine, 5, params, DiffusionOptions(cache="dual")) == "dfast.cache"
     odd = DiffusionOptions(ultra_fast_config=UltraFastConfig(min_steps=2))
-    assert engine.refusal(5, params, odd, defaults).param == "dfast.ultra_fast_config.min_steps"
+    assert refused(engine, 5, params, odd) == "dfast.ultra_fast_config.min_steps"
     applies = DiffusionOptions(steps=3, ultra_fast_config=UltraFastConfig(hold_steps=3, first_token_steps=2))
-    assert engine.refusal(5, params, applies, defaults) is None
+    assert refused(engine, 5, params, applies) is None
     # the context counts whole canvases: 10 + 1010 fits 1024 positions, but not as 127 canvases of 8
-    assert engine.refusal(10, SamplingParams(max_tokens=1010), None).param == "max_tokens"
-    assert engine.refusal(8, SamplingParams(max_tokens=1016), None) is None
+    assert refused(engine, 10, SamplingParams(max_tokens=1010), None) == "max_tokens"
+    assert refused(engine, 8, SamplingParams(max_tokens=1016), None) is None
+
+
+def test_options_equal_to_the_models_own_defaults_are_taken(model):
+    """A server may set a refused option for the model; a request carrying that same value is fine."""
+    served = DiffusionOptions(cache="dual")
+    engine = build_engine(model, diffusion_defaults=served)
+    assert refused(engine, 5, SamplingParams(max_tokens=8), served) is None
+    assert refused(engine, 5, SamplingParams(max_tokens=8), DiffusionOptions()) == "dfast.cache"
 
 
 def test_steps_option_sets_the_denoising_steps_per_canvas(model):
@@ -156,7 +174,7 @@ ULTRA = UltraFastConfig(enable_early_stop=False, hold_steps=2)
 
 def stub_run(tokenizer, logits, options):
     model = StubGemma(tokenizer, logits)
-    return run(DiffusionGemmaEngine(model), request(CANVAS, options=options))
+    return run(EngineCore(BlockDiffusion(model)), request(CANVAS, options=options))
 
 
 def test_early_first_reveal_streams_the_sure_leading_run_after_the_first_pass(tokenizer):
@@ -224,7 +242,7 @@ def test_a_failing_sequence_ends_alone_and_its_batch_mate_is_unchanged(model, mo
 
     monkeypatch.setattr(model, "denoise", denoise)
     while not seqs[0].finished:
-        engine.step([s for s in seqs if not s.finished])
+        engine.step_sequences([s for s in seqs if not s.finished])
     assert isinstance(seqs[1].error, RuntimeError) and seqs[1].finished
     assert seqs[0].error is None and seqs[0].detokenizer.token_ids == alone
 

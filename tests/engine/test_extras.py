@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from dfast_serve.config import DiffusionOptions
-from dfast_serve.engine.ar import AREngine
-from dfast_serve.engine.diffusion import DiffusionEngine
+from dfast_serve.engine import build_engine
 from dfast_serve.engine.sampling import apply_min_p, penalize_repetition
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from tests.engine.helpers import run_checked, text_of
 
 STANDARD = DiffusionOptions(ultra_fast=False)
@@ -38,7 +37,7 @@ def test_min_p_cuts_relative_to_the_top_token_after_the_temperature():
 
 
 def test_ignore_eos_gives_exactly_max_tokens_on_diffusion(tiny_mdlm):
-    engine = DiffusionEngine(tiny_mdlm)
+    engine = build_engine(tiny_mdlm)
     ids = chat_ids(tiny_mdlm, ENDS_EARLY)
     plain, _ = run_checked(engine, GenerationRequest(ids, SamplingParams(max_tokens=32), STANDARD))
     assert plain[-1].finish_reason == "stop" and plain[-1].total_tokens < 32  # the model ends early by itself
@@ -48,7 +47,7 @@ def test_ignore_eos_gives_exactly_max_tokens_on_diffusion(tiny_mdlm):
 
 
 def test_min_tokens_keeps_eos_out_of_the_first_positions(tiny_mdlm):
-    engine = DiffusionEngine(tiny_mdlm)
+    engine = build_engine(tiny_mdlm)
     ids = chat_ids(tiny_mdlm, ENDS_EARLY)
     plain, _ = run_checked(engine, GenerationRequest(ids, SamplingParams(max_tokens=32), STANDARD))
     at_least = plain[-1].total_tokens + 5
@@ -59,7 +58,7 @@ def test_min_tokens_keeps_eos_out_of_the_first_positions(tiny_mdlm):
 
 
 def test_ignore_eos_and_repetition_penalty_on_ar(smollm2):
-    engine = AREngine(smollm2)
+    engine = build_engine(smollm2)
     ids = chat_ids(smollm2, "Say hi.")
     chunks, _ = run_checked(engine, GenerationRequest(ids, SamplingParams(max_tokens=40, ignore_eos=True)))
     assert chunks[-1].total_tokens == 40 and chunks[-1].finish_reason == "length"
@@ -76,7 +75,7 @@ def test_ignore_eos_and_repetition_penalty_on_ar(smollm2):
 
 def test_skip_special_tokens_reaches_the_detokenizer(smollm2, tiny_mdlm):
     """EOS never reaches the text (it ends the answer); other special tokens show when asked."""
-    for engine, model in ((AREngine(smollm2), smollm2), (DiffusionEngine(tiny_mdlm), tiny_mdlm)):
+    for engine, model in ((build_engine(smollm2), smollm2), (build_engine(tiny_mdlm), tiny_mdlm)):
         ids = chat_ids(model, "Say hi.")
         special = model.tokenizer.convert_tokens_to_ids(model.tokenizer.all_special_tokens[0])
         word = model.tokenizer.encode(" hi")
@@ -89,13 +88,13 @@ def test_skip_special_tokens_reaches_the_detokenizer(smollm2, tiny_mdlm):
 @pytest.mark.parametrize("options", [DiffusionOptions(), DiffusionOptions(cache="dual", block_length=8)],
                          ids=["ultra", "dual-cache"])
 def test_draft_rides_every_pass_and_converges_to_the_answer(tiny_mdlm, options):
-    engine = DiffusionEngine(tiny_mdlm)
+    engine = build_engine(tiny_mdlm)
     ids = chat_ids(tiny_mdlm, "Recite Genesis 1:1.")
     request = GenerationRequest(ids, SamplingParams(max_tokens=24, draft=True, ignore_eos=True), options)
     seq = engine.start(request)
     chunks = []
     while not seq.finished:
-        engine.step([seq])
+        engine.step_sequences([seq])
         got = seq.drain()
         assert len(got) == 1 and got[0].draft is not None  # one chunk a pass, each with its draft
         chunks += got

@@ -9,9 +9,9 @@ packs passes so a long canvas never pads short ones. Measured in canvas tokens, 
 
 from __future__ import annotations
 
-from dfast_serve.engine.diffusion import DiffusionEngine
-from dfast_serve.engine.options import DiffusionOptions
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import build_engine
+from dfast_serve.wire.options import DiffusionOptions
+from dfast_serve.engine import GenerationRequest, SamplingParams
 
 BUDGET = 256
 
@@ -31,17 +31,17 @@ def normal_request(model) -> GenerationRequest:
 def run_beside(engine, normal_req, worst_req):
     """Step both until the normal request ends; log each pass as (has the normal request, canvas tokens)."""
     log: list[tuple[bool, int]] = []
-    forward = engine._forward
+    forward = engine.family.forward
 
-    def logged(batch, plans):
-        log.append((any(seq is normal for seq in batch), len(batch) * max(p.tokens for p in plans)))
-        return forward(batch, plans)
+    def logged(pass_):
+        log.append((any(seq is normal for seq in pass_.sequences), len(pass_.sequences) * max(p.tokens for p in pass_.plans)))
+        return forward(pass_)
 
-    engine._forward = logged
+    engine.family.forward = logged
     normal, worst = engine.start(normal_req), engine.start(worst_req)
     text = ""
     while not normal.finished:
-        engine.step([s for s in (normal, worst) if not s.finished])
+        engine.step_sequences([s for s in (normal, worst) if not s.finished])
         text += "".join(c.new_text for c in normal.drain())
     return log, text, worst
 
@@ -60,27 +60,27 @@ def tokens_around_each_pass(log):
 
 
 def test_a_long_request_never_costs_a_short_one_more_than_the_budget_per_pass(tiny_mdlm):
-    engine = DiffusionEngine(tiny_mdlm, max_batch_size=8, step_token_budget=BUDGET)
+    engine = build_engine(tiny_mdlm, max_batch_size=8, step_token_budget=BUDGET)
     log, text, worst = run_beside(engine, normal_request(tiny_mdlm), worst_request(tiny_mdlm))
     per_pass = tokens_around_each_pass(log)
     normal_canvas = len(normal_request(tiny_mdlm).prompt_ids) + 32
     assert max(per_pass) <= BUDGET + normal_canvas
     assert not worst.finished and worst.nfe < len(per_pass)  # the long one got fewer passes meanwhile
-    alone = "".join(c.new_text for c in DiffusionEngine(tiny_mdlm).generate(normal_request(tiny_mdlm)))
+    alone = "".join(c.new_text for c in build_engine(tiny_mdlm).generate(normal_request(tiny_mdlm)))
     assert text == alone
 
 
 def test_without_a_budget_the_long_request_rides_every_step(tiny_mdlm):
     """The same pair with no budget: every normal pass shares (is padded to) the long canvas."""
-    engine = DiffusionEngine(tiny_mdlm, max_batch_size=8, step_token_budget=None)
+    engine = build_engine(tiny_mdlm, max_batch_size=8, step_token_budget=None)
     log, _, _ = run_beside(engine, normal_request(tiny_mdlm), worst_request(tiny_mdlm))
     assert min(tokens_around_each_pass(log)) > BUDGET
 
 
 def test_passes_pack_short_slices_apart_from_long_ones(tiny_mdlm):
-    engine = DiffusionEngine(tiny_mdlm, max_batch_size=8, step_token_budget=BUDGET)
+    engine = build_engine(tiny_mdlm, max_batch_size=8, step_token_budget=BUDGET)
     sequences = [engine.start(normal_request(tiny_mdlm)) for _ in range(3)] + [engine.start(worst_request(tiny_mdlm))]
     plans = {id(s): s.forward_plan() for s in sequences}
-    passes = engine._passes(sequences, plans)
+    passes = engine.family._passes(sequences, plans)
     assert [len(p) for p in passes] == [3, 1]
     assert all(len(p) * max(plans[id(s)].tokens for s in p) <= BUDGET for p in passes)

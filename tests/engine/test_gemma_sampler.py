@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dfast_serve.engine import gemma_sampler as sampler
+from dfast_serve.engine.block import sampler
 
 
 def test_entropy_bound_accepts_the_low_entropy_run_plus_one():

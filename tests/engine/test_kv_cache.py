@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dfast_serve.config import DiffusionOptions
-from dfast_serve.engine.diffusion import DiffusionEngine
-from dfast_serve.engine.kv_cache import BlockCache
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import build_engine
+from dfast_serve.engine.masked.kv_cache import BlockCache
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import wrap_llada
 from dfast_serve.models.tiny_mdlm import TinyMDLM
 
@@ -23,10 +23,10 @@ def chat(model, text):
 
 
 def answer_tokens(model, prompt_ids, options, max_tokens=24):
-    engine = DiffusionEngine(model)
+    engine = build_engine(model)
     seq = engine.start(GenerationRequest(prompt_ids, SamplingParams(max_tokens=max_tokens), options))
     while not seq.finished:
-        engine.step([seq])
+        engine.step_sequences([seq])
     return seq.answer.tolist(), "".join(c.new_text for c in seq.pending), seq.nfe
 
 
@@ -91,11 +91,11 @@ def recorded_passes(model):
 def test_one_full_pass_per_block_then_only_the_block(tiny_mdlm, cache):
     model, seen = recorded_passes(tiny_mdlm)
     ids = chat(model, PROMPTS[0])
-    engine = DiffusionEngine(model)
+    engine = build_engine(model)
     options = DiffusionOptions(ultra_fast=False, block_length=8, steps=12, cache=cache)  # 3 blocks, 4 steps each
     seq = engine.start(GenerationRequest(ids, SamplingParams(max_tokens=24), options))
     while not seq.finished:
-        engine.step([seq])
+        engine.step_sequences([seq])
     canvas, p = len(ids) + 24, len(ids)
     assert seq.nfe == len(seen) > seq.block_index + 1
     assert seen[0] == (canvas, 0) and [s for s in seen if s[1] == 0] == [(canvas, 0)] * (seq.block_index + 1)

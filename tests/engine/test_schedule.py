@@ -1,6 +1,6 @@
 import pytest
 
-from dfast_serve.engine.schedule import front_loaded_schedule, uniform_schedule
+from dfast_serve.engine.masked.schedule import front_loaded_schedule, uniform_schedule
 
 
 def test_front_loaded_matches_the_design_example():

@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dfast_serve.engine.diffusion import DiffusionEngine
-from dfast_serve.engine.options import DiffusionOptions, UltraFastConfig
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import build_engine
+from dfast_serve.wire.options import DiffusionOptions, UltraFastConfig
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import DiffusionLM
-from tests.engine.helpers import run_checked, text_of
+from tests.engine.helpers import FailsOnLongCanvas, run_checked, text_of
 
 PROMPTS = ["Recite Genesis 1:1.", "Continue: And God said", "Recite Psalms 23:1."]
 
@@ -57,7 +57,7 @@ def words(tiny_mdlm, n: int) -> list[int]:
 
 # ---- 1. a stop string only cuts ----------------------------------------------------------------
 def test_a_stop_string_that_never_matches_changes_no_decided_token(tiny_mdlm):
-    engine = DiffusionEngine(tiny_mdlm)
+    engine = build_engine(tiny_mdlm)
     for prompt in PROMPTS:
         ids = chat(tiny_mdlm, prompt)
         plain_chunks, plain = run_checked(engine, GenerationRequest(ids, SamplingParams(max_tokens=48), DiffusionOptions()))
@@ -77,9 +77,9 @@ def test_the_instant_reveal_does_not_read_held_back_text(tiny_mdlm):
     assert "\ufffd" in tiny_mdlm.tokenizer.decode(answer[:1])  # really half a character
     prompt = chat(tiny_mdlm, "x")
     model = spelled_model(tiny_mdlm, prompt, answer, strength=5.0)  # p ~ 0.01: below every threshold
-    engine = DiffusionEngine(model)
+    engine = build_engine(model)
     seq = engine.start(GenerationRequest(prompt, SamplingParams(max_tokens=len(answer)), DiffusionOptions()))
-    engine.step([seq])
+    engine.step_sequences([seq])
     assert seq.decided.tolist()[:2] == [True, False]
     assert int(seq.decided.sum()) == 1
 
@@ -89,7 +89,7 @@ def test_max_steps_bounds_the_whole_request_across_many_blocks(tiny_mdlm):
     answer = words(tiny_mdlm, 128)
     prompt = chat(tiny_mdlm, "x")
     model = spelled_model(tiny_mdlm, prompt, answer, strength=5.0)  # never confident: nothing ends early
-    engine = DiffusionEngine(model)
+    engine = build_engine(model)
     for max_steps, steps in ((32, None), (32, 20), (12, None)):
         options = DiffusionOptions(block_length=2, steps=steps, ultra_fast_config=UltraFastConfig(max_steps=max_steps))
         chunks, seq = run_checked(engine, GenerationRequest(prompt, SamplingParams(max_tokens=128), options))
@@ -101,7 +101,7 @@ def test_min_steps_is_a_lower_bound_unless_the_answer_ends(tiny_mdlm):
     prompt = chat(tiny_mdlm, "x")
     answer = words(tiny_mdlm, 48)
     model = spelled_model(tiny_mdlm, prompt, answer, strength=50.0)  # certain everywhere: one pass would do
-    engine = DiffusionEngine(model)
+    engine = build_engine(model)
     for min_steps, max_tokens, expected in ((8, 48, 8), (12, 48, 12), (8, 4, 4)):
         options = DiffusionOptions(ultra_fast_config=UltraFastConfig(min_steps=min_steps, max_steps=32))
         chunks, seq = run_checked(engine, GenerationRequest(prompt, SamplingParams(max_tokens=max_tokens), options))
@@ -110,7 +110,7 @@ def test_min_steps_is_a_lower_bound_unless_the_answer_ends(tiny_mdlm):
 
 
 def test_the_block_where_the_answer_ends_gets_the_same_passes_whatever_max_tokens(tiny_mdlm):
-    engine = DiffusionEngine(tiny_mdlm)
+    engine = build_engine(tiny_mdlm)
     for prompt in PROMPTS:
         spent = []
         for max_tokens in (32, 64, 128):
@@ -126,21 +126,21 @@ def test_the_block_where_the_answer_ends_gets_the_same_passes_whatever_max_token
 def test_the_default_schedule_front_loads():
     options = DiffusionOptions()
     assert options.ultra_fast_config.steps_per_block < options.block_length  # else front-loading is [1] * n
-    from dfast_serve.engine.schedule import front_loaded_schedule
+    from dfast_serve.engine.masked.schedule import front_loaded_schedule
 
     schedule = front_loaded_schedule(options.block_length, options.ultra_fast_config.steps_per_block)
     assert schedule[:3] == [1, 2, 4] and len(schedule) > 3
 
 
 def test_a_sequence_uses_the_front_loaded_schedule_by_default(tiny_mdlm):
-    seq = DiffusionEngine(tiny_mdlm).start(GenerationRequest(chat(tiny_mdlm, "x"), SamplingParams(max_tokens=64),
+    seq = build_engine(tiny_mdlm).start(GenerationRequest(chat(tiny_mdlm, "x"), SamplingParams(max_tokens=64),
                                                              DiffusionOptions()))
     assert seq.block_schedule[:3] == [1, 2, 4]
 
 
 # ---- 5. usage ----------------------------------------------------------------------------------
 def test_usage_counts_only_the_tokens_before_a_stop_string(tiny_mdlm):
-    engine = DiffusionEngine(tiny_mdlm)
+    engine = build_engine(tiny_mdlm)
     ids = chat(tiny_mdlm, PROMPTS[0])
     full, _ = run_checked(engine, GenerationRequest(ids, SamplingParams(max_tokens=48), DiffusionOptions(ultra_fast=False)))
     text = text_of(full)
@@ -157,33 +157,20 @@ def test_usage_counts_only_the_tokens_before_a_stop_string(tiny_mdlm):
 
 
 # ---- 7/8. errors stay with their request; an empty prompt is refused -----------------------------
-class FailsOnLongCanvas(nn.Module):
-    """tiny-mdlm's network that fails (as an out-of-memory would) on canvases longer than ``limit``."""
-
-    def __init__(self, inner: nn.Module, limit: int) -> None:
-        super().__init__()
-        self.inner, self.limit = inner, limit
-
-    def forward(self, input_ids, **kwargs):
-        if input_ids.shape[1] > self.limit:
-            raise RuntimeError("out of memory (simulated)")
-        return self.inner(input_ids, **kwargs)
-
-
 def test_a_failing_request_fails_alone_and_its_batch_mate_is_unchanged(tiny_mdlm):
     short_ids, long_ids = chat(tiny_mdlm, "Recite Genesis 1:1."), chat(tiny_mdlm, "Recite " + "and the LORD " * 40)
     limit = len(short_ids) + 24
     fragile = DiffusionLM(tokenizer=tiny_mdlm.tokenizer, network=FailsOnLongCanvas(tiny_mdlm.network, limit),
                           mask_token_id=tiny_mdlm.mask_token_id, eos_token_ids=tiny_mdlm.eos_token_ids,
                           padded_batches=True, max_context=tiny_mdlm.max_context)
-    engine = DiffusionEngine(fragile)
+    engine = build_engine(fragile)
     options = DiffusionOptions(ultra_fast=False)
     alone, _ = run_checked(engine, GenerationRequest(short_ids, SamplingParams(max_tokens=24), options))
     short = engine.start(GenerationRequest(short_ids, SamplingParams(max_tokens=24), options))
     long = engine.start(GenerationRequest(long_ids, SamplingParams(max_tokens=24), options))
     chunks = []
     while not short.finished:
-        engine.step([s for s in (short, long) if not s.finished])
+        engine.step_sequences([s for s in (short, long) if not s.finished])
         chunks += short.drain()
     assert isinstance(long.error, RuntimeError) and long.finished
     assert short.error is None and text_of(chunks) == text_of(alone)
@@ -193,4 +180,4 @@ def test_an_empty_prompt_is_refused(tiny_mdlm):
     import pytest
 
     with pytest.raises(ValueError, match="empty"):
-        DiffusionEngine(tiny_mdlm).start(GenerationRequest([], SamplingParams(max_tokens=4)))
+        build_engine(tiny_mdlm).start(GenerationRequest([], SamplingParams(max_tokens=4)))

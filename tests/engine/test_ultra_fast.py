@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from dfast_serve.config import DiffusionOptions, UltraFastConfig, resolve_diffusion_options
-from dfast_serve.engine.diffusion import DiffusionEngine
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import build_engine
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from tests.engine.helpers import check_chunk_invariants
 
 PROMPTS = ["Recite Genesis 1:1.", "Continue: And God said", "Recite Psalms 23:1.", "Recite John 3:16.",
@@ -21,7 +21,7 @@ def ultra(**overrides) -> DiffusionOptions:
 
 def run(model, prompt, options, max_tokens=48, **params):
     ids = model.encode_chat([{"role": "user", "content": prompt}])
-    return list(DiffusionEngine(model).generate(GenerationRequest(ids, SamplingParams(max_tokens=max_tokens, **params), options)))
+    return list(build_engine(model).generate(GenerationRequest(ids, SamplingParams(max_tokens=max_tokens, **params), options)))
 
 
 def test_instant_first_token_after_exactly_one_forward_pass(tiny_mdlm):

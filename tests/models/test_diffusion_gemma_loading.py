@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from dfast_serve.config import ModelConfig, ReplicaConfig
-from dfast_serve.engine.options import DiffusionOptions
+from dfast_serve.wire.options import DiffusionOptions
 from dfast_serve.models.diffusion_gemma import DiffusionGemmaLM, GemmaSampling
 from dfast_serve.models.registry import load_model
 from tests.gemma import CANVAS, STEPS, tiny_checkpoint

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from dfast_serve.config import DiffusionOptions
-from dfast_serve.engine.diffusion import DiffusionEngine
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import build_engine
+from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import DiffusionLM
 from tests.engine.helpers import check_chunk_invariants
 from tests.models.checkpoints import FAMILIES
@@ -52,17 +52,17 @@ def options(**kw) -> DiffusionOptions:
 
 def run_together(model: DiffusionLM, prompts: list[list[int]], opts: DiffusionOptions) -> list[list[int]]:
     """All requests stepped together (one padded forward pass per step); each answer up to its end."""
-    engine = DiffusionEngine(model, max_batch_size=8)
+    engine = build_engine(model, max_batch_size=8)
     seqs = [engine.start(GenerationRequest(ids, SamplingParams(max_tokens=GEN_LEN), opts)) for ids in prompts]
     while live := [s for s in seqs if not s.finished]:
-        engine.step(live)
+        engine.step_sequences(live)
     return [s.answer[: s.cursor].tolist() for s in seqs]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_generation_equals_the_reference_sampler(native, family):
     model = native[family]
-    engine = DiffusionEngine(model)
+    engine = build_engine(model)
     compared = 0
     for prompt in PROMPTS[:3]:
         ids = model.encode_prompt(prompt)
@@ -120,12 +120,12 @@ def test_a_step_runs_cache_refreshes_apart_from_cached_slices(native):
     batch mates to the whole canvas: the step runs one full pass and one pass over the slices."""
     model = native["llada"]
     recorder = WidthRecorder(model.network)
-    engine = DiffusionEngine(dataclasses.replace(model, network=recorder), max_batch_size=8)
+    engine = build_engine(dataclasses.replace(model, network=recorder), max_batch_size=8)
     opts = options(cache="dual")
     ids = [model.encode_prompt(p) for p in PROMPTS[:3]]
     early = [engine.start(GenerationRequest(i, SamplingParams(max_tokens=GEN_LEN), opts)) for i in ids[:2]]
-    engine.step(early)  # both build their cache: one full pass
+    engine.step_sequences(early)  # both build their cache: one full pass
     late = engine.start(GenerationRequest(ids[2], SamplingParams(max_tokens=GEN_LEN), opts))
     recorder.widths.clear()
-    engine.step(early + [late])
+    engine.step_sequences(early + [late])
     assert sorted(recorder.widths) == [BLOCK, len(ids[2]) + GEN_LEN]  # the slices (a block each), the new canvas

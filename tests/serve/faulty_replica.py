@@ -10,7 +10,7 @@ from typing import Any
 
 from ray import serve
 
-from dfast_serve.serve.contract import ReplicaError, ReplicaRequest
+from dfast_serve.wire import APIError, ReplicaRequest
 from dfast_serve.serve.replicas import ModelReplica
 
 FAIL_MARK = "FAIL-HERE "
@@ -33,7 +33,7 @@ class FailingReplica(ModelReplica.func_or_class):
 
     def _encode(self, request: ReplicaRequest):  # type: ignore[override]
         encoded = super()._encode(request)
-        if not isinstance(encoded, ReplicaError) and (request.prompt or "").startswith(FAIL_MARK):
+        if not isinstance(encoded, APIError) and (request.prompt or "").startswith(FAIL_MARK):
             self.doomed.add(request.request_id)
         return encoded
 

@@ -6,11 +6,9 @@ import requests
 
 from dfast_serve.config import ReplicaConfig
 
+from tests.serve.helpers import AR, DIFFUSION, MESSAGES, PROMPT
 from tests.serve.sse import assert_error_shape, chat_text, completion_text, post_stream
 
-DIFFUSION, AR = "tiny-mdlm", "smollm2-135m"
-PROMPT = "In the beginning God created"
-MESSAGES = [{"role": "user", "content": "Recite Genesis 1:1."}]
 
 
 def test_models_lists_both_engines(server):

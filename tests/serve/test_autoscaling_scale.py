@@ -15,9 +15,9 @@ import pytest
 from ray import serve
 
 from dfast_serve.config import DiffusionOptions
-from dfast_serve.engine.types import SamplingParams
+from dfast_serve.engine import SamplingParams
 from dfast_serve.serve.autoscaling import TTFTAutoscalingPolicyConfig, autoscaling_config_for
-from dfast_serve.serve.contract import ReplicaRequest
+from dfast_serve.wire import ReplicaRequest
 from dfast_serve.serve.replicas import ModelReplica
 
 APP = "autoscale"

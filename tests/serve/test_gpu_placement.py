@@ -8,9 +8,9 @@ import ray
 from ray import serve
 
 from dfast_serve.config import ServerConfig
-from dfast_serve.engine.types import SamplingParams
+from dfast_serve.engine import SamplingParams
 from dfast_serve.serve.app import HEAD_NODE_RESOURCE, router_actor_options
-from dfast_serve.serve.contract import ReplicaRequest
+from dfast_serve.wire import ReplicaRequest
 from dfast_serve.serve.replicas import ModelReplica
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,16 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.serve.conftest import replica_stats
 from tests.serve.sse import assert_error_shape, post_stream
-from tests.serve.test_api import AR, DIFFUSION, PROMPT
+from tests.serve.helpers import AR, DIFFUSION, PROMPT, SLOW_FIELDS, replica_idle
 
 JSON = {"content-type": "application/json"}
 GOOD = {"model": DIFFUSION, "prompt": PROMPT, "max_tokens": 8}
 GOOD_CHAT = {"model": DIFFUSION, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
-# 256 forward passes of ~80 ms on 2 CPU cores; the first chunk leaves after one.
-SLOW_DFAST = {"ultra_fast_config": {"min_steps": 256, "max_steps": 256, "enable_early_stop": False,
-                                    "stream_confidence_threshold": 1.0, "stream_every_n_tokens": 0}}
-# A generation of 256 passes that EOS cannot cut short (a sampled EOS once ended one in 0.4 s in CI).
-SLOW_FIELDS = {"max_tokens": 256, "ignore_eos": True, "dfast": SLOW_DFAST}
 
 
 @dataclass
@@ -233,17 +227,6 @@ def test_fuzzed_requests_never_get_a_5xx(server, request):
 # ---- disconnects and metrics ----------------------------------------------------------------------
 def _forward_passes() -> int:
     return replica_stats("DiffusionReplica")["forward_passes"]
-
-
-def replica_idle(deployment: str, app_name: str = "dfast_serve", deadline_s: float = 120) -> dict:
-    """Poll a replica until no request is in flight or in its step loop; its stats then."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        stats = replica_stats(deployment, app_name)
-        if stats["in_flight"] == 0 and stats["active"] == 0 and stats["waiting"] == 0:
-            return stats
-        assert time.monotonic() < deadline, f"the replica never became idle: {stats}"
-        time.sleep(0.05)
 
 
 def test_client_disconnect_stops_generation(server):

@@ -18,8 +18,7 @@ import requests
 
 from tests.serve.conftest import SMALL_APP_ARGS, SmallApp, replica_stats
 from tests.serve.sse import assert_error_shape
-from tests.serve.test_hardening import SLOW_FIELDS, replica_idle
-from tests.serve.test_api import DIFFUSION, PROMPT
+from tests.serve.helpers import DIFFUSION, PROMPT, SLOW_FIELDS, replica_idle
 
 SHORT = {"model": DIFFUSION, "prompt": PROMPT, "max_tokens": 32}
 SLOW = {"model": DIFFUSION, "prompt": PROMPT, **SLOW_FIELDS, "stream": True}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.serve.test_api import AR, DIFFUSION, MESSAGES, PROMPT
+from tests.serve.helpers import AR, DIFFUSION, MESSAGES, PROMPT
 
 
 def _client(server) -> openai.OpenAI:

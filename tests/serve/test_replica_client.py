@@ -11,11 +11,10 @@ import pytest
 from ray.exceptions import ActorDiedError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
-from dfast_serve.api.errors import APIError
-from dfast_serve.serve.contract import ReplicaChunk, ReplicaError
+from dfast_serve.wire import StreamingChunk, APIError
 from dfast_serve.serve.replica_client import RayReplicaCall
 
-CHUNK = ReplicaChunk("In", 1, 1, 8, 0.1, 1.0, True, False, 1)
+CHUNK = StreamingChunk("In", 1, 1, 8, 0.1, 1.0, True, False, 1)
 
 
 class FakeGenerator:
@@ -67,7 +66,7 @@ def test_ray_errors_before_the_first_chunk(exc, status, code, retry):
 def test_any_ray_error_after_the_first_chunk_is_replica_failed(exc):
     call = RayReplicaCall(FakeGenerator(CHUNK, exc), "tiny-mdlm", retry_after_s=3)
 
-    async def drain() -> list[ReplicaChunk]:
+    async def drain() -> list[StreamingChunk]:
         return [chunk async for chunk in call]
 
     with pytest.raises(APIError) as caught:
@@ -83,11 +82,11 @@ def assert_no_exception_names(err: APIError) -> None:
 
 
 def test_a_replica_refusal_becomes_the_error_it_describes_and_chunks_pass_through():
-    refusal = ReplicaError(400, "prompt encodes to no tokens", param="prompt", code="invalid_value")
+    refusal = APIError(400, "prompt encodes to no tokens", param="prompt", code="invalid_value")
     err, _ = first_error(refusal)
     assert err == APIError(400, "prompt encodes to no tokens", "invalid_request_error", "prompt", "invalid_value")
 
-    async def drain() -> list[ReplicaChunk]:
+    async def drain() -> list[StreamingChunk]:
         return [chunk async for chunk in RayReplicaCall(FakeGenerator(CHUNK, CHUNK), "m", 1)]
 
     assert asyncio.run(drain()) == [CHUNK, CHUNK]

@@ -20,7 +20,7 @@ import requests
 
 from dfast_serve.config import DiffusionOptions
 from dfast_serve.engine import SamplingParams
-from dfast_serve.serve.contract import ReplicaChunk, ReplicaError, ReplicaRequest
+from dfast_serve.wire import StreamingChunk, APIError, ReplicaRequest
 from dfast_serve.serve.replicas import ModelReplica
 from tests.serve.faulty_replica import FAIL_MARK, FailingReplica
 
@@ -52,7 +52,7 @@ def replica() -> ModelReplica:
 def test_a_long_prompt_is_tokenized_while_other_streams_keep_receiving_chunks(replica):
     """A 200k-character prompt's tokenization is held until a running stream has received three
     more chunks. Run on the event loop, it would hold those chunks back and time out the gate."""
-    received: list[ReplicaChunk] = []
+    received: list[StreamingChunk] = []
     during_encode: list[int] = []
     gate = threading.Event()
     encode_prompt = replica.model.encode_prompt
@@ -65,7 +65,7 @@ def test_a_long_prompt_is_tokenized_while_other_streams_keep_receiving_chunks(re
             during_encode.append(len(received) - at_start)
         return encode_prompt(text)
 
-    def on_neighbour_chunk(chunk: ReplicaChunk) -> None:
+    def on_neighbour_chunk(chunk: StreamingChunk) -> None:
         received.append(chunk)
         if len(received) >= start_count + 3:
             gate.set()
@@ -86,7 +86,7 @@ def test_a_long_prompt_is_tokenized_while_other_streams_keep_receiving_chunks(re
         replica.model.encode_prompt = encode_prompt
     assert gate.is_set(), "no chunk of the other stream arrived while the long prompt was tokenized"
     assert during_encode and during_encode[0] >= 2, during_encode
-    assert len(refused) == 1 and isinstance(refused[0], ReplicaError), refused
+    assert len(refused) == 1 and isinstance(refused[0], APIError), refused
     assert refused[0].code == "context_length_exceeded" and refused[0].param == "prompt"
     assert received[-1].finish_reason in ("stop", "length")
 
@@ -108,10 +108,10 @@ def test_a_request_whose_generation_fails_ends_with_an_error_and_its_batch_mate_
     passes_before = replica.engine.forward_passes
     mate_items, doomed_items = asyncio.run(asyncio.wait_for(scenario(), 120))
     *doomed_chunks, error = doomed_items
-    assert doomed_chunks and all(isinstance(c, ReplicaChunk) for c in doomed_chunks)
-    assert isinstance(error, ReplicaError) and (error.status, error.code) == (500, "generation_failed")
+    assert doomed_chunks and all(isinstance(c, StreamingChunk) for c in doomed_chunks)
+    assert isinstance(error, APIError) and (error.status, error.code) == (500, "generation_failed")
     assert "injected" not in error.message and "Error" not in error.message
-    assert all(isinstance(c, ReplicaChunk) for c in mate_items)
+    assert all(isinstance(c, StreamingChunk) for c in mate_items)
     assert mate_items[-1].finish_reason in ("stop", "length") and mate_items[-1].nfe == 64
     # They shared steps: 64 passes for the mate, not 64 + the doomed request's own.
     assert replica.engine.forward_passes - passes_before == 64
@@ -136,7 +136,7 @@ def test_a_dead_engine_thread_fails_the_health_check_and_every_request_gets_an_e
     replica.engine.step = die
     running, later = asyncio.run(asyncio.wait_for(scenario(), 120))
     for items in (running, later):
-        assert isinstance(items[-1], ReplicaError) and items[-1].code == "generation_failed", items
+        assert isinstance(items[-1], APIError) and items[-1].code == "generation_failed", items
     with pytest.raises(RuntimeError, match="engine thread"):
         replica.check_health()
 

@@ -19,7 +19,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from tests.serve.conftest import STARTUP_TIMEOUT_S, replica_stats
 from tests.serve.sse import assert_error_shape
-from tests.serve.test_api import DIFFUSION, PROMPT
+from tests.serve.helpers import DIFFUSION, PROMPT
 
 KEY = "key-from-runtime-env"
 TINY = [{"name": DIFFUSION, "engine": "diffusion", "replica": {"num_cpus": 0.25, "max_ongoing_requests": 2}}]

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from dfast_serve.serve.contract import ReplicaChunk
+from dfast_serve.wire import StreamingChunk
 from dfast_serve.serve.metrics import ServingMetrics
 
 MODEL = "tiny-mdlm"
 
 
-def _chunk(total: int, nfe: int, finish: str | None = None, time_ms: float = 0.0) -> ReplicaChunk:
-    return ReplicaChunk("x", 1, total, 64, 0.5, time_ms, False, finish is not None, nfe, finish, prompt_tokens=5)
+def _chunk(total: int, nfe: int, finish: str | None = None, time_ms: float = 0.0) -> StreamingChunk:
+    return StreamingChunk("x", 1, total, 64, 0.5, time_ms, False, finish is not None, nfe, finish, prompt_tokens=5)
 
 
 def _value(metrics: ServingMetrics, name: str, **labels: str) -> float:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dfast_serve.config import DiffusionOptions, ReplicaConfig
+from dfast_serve.config import DiffusionOptions
 from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
 from dfast_serve.serve.step_loop import StepLoop
 
@@ -44,7 +44,7 @@ def test_a_request_joining_mid_generation_shares_steps_and_changes_no_output(tin
     long_req = request(tiny_mdlm, "In the beginning God created", 32)
     short_req = request(tiny_mdlm, "And the earth was", 16)
     engine = build_engine(tiny_mdlm, max_batch_size=8)
-    loop = StepLoop(engine, max_active=8)
+    loop = StepLoop(engine)
 
     async def run() -> tuple[str, str]:
         first = loop.submit(long_req)
@@ -63,7 +63,7 @@ def test_a_request_joining_mid_generation_shares_steps_and_changes_no_output(tin
 def test_a_step_hands_all_its_chunks_to_the_event_loop_in_one_call(tiny_mdlm):
     """One loop wake-up per step, whatever the number of requests and chunks in it."""
     requests = [request(tiny_mdlm, prompt, 16) for prompt in ("In the beginning", "And God said", "And the earth")]
-    loop = StepLoop(build_engine(tiny_mdlm, max_batch_size=8), max_active=8)
+    loop = StepLoop(build_engine(tiny_mdlm, max_batch_size=8))
 
     async def run() -> tuple[int, int, int]:
         event_loop = asyncio.get_running_loop()
@@ -98,7 +98,7 @@ def test_the_replica_applies_its_gil_switch_interval():
 
 def test_a_cancelled_request_leaves_the_batch_at_the_next_step(tiny_mdlm):
     engine = build_engine(tiny_mdlm, max_batch_size=8)
-    loop = StepLoop(engine, max_active=8)
+    loop = StepLoop(engine)
 
     async def run() -> tuple[int, str]:
         keeper = loop.submit(request(tiny_mdlm, "In the beginning", 32))
@@ -121,14 +121,14 @@ def test_a_request_that_fails_ends_alone_and_its_batch_mates_continue(tiny_mdlm)
     """One request's forward pass fails (a simulated out-of-memory on its long canvas): it gets the
     error, the request batched with it finishes with the text it has alone."""
     from dfast_serve.models.adapters import DiffusionLM
-    from tests.engine.test_scheduler_semantics import FailsOnLongCanvas
+    from tests.engine.helpers import FailsOnLongCanvas
 
     short_req = request(tiny_mdlm, "In the beginning", 16)
     long_req = request(tiny_mdlm, "And God said " * 30, 16)
     fragile = DiffusionLM(tokenizer=tiny_mdlm.tokenizer, network=FailsOnLongCanvas(tiny_mdlm.network, 40),
                           mask_token_id=tiny_mdlm.mask_token_id, eos_token_ids=tiny_mdlm.eos_token_ids,
                           padded_batches=True, max_context=tiny_mdlm.max_context)
-    loop = StepLoop(build_engine(fragile, max_batch_size=8), max_active=8)
+    loop = StepLoop(build_engine(fragile, max_batch_size=8))
 
     async def run() -> tuple[str, BaseException | None]:
         failing, fine = loop.submit(long_req), loop.submit(short_req)
@@ -144,15 +144,26 @@ def test_a_request_that_fails_ends_alone_and_its_batch_mates_continue(tiny_mdlm)
     assert text == alone(tiny_mdlm, short_req)
 
 
-def test_an_engine_error_reaches_the_request_as_an_exception(tiny_mdlm):
-    loop = StepLoop(build_engine(tiny_mdlm), max_active=2)
-    too_long = GenerationRequest([1, 2, 3], SamplingParams(max_tokens=tiny_mdlm.max_context), diffusion=STANDARD)
+def test_a_request_that_cannot_start_gets_the_error_and_the_loop_goes_on(tiny_mdlm):
+    engine = build_engine(tiny_mdlm, max_running=2)
+    start = engine.family.start
 
-    async def run() -> None:
-        await collect(loop.submit(too_long))
+    def start_or_fail(request: GenerationRequest):  # a fake fault at admission: only that request's
+        if request.request_id == "doomed":
+            raise ValueError("cannot start this one")
+        return start(request)
 
-    with pytest.raises(ValueError, match="exceeds the context"):
-        asyncio.run(run())
+    engine.family.start = start_or_fail
+    loop = StepLoop(engine)
+    doomed = GenerationRequest([1, 2, 3], SamplingParams(max_tokens=8), diffusion=STANDARD, request_id="doomed")
+    fine = GenerationRequest([1, 2, 3], SamplingParams(max_tokens=8), diffusion=STANDARD)
+
+    async def run() -> str:
+        with pytest.raises(ValueError, match="cannot start this one"):
+            await collect(loop.submit(doomed))
+        return await collect(loop.submit(fine))
+
+    assert asyncio.run(run()) == alone(tiny_mdlm, fine)
 
 
 def test_every_dtype_batches_by_default_and_strict_is_opt_in():
@@ -163,4 +174,4 @@ def test_every_dtype_batches_by_default_and_strict_is_opt_in():
     stats = ModelReplica.func_or_class(bf16, replica={"max_batch_size": 6}).stats()
     assert (stats["max_batch_size"], stats["batch_invariance"]) == (6, "off")
     strict = ModelReplica.func_or_class(bf16, replica={"max_batch_size": 6, "batch_invariance": "strict"})
-    assert strict.engine.batch_invariance == "strict" and strict.stats()["max_batch_size"] == 6
+    assert strict.engine.family.batch_invariance == "strict" and strict.stats()["max_batch_size"] == 6

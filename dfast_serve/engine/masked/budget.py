@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dfast_serve.engine.options import DiffusionOptions
+from dfast_serve.wire.options import DiffusionOptions
 
 
 @dataclass

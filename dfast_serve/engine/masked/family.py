@@ -4,9 +4,10 @@ The answer starts as ``max_tokens`` mask tokens after the prompt; each step runs
 proposes a token for every masked position it scored, and *commits* some of them; a committed
 token never changes (``diffusion_sequence``: the per-request state and decisions).
 
-``DiffusionEngine.step`` = plan (each sequence's canvas slice: whole, or part of it against the
-block-wise KV cache, ``kv_cache``) → forward (sequences share passes, left-padded, ``batching``)
-→ postprocess (each sequence's ``advance``: propose, commit, stream). The pass budget
+``MaskedDiffusion`` is the family the engine core runs (``core.py``): ``schedule`` = plan (each
+sequence's canvas slice: whole, or part of it against the block-wise KV cache, ``kv_cache``), fair
+turns within the step's token budget, packing into passes → ``forward`` (sequences share passes,
+left-padded, ``batching``) → ``advance`` (each sequence's own: propose, commit, stream). The pass budget
 (``budget``) and the block schedule (``schedule``) say how many passes a block may spend; the
 ultra-fast options add the instant reveal, confidence streaming, the stall fallback and early
 stop on top; with all of them off it is exactly the standard path.
@@ -14,28 +15,29 @@ stop on top; with all of them off it is exactly the standard path.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
 from dfast_serve.engine.batching import left_pad, split_into
-from dfast_serve.engine.budget import PassBudget
+from dfast_serve.engine.masked.budget import PassBudget
 from dfast_serve.engine.detokenize import StreamingDetokenizer
-from dfast_serve.engine.diffusion_sequence import DiffusionSequence
-from dfast_serve.engine.fixed_shape import PassShape, assemble
-from dfast_serve.engine.kv_cache import BlockCache, ForwardPlan, stack_contexts
-from dfast_serve.engine.options import BatchInvariance, DiffusionOptions
+from dfast_serve.engine.core import Pass
+from dfast_serve.engine.limits import EngineLimits, check_context, check_prompt
+from dfast_serve.engine.masked.sequence import DiffusionSequence
+from dfast_serve.engine.masked.fixed_shape import PassShape, assemble
+from dfast_serve.engine.masked.kv_cache import BlockCache, ForwardPlan, stack_contexts
+from dfast_serve.wire import BatchInvariance, DiffusionOptions, bad_request
 from dfast_serve.engine.sampling import make_generator
-from dfast_serve.engine.sequence import generate_alone
-from dfast_serve.engine.types import GenerationRequest, StreamingChunk
+from dfast_serve.engine.request import GenerationRequest
 from dfast_serve.models.adapters import DiffusionLM
-from dfast_serve.tensor_types import KeyValues
+from dfast_serve.wire.tensors import KeyValues
 
 
-class DiffusionEngine:
-    """Runs diffusion sequences on one model. ``forward_passes`` counts every pass it makes;
-    ``max_batch_size`` bounds how many sequences ``step`` puts in one pass, ``step_token_budget`` the
-    canvas tokens one step computes (a canvas longer than it runs alone).
+class MaskedDiffusion:
+    """The masked-diffusion family on one model. ``max_batch_size`` bounds how many sequences share a
+    pass, ``step_token_budget`` the canvas tokens one step computes (a canvas longer than it runs alone),
+    ``limits`` the canvas and block sizes a request may ask for.
 
     ``batch_invariance``: ``off`` pads a pass's rows to its longest slice (a row's low-order bits,
     and in bf16 sometimes its greedy tokens, depend on its mates); ``strict`` runs every pass in the
@@ -46,26 +48,30 @@ class DiffusionEngine:
     kind = "diffusion"
 
     def __init__(self, model: DiffusionLM, max_batch_size: int = 8, step_token_budget: int | None = None,
-                 batch_invariance: BatchInvariance = "off") -> None:
+                 batch_invariance: BatchInvariance = "off", limits: EngineLimits = EngineLimits()) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.model = model
         self.max_batch_size = max_batch_size
         self.step_token_budget = step_token_budget  # None: every sequence runs every step
         self.batch_invariance = batch_invariance
-        self.forward_passes = 0
+        self.limits = limits
+
+    def validate(self, request: GenerationRequest) -> None:
+        check_prompt(request)
+        options = request.diffusion or DiffusionOptions()
+        cap = self.limits.max_block_length
+        if cap is not None and options.block_length > cap:
+            raise bad_request(f"dfast.block_length {options.block_length} exceeds this model's max_block_length of "
+                              f"{cap}", "dfast.block_length")
+        limit, why = self.model.max_context, "its context"
+        if self.limits.max_canvas_tokens is not None and self.limits.max_canvas_tokens < limit:
+            limit, why = self.limits.max_canvas_tokens, "replica.max_canvas_tokens"
+        check_context(request, limit, why=why)
 
     def start(self, request: GenerationRequest) -> DiffusionSequence:
         options = request.diffusion or DiffusionOptions()
         gen_len = request.params.max_tokens
-        if gen_len < 1:
-            raise ValueError("max_tokens must be at least 1")
-        if not request.prompt_ids:
-            raise ValueError("the prompt is empty")
-        total = len(request.prompt_ids) + gen_len
-        if total > self.model.max_context:
-            raise ValueError(f"prompt ({len(request.prompt_ids)}) + max_tokens ({gen_len}) exceeds the context "
-                             f"({self.model.max_context})")
         device = self.model.device
         canvas = torch.tensor(list(request.prompt_ids) + [self.model.mask_token_id] * gen_len,
                               dtype=torch.long, device=device)
@@ -82,26 +88,16 @@ class DiffusionEngine:
             kv=BlockCache(dual=options.cache == "dual", lead=int(self.model.shift_logits)) if use_cache else None,
         )
 
-    def step(self, sequences: list[DiffusionSequence]) -> None:
-        """One denoising step for the sequences whose turn it is (``_turns``), sharing forward passes
-        (``_passes``). A pass that fails for a group is retried per sequence, so an error ends only
-        the request that causes it."""
+    def schedule(self, sequences: list[DiffusionSequence]) -> Iterator[Pass[DiffusionSequence]]:
+        """The step's passes: the sequences whose turn it is (``_turns``), packed (``_passes``)."""
         plans = {id(seq): seq.forward_plan() for seq in sequences}
         for group in self._passes(self._turns(sequences, plans), plans):
-            batch_plans = [plans[id(seq)] for seq in group]
-            try:
-                logits, kv = self._forward(group, batch_plans)
-            except Exception as exc:  # noqa: BLE001 - isolate the sequence that causes it
-                if len(group) == 1:
-                    group[0].fail(exc)
-                    continue
-                for seq, plan in zip(group, batch_plans):
-                    try:
-                        self._postprocess([seq], [plan], *self._forward([seq], [plan]))
-                    except Exception as alone_exc:  # noqa: BLE001
-                        seq.fail(alone_exc)
-                continue
-            self._postprocess(group, batch_plans, logits, kv)
+            yield Pass(group, [plans[id(seq)] for seq in group], shape=self._pass_shape(group, plans))
+
+    def _pass_shape(self, group: list[DiffusionSequence], plans: dict[int, ForwardPlan]) -> PassShape | None:
+        if self.batch_invariance == "strict" and self.model.padded_batches:
+            return self._shape(plans[id(group[0])])
+        return None
 
     def _turns(self, sequences: list[DiffusionSequence], plans: dict[int, ForwardPlan]) -> list[DiffusionSequence]:
         """Who runs this step: fair by canvas tokens (weighted fair queueing). Each sequence counts the
@@ -163,15 +159,14 @@ class DiffusionEngine:
                 current.append(seq)
         return passes
 
-    def _forward(self, batch: list[DiffusionSequence], plans: list[ForwardPlan]
-                 ) -> tuple[torch.Tensor, list[KeyValues] | None]:
-        """One forward pass for ``batch``: logits (batch, longest slice, vocab), and keys/values when cached."""
+    def forward(self, pass_: Pass[DiffusionSequence]) -> tuple[torch.Tensor, list[KeyValues] | None]:
+        """One forward pass: logits (batch, longest slice, vocab), and keys/values when cached."""
+        batch, plans = pass_.sequences, pass_.plans
         device = self.model.device
-        if self.batch_invariance == "strict" and self.model.padded_batches:
-            return self._fixed_forward(batch, plans)
+        if pass_.shape is not None:
+            return self._fixed_forward(batch, plans, pass_.shape)
         ids, mask = left_pad([seq.canvas[p.start : p.end] for seq, p in zip(batch, plans)],
                              value=self.model.mask_token_id)
-        self.forward_passes += 1
         # Only the answer positions are scored: a model that can skips the prompt's logits.
         keep = max(p.end - max(p.start, seq.prompt_len) for seq, p in zip(batch, plans))
         if any(p.context is not None or p.refresh for p in plans):
@@ -185,33 +180,30 @@ class DiffusionEngine:
     def _shape(self, plan: ForwardPlan) -> PassShape:
         return PassShape.of(plan, self.max_batch_size, self.step_token_budget)
 
-    def _fixed_forward(self, batch: list[DiffusionSequence], plans: list[ForwardPlan]
+    def _fixed_forward(self, batch: list[DiffusionSequence], plans: list[ForwardPlan], shape: PassShape
                        ) -> tuple[torch.Tensor, list[KeyValues] | None]:
         """A pass in its bucket's fixed shape: always masked, positioned, untrimmed and (with a cache)
         returning keys/values, so that nothing about it depends on which rows share it."""
-        shape = self._shape(plans[0])
         fixed = assemble(shape, [seq.canvas[p.start : p.end] for seq, p in zip(batch, plans)], plans,
                          self.model.mask_token_id, self.model.device)
-        self.forward_passes += 1
         if self.model.kv_cache:
             return self.model.logits_and_kv(fixed.ids, fixed.positions, fixed.mask, fixed.past)
         return self.model.logits(fixed.ids, fixed.mask, fixed.positions), None
 
-    def _postprocess(self, batch: list[DiffusionSequence], plans: list[ForwardPlan], logits: torch.Tensor,
-                     kv: list[KeyValues] | None) -> None:
-        """Each sequence's step from its rows of the pass; one that fails ends alone."""
-        for i, (seq, plan) in enumerate(zip(batch, plans)):
-            seq.work += plan.tokens
-            try:
-                if plan.refresh:
-                    n = plan.end - plan.start
-                    seq.keep_kv([(k[i, :, -n:], v[i, :, -n:]) for k, v in kv])
-                first = max(plan.start, seq.prompt_len)  # the first answer position the pass computed
-                window = logits[i, logits.shape[1] - (plan.end - first) :]
-                window[:, self.model.mask_token_id] = -torch.inf  # the mask is never a valid answer token
-                seq.advance(window, first - seq.prompt_len)
-            except Exception as exc:  # noqa: BLE001 - reported to this request alone
-                seq.fail(exc)
+    def advance(self, seq: DiffusionSequence, row: int, output: tuple[torch.Tensor, list[KeyValues] | None],
+                pass_: Pass[DiffusionSequence]) -> None:
+        """The sequence's step from its row of the pass: keep its keys/values if the plan refreshes
+        the cache, then propose, commit and stream on the answer positions the pass scored."""
+        logits, kv = output
+        plan: ForwardPlan = pass_.plan(row)
+        seq.work += plan.tokens
+        if plan.refresh:
+            n = plan.end - plan.start
+            seq.keep_kv([(k[row, :, -n:], v[row, :, -n:]) for k, v in kv])
+        first = max(plan.start, seq.prompt_len)  # the first answer position the pass computed
+        window = logits[row, logits.shape[1] - (plan.end - first) :]
+        window[:, self.model.mask_token_id] = -torch.inf  # the mask is never a valid answer token
+        seq.advance(window, first - seq.prompt_len)
 
     def _cached_forward(
         self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, plans: list[ForwardPlan], keep: int
@@ -221,9 +213,3 @@ class DiffusionEngine:
         if past is not None:
             mask = torch.cat([context_mask, mask], dim=1)
         return self.model.logits_and_kv(ids, positions, None if bool(mask.all()) else mask, past, keep=keep)
-
-    def generate(
-        self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None
-    ) -> Iterator[StreamingChunk]:
-        """Stream one request's chunks as its prefix grows. ``should_stop`` is polled before every step."""
-        return generate_alone(self, request, should_stop)

@@ -31,7 +31,7 @@ import torch
 
 from dfast_serve.engine.batching import left_pad
 
-from dfast_serve.tensor_types import KeyValues
+from dfast_serve.wire.tensors import KeyValues
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""The diffusion engine's own options: what a request (or a model's defaults) may set.
+"""What a request may set for a diffusion model: the options a request (or a model's defaults) carries.
 
-They live with the engine, not in the server's ``config.py``, so the engine imports nothing of the
-server; ``config.py`` layers them (env < serve_config < request) and re-exports them.
+They are part of the wire contract (a ``ReplicaRequest`` carries them across the handle), so they
+live at the bottom layer: the engine reads them, ``config.py`` layers them (env < serve_config <
+request) and re-exports them.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from dfast_serve.engine.options import ConfidenceKind
+from dfast_serve.wire.options import ConfidenceKind
 
 
 def confidence_of(probs: torch.Tensor, proposed_probability: torch.Tensor, kind: ConfidenceKind) -> torch.Tensor:

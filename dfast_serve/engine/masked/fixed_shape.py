@@ -10,8 +10,8 @@ attention mask over the row's own positions and the same (empty) logit trimming.
 arithmetic is then the same whoever its mates are: matrix products treat rows independently at a
 given shape, and attention masks padding keys out per row. The price is padding (up to 2x on short
 slices, up to ``BUCKET_STEP`` - 1 tokens on long ones) and dummy rows when fewer requests share a
-bucket than a pass holds; ``benchmarks/bf16_agreement.py`` measures it. ``ArShape`` / ``assemble_ar``
-do the same for the AR engine's merged prefill / decode passes.
+bucket than a pass holds (the bf16 agreement benchmark measures it). ``engine/ar/shape.py`` does the
+same for the AR family's merged prefill / decode passes.
 """
 
 from __future__ import annotations
@@ -20,22 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dfast_serve.engine.kv_cache import ForwardPlan
-from dfast_serve.tensor_types import KeyValues
-
-SMALLEST_BUCKET = 16
-BUCKET_STEP = 128  # buckets are powers of two up to this, then its multiples
-
-
-def bucket(n: int) -> int:
-    """The padded length of ``n`` tokens: the next power of two (at least ``SMALLEST_BUCKET``) up to
-    ``BUCKET_STEP``, then the next multiple of ``BUCKET_STEP``; 0 stays 0 (no cached context)."""
-    if n <= 0:
-        return 0
-    if n > BUCKET_STEP:
-        return -(-n // BUCKET_STEP) * BUCKET_STEP
-    return max(SMALLEST_BUCKET, 1 << (n - 1).bit_length())
-
+from dfast_serve.engine.batching import bucket
+from dfast_serve.engine.masked.kv_cache import ForwardPlan
+from dfast_serve.wire.tensors import KeyValues
 
 @dataclass(frozen=True)
 class PassShape:
@@ -95,57 +82,3 @@ def assemble(shape: PassShape, slices: list[torch.Tensor], plans: list[ForwardPl
                 values[i, :, c - n :] = plan.context[layer][1]
             past.append((keys, values))
     return FixedBatch(ids, positions, mask, past)
-
-
-@dataclass(frozen=True)
-class ArShape:
-    """An AR pass's fixed shape: input columns and cached key columns per row, and rows.
-
-    A prefill row's input pads to ``bucket(prompt + 1)``; a decode row (one new token) attends to
-    ``bucket(past + 2)`` keys, its cache padded to one less. The ``+ 1``: every row keeps at least one
-    padding column, so the attention mask is never all ones; transformers drops such a mask (and changes
-    the attention path) only when no row of the batch pads, which would make the path depend on the mates.
-    """
-
-    inputs: int
-    past: int
-    rows: int
-
-    @classmethod
-    def of(cls, past: int, new: int, rows: int) -> "ArShape":
-        if past == 0:
-            return cls(bucket(new + 1), 0, rows)
-        columns = bucket(past + new + 1)
-        return cls(new, columns - new, rows)
-
-
-def assemble_ar(shape: ArShape, inputs: list[torch.Tensor], past_lens: list[int], caches: list,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[KeyValues]]:
-    """(rows, inputs) ids and positions, the (rows, past + inputs) mask of real keys, and each layer's
-    (rows, heads, past, head_dim) keys/values, each row right-aligned in ``shape``. ``caches`` are the
-    sequences' ``DynamicCache``s (None before prefill). A dummy row attends to its last column only."""
-    if len(inputs) > shape.rows:
-        raise ValueError(f"{len(inputs)} rows do not fit a pass of {shape.rows}")
-    q, p = shape.inputs, shape.past
-    ids = torch.zeros((shape.rows, q), dtype=torch.long, device=device)
-    positions = torch.zeros((shape.rows, q), dtype=torch.long, device=device)
-    mask = torch.zeros((shape.rows, p + q), dtype=torch.long, device=device)
-    mask[len(inputs) :, -1] = 1
-    for i, (tokens, past) in enumerate(zip(inputs, past_lens)):
-        n = tokens.shape[0]
-        ids[i, q - n :] = tokens
-        positions[i, q - n :] = torch.arange(past, past + n, device=device)
-        mask[i, p - past : p] = 1
-        mask[i, p + q - n :] = 1
-    layers: list[KeyValues] = []
-    reference = next((c for c in caches if c is not None), None)
-    if p and reference is not None:
-        for index, ref_layer in enumerate(reference.layers):
-            _, heads, _, head_dim = ref_layer.keys.shape
-            keys = ref_layer.keys.new_zeros((shape.rows, heads, p, head_dim))
-            values = torch.zeros_like(keys)
-            for i, (cache, past) in enumerate(zip(caches, past_lens)):
-                keys[i, :, p - past :] = cache.layers[index].keys[0]
-                values[i, :, p - past :] = cache.layers[index].values[0]
-            layers.append((keys, values))
-    return ids, positions, mask, layers

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dfast_serve.engine import policies
-from dfast_serve.engine.budget import PassBudget
-from dfast_serve.engine.kv_cache import BlockCache, ForwardPlan
-from dfast_serve.engine.options import DiffusionOptions, UltraFastConfig
-from dfast_serve.engine.proposal import Proposal, propose
-from dfast_serve.engine.schedule import front_loaded_schedule, uniform_schedule
+from dfast_serve.engine.masked import policies
+from dfast_serve.engine.masked.budget import PassBudget
+from dfast_serve.engine.masked.kv_cache import BlockCache, ForwardPlan
+from dfast_serve.wire.options import DiffusionOptions, UltraFastConfig
+from dfast_serve.engine.masked.proposal import Proposal, propose
+from dfast_serve.engine.masked.schedule import front_loaded_schedule, uniform_schedule
 from dfast_serve.engine.sequence import Sequence
-from dfast_serve.tensor_types import KeyValues
+from dfast_serve.wire.tensors import KeyValues
 
 
 @dataclass(eq=False)

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from dfast_serve.engine.confidence import confidence_of
-from dfast_serve.engine.options import DiffusionOptions
+from dfast_serve.engine.masked.confidence import confidence_of
+from dfast_serve.wire.options import DiffusionOptions
 from dfast_serve.engine.sampling import choose_tokens
-from dfast_serve.engine.types import SamplingParams
+from dfast_serve.wire import SamplingParams
 
 
 @dataclass

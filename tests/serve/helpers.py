@@ -1,0 +1,27 @@
+"""Shared by the real-Ray tests: the served models' names, prompts, a slow request, an idle wait."""
+
+from __future__ import annotations
+
+import time
+
+from tests.serve.conftest import replica_stats
+
+DIFFUSION, AR = "tiny-mdlm", "smollm2-135m"
+PROMPT = "In the beginning God created"
+MESSAGES = [{"role": "user", "content": "Recite Genesis 1:1."}]
+# 256 forward passes of ~80 ms on 2 CPU cores; the first chunk leaves after one.
+SLOW_DFAST = {"ultra_fast_config": {"min_steps": 256, "max_steps": 256, "enable_early_stop": False,
+                                    "stream_confidence_threshold": 1.0, "stream_every_n_tokens": 0}}
+# A generation of 256 passes that EOS cannot cut short (a sampled EOS once ended one in 0.4 s in CI).
+SLOW_FIELDS = {"max_tokens": 256, "ignore_eos": True, "dfast": SLOW_DFAST}
+
+
+def replica_idle(deployment: str, app_name: str = "dfast_serve", deadline_s: float = 120) -> dict:
+    """Poll a replica until no request is in flight or in its step loop; its stats then."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        stats = replica_stats(deployment, app_name)
+        if stats["in_flight"] == 0 and stats["active"] == 0 and stats["waiting"] == 0:
+            return stats
+        assert time.monotonic() < deadline, f"the replica never became idle: {stats}"
+        time.sleep(0.05)

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from dfast_serve.models.bidirectional import BidirectionalConfig, UnsupportedCheckpoint
+from dfast_serve.models.bidirectional import BidirectionalConfig
+from dfast_serve.models.checkpoint import CheckpointFamily
 
-FAMILY = "LLaDA"
-REMOTE_SOURCE = "llada-remote"
-ARCHITECTURE = "LLaDAModelLM"
-MODEL_TYPE = "llada"
+FAMILY = CheckpointFamily("LLaDA", "llada", architecture="LLaDAModelLM", model_type="llada",
+                          block=" with a Llama block")
 DEFAULT_MASK_ID = 126336
 EXTRA_EOS_IDS = (126081, 126348)  # <|endoftext|>, <|eot_id|> of LLaDA's tokenizer
 
 _LAYER = r"model\.transformer\.blocks\.(\d+)\."
-RENAMES: list[tuple[str, str]] = [
+_RENAMES: list[tuple[str, str]] = [
     (r"model\.transformer\.wte\.weight", "embed.weight"),
     (r"model\.transformer\.ln_f\.weight", "norm.weight"),
     (r"model\.transformer\.ff_out\.weight", "lm_head.weight"),
@@ -33,6 +32,12 @@ RENAMES: list[tuple[str, str]] = [
     (_LAYER + r"up_proj\.weight", r"layers.\1.up_proj.weight"),
     (_LAYER + r"ff_out\.weight", r"layers.\1.down_proj.weight"),
 ]
+
+
+def renames(cfg: BidirectionalConfig) -> list[tuple[str, str]]:
+    """Checkpoint key -> native name, the same for every LLaDA shape."""
+    return _RENAMES
+
 
 # config.json fields whose other values select code paths the native model does not have
 # (value absent from config.json: LLaDA's own default).
@@ -51,27 +56,14 @@ _REQUIRED: dict[str, tuple[Any, Any]] = {  # field: (required value, LLaDA defau
 }
 
 
-def refuse(path: str, why: str) -> UnsupportedCheckpoint:
-    return UnsupportedCheckpoint(
-        f"{path}: {why}; the native LLaDA code (source: llada) knows {ARCHITECTURE} / model_type {MODEL_TYPE!r} "
-        f"with a Llama block. Use source: {REMOTE_SOURCE} to load it through its own remote code"
-    )
-
-
-def is_llada(raw: dict[str, Any]) -> bool:
-    return raw.get("model_type") == MODEL_TYPE and raw.get("architectures", [ARCHITECTURE]) == [ARCHITECTURE]
-
-
 def network_config(raw: dict[str, Any], path: str = "config.json") -> BidirectionalConfig:
     """The native network's shape from LLaDA's config.json, or ``UnsupportedCheckpoint``."""
-    if not is_llada(raw):
-        raise refuse(path, f"config.json declares architectures {raw.get('architectures')} / model_type "
-                           f"{raw.get('model_type')!r}")
+    FAMILY.check(raw, path)
     for name, (required, default) in _REQUIRED.items():
         if raw.get(name, default) != required:
-            raise refuse(path, f"config.json sets {name}={raw.get(name, default)!r} (native: {required!r})")
+            raise FAMILY.refuse(path, f"config.json sets {name}={raw.get(name, default)!r} (native: {required!r})")
     if raw.get("bias_for_layer_norm"):
-        raise refuse(path, "config.json sets bias_for_layer_norm")
+        raise FAMILY.refuse(path, "config.json sets bias_for_layer_norm")
     heads = int(raw["n_heads"])
     kv_heads = raw.get("n_kv_heads")
     if raw.get("multi_query_attention"):

@@ -9,7 +9,7 @@ import pytest
 
 from dfast_serve.config import ModelConfig
 from dfast_serve.models import registry
-from dfast_serve.models.bidirectional import UnsupportedCheckpoint
+from dfast_serve.models.checkpoint import UnsupportedCheckpoint
 from dfast_serve.models.native import load_native_diffusion, load_tokenizer
 from tests.models.checkpoints import make_checkpoint
 

@@ -47,7 +47,7 @@ import torch
 
 from benchmarks.prompts import get_prompts
 from benchmarks.results import markdown_table, save_result, stamp
-from dfast_serve.config import BatchInvariance, DiffusionOptions, ModelConfig, ReplicaConfig
+from dfast_serve.config import BatchInvariance, DiffusionOptions, ReplicaConfig
 from dfast_serve.engine.diffusion import DiffusionEngine, DiffusionSequence
 from dfast_serve.engine.types import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import DiffusionLM
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = write_llada_checkpoint(Path(tmp) / "llada", args.hidden, args.layers, args.heads, args.mlp,
                                       args.logit_scale)
-        loaded = load_model(ModelConfig(name="tiny-llada", engine="diffusion", source="llada", path=str(path),
-                                        device="cpu", dtype="float32"))
+        loaded = load_model(name="tiny-llada", engine="diffusion", source="llada", path=str(path), device="cpu",
+                            dtype="float32")
     assert isinstance(loaded, DiffusionLM) and loaded.padded_batches and loaded.kv_cache
     native = dataclasses.replace(loaded, eos_token_ids=frozenset())  # every answer runs its full length
     remote_style = dataclasses.replace(native, padded_batches=False, kv_cache=False, trims_logits=False)

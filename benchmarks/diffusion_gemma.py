@@ -1,6 +1,6 @@
 """DiffusionGemma: time to first text and to first draft, ours against transformers' ``generate`` + streamer.
 
-On the tiny random DiffusionGemma (``models/gemma_tiny.py``; the canvas length and denoising steps
+On the tiny random DiffusionGemma (``tests/gemma.py``; the canvas length and denoising steps
 are arguments), for each seed:
 
 * **ours, in-process**: the engine stepped alone (``DiffusionGemmaEngine``), ``draft=True``: time and
@@ -39,7 +39,7 @@ from dfast_serve.engine.diffusion_gemma import DiffusionGemmaEngine
 from dfast_serve.engine.options import DiffusionOptions
 from dfast_serve.engine.types import GenerationRequest, SamplingParams
 from dfast_serve.models.diffusion_gemma import DiffusionGemmaLM, load_diffusion_gemma
-from dfast_serve.models.gemma_tiny import write_tiny_checkpoint
+from tests.gemma import write_tiny_checkpoint
 
 PROMPT = "t10 t11 t12 t13 t14 t15 t16 t17"
 

@@ -82,6 +82,16 @@ def read_tensors(directory: Path, device: str, dtype: torch.dtype) -> Iterator[t
                 yield name, f.get_tensor(name).to(device=device, dtype=dtype)
 
 
+def key_renames(top: dict[str, str], layer_prefix: str, layer: dict[str, str]) -> list[tuple[str, str]]:
+    """``load_bidirectional``'s renames for a layout given module by module: ``top`` maps the network's
+    top-level modules to the checkpoint's, ``layer`` does the same within a layer, whose checkpoint
+    modules sit under ``layer_prefix`` followed by the layer's index. Weights and biases alike."""
+    pairs = [(re.escape(theirs) + r"\.(weight|bias)", ours + r".\1") for ours, theirs in top.items()]
+    prefix = re.escape(layer_prefix) + r"(\d+)\."
+    return pairs + [(prefix + re.escape(theirs) + r"\.(weight|bias)", f"layers.\\1.{ours}.\\2")
+                    for ours, theirs in layer.items()]
+
+
 def load_bidirectional(
     directory: Path, cfg: BidirectionalConfig, renames: list[tuple[str, str]], family: CheckpointFamily,
     device: str = "cpu", dtype: torch.dtype = torch.float32,

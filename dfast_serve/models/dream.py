@@ -11,26 +11,22 @@ from __future__ import annotations
 from typing import Any
 
 from dfast_serve.models.bidirectional import BidirectionalConfig
-from dfast_serve.models.checkpoint import CheckpointFamily
+from dfast_serve.models.checkpoint import CheckpointFamily, key_renames
 
 FAMILY = CheckpointFamily("Dream", "dream", architecture="DreamModel", model_type="Dream")
 DEFAULT_MASK_ID = 151666
 
-_LAYER = r"model\.layers\.(\d+)\."
-_RENAMES: list[tuple[str, str]] = [
-    (r"model\.embed_tokens\.weight", "embed.weight"),
-    (r"model\.norm\.weight", "norm.weight"),
-    (_LAYER + r"input_layernorm\.weight", r"layers.\1.attn_norm.weight"),
-    (_LAYER + r"self_attn\.(q_proj|k_proj|v_proj)\.(weight|bias)", r"layers.\1.\2.\3"),
-    (_LAYER + r"self_attn\.o_proj\.weight", r"layers.\1.o_proj.weight"),
-    (_LAYER + r"post_attention_layernorm\.weight", r"layers.\1.mlp_norm.weight"),
-    (_LAYER + r"mlp\.(gate_proj|up_proj|down_proj)\.weight", r"layers.\1.\2.weight"),
-]
+# the network's modules -> Dream's (Qwen2's names)
+_TOP = {"embed": "model.embed_tokens", "norm": "model.norm"}
+_LAYER = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm",
+          **{p: f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")},
+          **{p: f"mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")}}
 
 
 def renames(cfg: BidirectionalConfig) -> list[tuple[str, str]]:
     """Checkpoint key -> native name; a saved copy of a tied output layer is dropped."""
-    return _RENAMES + [(r"lm_head\.weight", "" if cfg.tie_embeddings else "lm_head.weight")]
+    head = [(r"lm_head\.weight", "" if cfg.tie_embeddings else "lm_head.weight")]
+    return key_renames(_TOP, "model.layers.", _LAYER) + head
 
 
 def network_config(raw: dict[str, Any], path: str = "config.json") -> BidirectionalConfig:

@@ -12,31 +12,22 @@ from __future__ import annotations
 from typing import Any
 
 from dfast_serve.models.bidirectional import BidirectionalConfig
-from dfast_serve.models.checkpoint import CheckpointFamily
+from dfast_serve.models.checkpoint import CheckpointFamily, key_renames
 
 FAMILY = CheckpointFamily("LLaDA", "llada", architecture="LLaDAModelLM", model_type="llada",
                           block=" with a Llama block")
 DEFAULT_MASK_ID = 126336
 EXTRA_EOS_IDS = (126081, 126348)  # <|endoftext|>, <|eot_id|> of LLaDA's tokenizer
 
-_LAYER = r"model\.transformer\.blocks\.(\d+)\."
-_RENAMES: list[tuple[str, str]] = [
-    (r"model\.transformer\.wte\.weight", "embed.weight"),
-    (r"model\.transformer\.ln_f\.weight", "norm.weight"),
-    (r"model\.transformer\.ff_out\.weight", "lm_head.weight"),
-    (_LAYER + r"attn_norm\.weight", r"layers.\1.attn_norm.weight"),
-    (_LAYER + r"(q_proj|k_proj|v_proj)\.(weight|bias)", r"layers.\1.\2.\3"),
-    (_LAYER + r"attn_out\.weight", r"layers.\1.o_proj.weight"),
-    (_LAYER + r"ff_norm\.weight", r"layers.\1.mlp_norm.weight"),
-    (_LAYER + r"ff_proj\.weight", r"layers.\1.gate_proj.weight"),
-    (_LAYER + r"up_proj\.weight", r"layers.\1.up_proj.weight"),
-    (_LAYER + r"ff_out\.weight", r"layers.\1.down_proj.weight"),
-]
+# the network's modules -> LLaDA's (``ff_out`` is the output layer at the top, the MLP's down projection in a block)
+_TOP = {"embed": "model.transformer.wte", "norm": "model.transformer.ln_f", "lm_head": "model.transformer.ff_out"}
+_LAYER = {"attn_norm": "attn_norm", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "attn_out",
+          "mlp_norm": "ff_norm", "gate_proj": "ff_proj", "up_proj": "up_proj", "down_proj": "ff_out"}
 
 
 def renames(cfg: BidirectionalConfig) -> list[tuple[str, str]]:
     """Checkpoint key -> native name, the same for every LLaDA shape."""
-    return _RENAMES
+    return key_renames(_TOP, "model.transformer.blocks.", _LAYER)
 
 
 # config.json fields whose other values select code paths the native model does not have

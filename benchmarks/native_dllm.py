@@ -55,7 +55,7 @@ from dfast_serve.models.bidirectional import BidirectionalConfig, BidirectionalL
 from dfast_serve.models.embedded import TINY_MDLM_DIR
 from dfast_serve.models.registry import load_model
 
-# native parameter name -> LLaDA checkpoint key (the inverse of models/llada.py's RENAMES)
+# native parameter name -> LLaDA checkpoint key (the inverse of models/llada.py's _TOP / _LAYER tables)
 _LLADA_TOP = {"embed.weight": "model.transformer.wte.weight", "norm.weight": "model.transformer.ln_f.weight",
               "lm_head.weight": "model.transformer.ff_out.weight"}
 _LLADA_LAYER = {"attn_norm": "attn_norm", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj",

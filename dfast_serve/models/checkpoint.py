@@ -49,15 +49,10 @@ class CheckpointFamily:
             f"its own remote code"
         )
 
-    def declared_by(self, raw: dict[str, Any]) -> bool:
-        """Whether config.json ``raw`` declares this family."""
-        return raw.get("model_type") == self.model_type and raw.get("architectures", [self.architecture]) == [
-            self.architecture
-        ]
-
     def check(self, raw: dict[str, Any], path: str) -> None:
-        """Refuse a config.json that declares another architecture or model type."""
-        if not self.declared_by(raw):
+        """Refuse a config.json (``raw``) that declares another architecture or model type."""
+        architectures = raw.get("architectures", [self.architecture])
+        if raw.get("model_type") != self.model_type or architectures != [self.architecture]:
             raise self.refuse(path, f"config.json declares architectures {raw.get('architectures')} / model_type "
                                     f"{raw.get('model_type')!r}")
 

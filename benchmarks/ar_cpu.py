@@ -11,7 +11,7 @@ them alike. Per variant:
   transformers does by default), and ``prefill_last``: the same pass with ``logits_to_keep=1``
   (the LM head on the last position only: the only logits a server needs);
 * ``decode``: mean of one-token forward passes with the KV cache;
-* ``engine TTFT`` / ``engine TPOT``: ``AREngine.generate`` end to end (sampling, detokenization,
+* ``engine TTFT`` / ``engine TPOT``: ``EngineCore.generate`` (AR family) end to end (sampling, detokenization,
   chunk records, cache handling included); TPOT minus ``decode`` is the engine's per-token work.
 """
 

@@ -1,6 +1,6 @@
 """DiffusionGemma: time to first text and to first draft, ours against transformers' ``generate`` + streamer.
 
-On the tiny random DiffusionGemma (``models/gemma_tiny.py``; the canvas length and denoising steps
+On the tiny random DiffusionGemma (``tests/gemma.py``; the canvas length and denoising steps
 are arguments), for each seed:
 
 * **ours, in-process**: the engine stepped alone (``DiffusionGemmaEngine``), ``draft=True``: time and
@@ -35,16 +35,16 @@ import torch
 import yaml
 
 from benchmarks.results import markdown_table, save_result, stamp
-from dfast_serve.engine import build_engine
+from dfast_serve.engine import EngineCore, build_engine
 from dfast_serve.wire.options import DiffusionOptions
 from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.models.diffusion_gemma import DiffusionGemmaLM, load_diffusion_gemma
-from dfast_serve.models.gemma_tiny import write_tiny_checkpoint
+from tests.gemma import write_tiny_checkpoint
 
 PROMPT = "t10 t11 t12 t13 t14 t15 t16 t17"
 
 
-def ours(engine: DiffusionGemmaEngine, prompt_ids: list[int], max_tokens: int, seed: int,
+def ours(engine: EngineCore, prompt_ids: list[int], max_tokens: int, seed: int,
          options: DiffusionOptions) -> dict[str, Any]:
     params = SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed, draft=True)
     started = time.perf_counter()

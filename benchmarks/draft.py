@@ -20,7 +20,7 @@ from typing import Any
 
 from dfast_serve.api.serving import native_event
 from dfast_serve.config import DiffusionOptions
-from dfast_serve.engine import build_engine
+from dfast_serve.engine import EngineCore, build_engine
 from dfast_serve.engine import GenerationRequest, SamplingParams
 from benchmarks.prompts import get_prompts
 from benchmarks.results import markdown_table, save_result, stamp
@@ -37,7 +37,7 @@ def edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-def one_run(engine: DiffusionEngine, prompt_ids: list[int], params: SamplingParams,
+def one_run(engine: EngineCore, prompt_ids: list[int], params: SamplingParams,
             options: DiffusionOptions) -> dict[str, Any]:
     seq = engine.start(GenerationRequest(prompt_ids, params, options))
     released, views, step_ms, draft_ms, draft_bytes, event_bytes, plain_bytes = "", [], [], [], [], [], []

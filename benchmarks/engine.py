@@ -158,7 +158,8 @@ def load_bench_model(args: argparse.Namespace, engine: str, name: str) -> Diffus
     """Set ``--threads`` and load the model ``--source/--path/--device`` name (shared by the in-process tools)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_model(ModelConfig(name=name, engine=engine, source=args.source, path=args.path, device=args.device))
+    config = ModelConfig(name=name, engine=engine, source=args.source, path=args.path, device=args.device)
+    return load_model(**config.model_dump())
 
 
 def bench(model: DiffusionLM | CausalLM, args: argparse.Namespace) -> dict[str, Any]:

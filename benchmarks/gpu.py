@@ -53,7 +53,7 @@ from dfast_serve.models.adapters import CausalLM, DiffusionLM
 from dfast_serve.models.bidirectional import BidirectionalConfig, BidirectionalLM
 from dfast_serve.models.diffusion_gemma import DiffusionGemmaLM, GemmaSampling
 from dfast_serve.models.embedded import load_tiny_mdlm
-from dfast_serve.models.gemma_tiny import EOS_ID, generation_config, tiny_config, write_tokenizer
+from tests.gemma import EOS_ID, generation_config, tiny_config, write_tokenizer
 
 LLADA_8B = dict(hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32, intermediate_size=12288,
                 vocab_size=126464, rope_theta=500000.0, norm_eps=1e-5)

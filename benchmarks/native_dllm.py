@@ -47,7 +47,7 @@ import torch
 
 from benchmarks.prompts import get_prompts
 from benchmarks.results import markdown_table, save_result, stamp
-from dfast_serve.config import BatchInvariance, DiffusionOptions, ModelConfig, ReplicaConfig
+from dfast_serve.config import BatchInvariance, DiffusionOptions, ReplicaConfig
 from dfast_serve.engine import build_engine
 from dfast_serve.engine.masked.sequence import DiffusionSequence
 from dfast_serve.engine import GenerationRequest, SamplingParams
@@ -56,7 +56,7 @@ from dfast_serve.models.bidirectional import BidirectionalConfig, BidirectionalL
 from dfast_serve.models.embedded import TINY_MDLM_DIR
 from dfast_serve.models.registry import load_model
 
-# native parameter name -> LLaDA checkpoint key (the inverse of models/llada.py's RENAMES)
+# native parameter name -> LLaDA checkpoint key (the inverse of models/llada.py's _TOP / _LAYER tables)
 _LLADA_TOP = {"embed.weight": "model.transformer.wte.weight", "norm.weight": "model.transformer.ln_f.weight",
               "lm_head.weight": "model.transformer.ff_out.weight"}
 _LLADA_LAYER = {"attn_norm": "attn_norm", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj",
@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = write_llada_checkpoint(Path(tmp) / "llada", args.hidden, args.layers, args.heads, args.mlp,
                                       args.logit_scale)
-        loaded = load_model(ModelConfig(name="tiny-llada", engine="diffusion", source="llada", path=str(path),
-                                        device="cpu", dtype="float32"))
+        loaded = load_model(name="tiny-llada", engine="diffusion", source="llada", path=str(path), device="cpu",
+                            dtype="float32")
     assert isinstance(loaded, DiffusionLM) and loaded.padded_batches and loaded.kv_cache
     native = dataclasses.replace(loaded, eos_token_ids=frozenset())  # every answer runs its full length
     remote_style = dataclasses.replace(native, padded_batches=False, kv_cache=False, trims_logits=False)

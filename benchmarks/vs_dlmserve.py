@@ -229,12 +229,12 @@ def attribute(venv: Path, checkpoint: Path, threads: int, prompt: str, steps: in
     import torch
 
     from benchmarks.native_dllm import run_batch
-    from dfast_serve.config import DiffusionOptions, ModelConfig
+    from dfast_serve.config import DiffusionOptions
     from dfast_serve.models.registry import load_model
 
     standard = DiffusionOptions(ultra_fast=False, steps=steps, block_length=max_tokens)
-    models = {dtype: load_model(ModelConfig(name="llada", engine="diffusion", source="llada", path=str(checkpoint),
-                                            device="cpu", dtype=dtype)) for dtype in ("bfloat16", "float32")}
+    models = {dtype: load_model(name="llada", engine="diffusion", source="llada", path=str(checkpoint), device="cpu",
+                                dtype=dtype) for dtype in ("bfloat16", "float32")}
     ids = models["float32"].encode_chat([{"role": "user", "content": prompt}])
     canvas = torch.tensor([ids + [models["float32"].mask_token_id] * max_tokens])
     result: dict[str, Any] = {"threads": threads}

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", action="store_true", help="print every chunk as a JSON line")
     args = ap.parse_args(argv)
 
-    model = load_model(ModelConfig(name=f"{args.engine}-cli", engine=args.engine, source=args.source, path=args.path))
+    config = ModelConfig(name=f"{args.engine}-cli", engine=args.engine, source=args.source, path=args.path)
+    model = load_model(**config.model_dump())
     request_options = {"block_length": args.block_length, "ultra_fast": not args.no_ultra_fast}
     if args.steps:
         request_options["steps"] = args.steps

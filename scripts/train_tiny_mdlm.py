@@ -25,8 +25,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from dfast_serve.models.tiny_mdlm import TinyMDLM, TinyMDLMConfig, count_parameters, mdlm_loss
+from dfast_serve.models import tiny_mdlm
+from dfast_serve.models.bidirectional import BidirectionalLM
+from dfast_serve.models.tiny_mdlm import TinyMDLMConfig
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "dfast_serve" / "assets" / "tiny-mdlm"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|mask|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -113,11 +117,36 @@ class RowSampler:
         return torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
 
 
-def save_checkpoint(model: TinyMDLM, tok_dir: Path, out_dir: Path) -> None:
+def init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def mdlm_loss(model: BidirectionalLM, mask_token_id: int, tokens: torch.Tensor, loss_mask: torch.Tensor,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """MDLM/LLaDA objective: mask a fraction t~U(eps,1) of the maskable tokens, CE on masked ones weighted 1/t.
+
+    ``loss_mask`` marks positions that may be masked (answer tokens); the rest (prompt) stay visible.
+    """
+    b, s = tokens.shape
+    eps = 1e-3
+    t = torch.rand(b, 1, generator=generator) * (1 - eps) + eps
+    masked = (torch.rand(b, s, generator=generator) < t) & loss_mask
+    noisy = torch.where(masked, torch.full_like(tokens, mask_token_id), tokens)
+    logits = model(noisy)
+    ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), tokens.view(-1), reduction="none").view(b, s)
+    return (ce * masked / t).sum() / loss_mask.sum().clamp(min=1)
+
+
+def save_checkpoint(model: BidirectionalLM, cfg: TinyMDLMConfig, tok_dir: Path, out_dir: Path) -> None:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(tok_dir, tmp)
-    model.save(tmp)
+    tiny_mdlm.save(model, cfg, tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
 
@@ -147,7 +176,8 @@ def main() -> None:
     cfg = TinyMDLMConfig(
         vocab_size=len(tok), mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id
     )
-    model = TinyMDLM(cfg)
+    model = BidirectionalLM(cfg.network())
+    model.apply(init_weights)
     print(f"{count_parameters(model) / 1e6:.2f} M parameters")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     budget_s, warmup_steps = args.minutes * 60, 100
@@ -159,7 +189,7 @@ def main() -> None:
         for group in opt.param_groups:
             group["lr"] = lr
         tokens, maskable = sampler.batch(args.batch_size)
-        loss = mdlm_loss(model, tokens, maskable)  # fp32: bf16 autocast is ~30x slower on these CPUs
+        loss = mdlm_loss(model, cfg.mask_token_id, tokens, maskable)  # fp32: bf16 autocast is ~30x slower on these CPUs
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -170,9 +200,9 @@ def main() -> None:
         if step % 20 == 0:
             print(f"step {step} {elapsed / 60:.1f} min loss {ema:.3f} lr {lr:.2e} {tokens_seen / elapsed:.0f} tok/s", flush=True)
         if time.time() - last_save > args.save_every * 60:
-            save_checkpoint(model, tok_dir, args.out)
+            save_checkpoint(model, cfg, tok_dir, args.out)
             last_save = time.time()
-    save_checkpoint(model, tok_dir, args.out)
+    save_checkpoint(model, cfg, tok_dir, args.out)
     shutil.rmtree(tok_dir, ignore_errors=True)
     print(f"done: {step} steps, {tokens_seen} tokens, loss {ema:.3f}")
 

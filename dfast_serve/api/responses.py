@@ -1,4 +1,4 @@
-"""OpenAI response objects built from the replica's chunk deltas (``serve.contract.StreamingChunk``).
+"""OpenAI response objects built from the replica's chunk deltas (``wire.StreamingChunk``).
 
 Every chunk of a stream also carries ``"dfast": {"nfe", "progress"}`` so that clients and
 benchmarks can read time to first token in forward passes; OpenAI clients ignore it.

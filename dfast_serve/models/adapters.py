@@ -36,7 +36,7 @@ class DiffusionLM(Tokenizing):
       ignores ``attention_mask`` (ML-GSAI/LLaDA#89) and Dream's expects its own 4-D mask, untested
       here: through them (``source: llada-remote`` / ``dream-remote``) the engine batches only
       canvases of equal length, which need no padding.
-    * ``kv_cache``: it takes ``past_kv`` / ``return_kv`` as ``TinyMDLM.forward`` does (the
+    * ``kv_cache``: it takes ``past_kv`` / ``return_kv`` as ``BidirectionalLM.forward`` does (the
       block-wise approximate cache). tiny-mdlm and the native LLaDA / Dream code. LLaDA's released
       remote code refuses a cache (``assert past_key_values is None and not use_cache``): with the
       remote code the engine runs without a cache whatever the request asks.

@@ -1,36 +1,50 @@
-"""A bidirectional Llama-style transformer (RMSNorm, RoPE, SwiGLU, GQA, optional q/k/v biases) that
-the native LLaDA and Dream loaders fill from their checkpoints' own key layouts.
+"""The bidirectional Llama-style transformer every masked-diffusion model here runs on: tiny-mdlm
+(``tiny_mdlm.py``) and the native LLaDA and Dream code (``llada.py``, ``dream.py``, loaded by
+``checkpoint.py``). RMSNorm, RoPE, SwiGLU, GQA, optional q/k/v biases, a tied or separate output
+layer; each checkpoint layout is mapped onto this module's parameter names when it loads.
 
-It speaks the network interface the diffusion engine drives (the one ``TinyMDLM.forward`` defines):
-a left-padded (batch, past + seq) ``attention_mask``, per-row ``position_ids``, cached per-layer
-keys/values with RoPE already applied (``past_kv``) and the input's own keys/values back
-(``return_kv``), so the engine can batch canvases of different lengths and use the block KV cache.
-Attention is ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU) with no
-causal mask; GQA keys/values are cached with their own (fewer) heads.
+It speaks the network interface the diffusion engine drives: a left-padded (batch, past + seq)
+``attention_mask``, per-row ``position_ids``, cached per-layer keys/values with RoPE already
+applied (``past_kv``) and the input's own keys/values back (``return_kv``), so the engine can batch
+canvases of different lengths and use the block KV cache. Attention is
+``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU) with no causal
+mask; GQA keys/values are cached with their own (fewer) heads.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfast_serve.models.tiny_mdlm import RMSNorm, apply_rotary, rotary_tables
 from dfast_serve.wire.tensors import KeyValues
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype) * self.weight
 
 
-class UnsupportedCheckpoint(ValueError):
-    """A checkpoint whose config or weights the native code does not know; the message names the
-    ``source`` option that loads it instead."""
+def rotary_tables(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape (batch, 1, seq, head_dim) for the given absolute positions."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
+    angles = position_ids.float()[..., None] * inv_freq  # (b, s, d/2)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -105,11 +119,16 @@ class BidirectionalLM(nn.Module):
         return_kv: bool = False,
         logits_to_keep: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[KeyValues]]:
-        """Same contract as ``TinyMDLM.forward``: ``attention_mask`` (batch, past + seq), 1 = real key;
-        ``position_ids`` (batch, seq), required with ``past_kv``; ``past_kv`` per layer (keys, values),
-        each (batch, kv_heads, past, head_dim) with RoPE applied; ``return_kv`` adds the input's own.
-        ``logits_to_keep``: logits of the last that many positions only (the output layer over a
-        large vocabulary is the biggest tensor of a pass; the prompt's logits are never used)."""
+        """Logits (batch, seq, vocab); with ``return_kv`` also each layer's keys/values of the input.
+
+        ``attention_mask`` marks the keys attended to (1) vs padding (0): shape (batch, seq), or
+        (batch, past + seq) with ``past_kv``. ``past_kv`` (one (keys, values) pair per layer, each
+        (batch, kv_heads, past, head_dim), as ``return_kv`` gives them) is context computed earlier:
+        the input attends to it and to itself. Its keys carry their RoPE positions already and
+        attention is bidirectional, so its order does not matter; the input's own positions must be
+        given (``position_ids``) since they cannot be told from the mask. ``logits_to_keep``: logits
+        of the last that many positions only (the output layer over a large vocabulary is the
+        biggest tensor of a pass; the prompt's logits are never used)."""
         if position_ids is None:
             if past_kv is not None:
                 raise ValueError("position_ids are required with past_kv")
@@ -129,60 +148,3 @@ class BidirectionalLM(nn.Module):
         x = self.norm(x)
         logits = F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
         return (logits, kv) if return_kv else logits
-
-
-def weight_files(directory: Path) -> list[Path]:
-    """``model.safetensors``, or the shards a ``model.safetensors.index.json`` names."""
-    if (directory / INDEX_FILE).exists():
-        shards = sorted(set(json.loads((directory / INDEX_FILE).read_text())["weight_map"].values()))
-        return [directory / s for s in shards]
-    if (directory / SINGLE_FILE).exists():
-        return [directory / SINGLE_FILE]
-    raise UnsupportedCheckpoint(f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}")
-
-
-def read_tensors(directory: Path, device: str, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of the checkpoint, one at a time, on ``device`` in ``dtype``."""
-    from safetensors import safe_open
-
-    for path in weight_files(directory):
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name).to(device=device, dtype=dtype)
-
-
-def load_bidirectional(
-    directory: Path, cfg: BidirectionalConfig, renames: list[tuple[str, str]], family: str, remote_source: str,
-    device: str = "cpu", dtype: torch.dtype = torch.float32,
-) -> BidirectionalLM:
-    """Build the network on the meta device, then fill it from the checkpoint, each key renamed by
-    the first ``(pattern, replacement)`` of ``renames`` that matches it in full (an empty replacement
-    drops it). A key no pattern knows, a parameter left unfilled or a shape the config does not
-    predict refuses the checkpoint."""
-    with torch.device("meta"):
-        network = BidirectionalLM(cfg)
-    expected = set(network.state_dict())
-    state: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for name, tensor in read_tensors(directory, device, dtype):
-        target = next((re.sub(f"^{p}$", r, name) for p, r in renames if re.fullmatch(p, name)), None)
-        if target == "":
-            continue  # a copy the layout ignores (e.g. a saved tied output layer)
-        if target is None or target not in expected:
-            unknown.append(name)
-        else:
-            state[target] = tensor
-    missing = sorted(expected - set(state))
-    if missing or unknown:
-        raise UnsupportedCheckpoint(
-            f"{directory} is not in the {family} key layout the native code knows "
-            f"(missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
-            f"unknown {unknown[:4]}{'...' if len(unknown) > 4 else ''}); use source: {remote_source} "
-            f"to load it through its own remote code"
-        )
-    try:
-        network.load_state_dict(state, assign=True)
-    except RuntimeError as e:  # shapes that disagree with config.json
-        raise UnsupportedCheckpoint(f"{directory}: weights do not fit its config.json ({e}); use source: "
-                                    f"{remote_source} to load it through its own remote code") from e
-    return network.eval()

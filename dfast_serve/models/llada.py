@@ -11,28 +11,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from dfast_serve.models.bidirectional import BidirectionalConfig, UnsupportedCheckpoint
+from dfast_serve.models.bidirectional import BidirectionalConfig
+from dfast_serve.models.checkpoint import CheckpointFamily, key_renames
 
-FAMILY = "LLaDA"
-REMOTE_SOURCE = "llada-remote"
-ARCHITECTURE = "LLaDAModelLM"
-MODEL_TYPE = "llada"
+FAMILY = CheckpointFamily("LLaDA", "llada", architecture="LLaDAModelLM", model_type="llada",
+                          block=" with a Llama block")
 DEFAULT_MASK_ID = 126336
 EXTRA_EOS_IDS = (126081, 126348)  # <|endoftext|>, <|eot_id|> of LLaDA's tokenizer
 
-_LAYER = r"model\.transformer\.blocks\.(\d+)\."
-RENAMES: list[tuple[str, str]] = [
-    (r"model\.transformer\.wte\.weight", "embed.weight"),
-    (r"model\.transformer\.ln_f\.weight", "norm.weight"),
-    (r"model\.transformer\.ff_out\.weight", "lm_head.weight"),
-    (_LAYER + r"attn_norm\.weight", r"layers.\1.attn_norm.weight"),
-    (_LAYER + r"(q_proj|k_proj|v_proj)\.(weight|bias)", r"layers.\1.\2.\3"),
-    (_LAYER + r"attn_out\.weight", r"layers.\1.o_proj.weight"),
-    (_LAYER + r"ff_norm\.weight", r"layers.\1.mlp_norm.weight"),
-    (_LAYER + r"ff_proj\.weight", r"layers.\1.gate_proj.weight"),
-    (_LAYER + r"up_proj\.weight", r"layers.\1.up_proj.weight"),
-    (_LAYER + r"ff_out\.weight", r"layers.\1.down_proj.weight"),
-]
+# the network's modules -> LLaDA's (``ff_out`` is the output layer at the top, the MLP's down projection in a block)
+_TOP = {"embed": "model.transformer.wte", "norm": "model.transformer.ln_f", "lm_head": "model.transformer.ff_out"}
+_LAYER = {"attn_norm": "attn_norm", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "attn_out",
+          "mlp_norm": "ff_norm", "gate_proj": "ff_proj", "up_proj": "up_proj", "down_proj": "ff_out"}
+
+
+def renames(cfg: BidirectionalConfig) -> list[tuple[str, str]]:
+    """Checkpoint key -> native name, the same for every LLaDA shape."""
+    return key_renames(_TOP, "model.transformer.blocks.", _LAYER)
+
 
 # config.json fields whose other values select code paths the native model does not have
 # (value absent from config.json: LLaDA's own default).
@@ -51,27 +47,14 @@ _REQUIRED: dict[str, tuple[Any, Any]] = {  # field: (required value, LLaDA defau
 }
 
 
-def refuse(path: str, why: str) -> UnsupportedCheckpoint:
-    return UnsupportedCheckpoint(
-        f"{path}: {why}; the native LLaDA code (source: llada) knows {ARCHITECTURE} / model_type {MODEL_TYPE!r} "
-        f"with a Llama block. Use source: {REMOTE_SOURCE} to load it through its own remote code"
-    )
-
-
-def is_llada(raw: dict[str, Any]) -> bool:
-    return raw.get("model_type") == MODEL_TYPE and raw.get("architectures", [ARCHITECTURE]) == [ARCHITECTURE]
-
-
 def network_config(raw: dict[str, Any], path: str = "config.json") -> BidirectionalConfig:
     """The native network's shape from LLaDA's config.json, or ``UnsupportedCheckpoint``."""
-    if not is_llada(raw):
-        raise refuse(path, f"config.json declares architectures {raw.get('architectures')} / model_type "
-                           f"{raw.get('model_type')!r}")
+    FAMILY.check(raw, path)
     for name, (required, default) in _REQUIRED.items():
         if raw.get(name, default) != required:
-            raise refuse(path, f"config.json sets {name}={raw.get(name, default)!r} (native: {required!r})")
+            raise FAMILY.refuse(path, f"config.json sets {name}={raw.get(name, default)!r} (native: {required!r})")
     if raw.get("bias_for_layer_norm"):
-        raise refuse(path, "config.json sets bias_for_layer_norm")
+        raise FAMILY.refuse(path, "config.json sets bias_for_layer_norm")
     heads = int(raw["n_heads"])
     kv_heads = raw.get("n_kv_heads")
     if raw.get("multi_query_attention"):

@@ -16,7 +16,7 @@ import torch
 
 from dfast_serve.models import dream, llada
 from dfast_serve.models.adapters import DiffusionLM, _dtype, _eos_ids
-from dfast_serve.models.bidirectional import UnsupportedCheckpoint, load_bidirectional
+from dfast_serve.models.checkpoint import UnsupportedCheckpoint, load_bidirectional
 
 NativeFamily = Literal["llada", "dream"]
 FAMILIES: dict[str, ModuleType] = {"llada": llada, "dream": dream}
@@ -79,11 +79,10 @@ def load_native_diffusion(
     ``*-remote`` source for layouts it does not know."""
     spec = FAMILIES[family]
     directory = checkpoint_directory(path)
-    raw = read_config(directory, spec.REMOTE_SOURCE)
+    raw = read_config(directory, spec.FAMILY.remote_source)
     cfg = spec.network_config(raw, str(directory / "config.json"))
-    renames = spec.RENAMES if family == "llada" else spec.renames(cfg)
-    network = load_bidirectional(directory, cfg, renames, spec.FAMILY, spec.REMOTE_SOURCE, device, _dtype(dtype))
-    return wrap_native(network, load_tokenizer(directory, spec.REMOTE_SOURCE), raw, family, name)
+    network = load_bidirectional(directory, cfg, spec.renames(cfg), spec.FAMILY, device, _dtype(dtype))
+    return wrap_native(network, load_tokenizer(directory, spec.FAMILY.remote_source), raw, family, name)
 
 
 def wrap_native(network: torch.nn.Module, tokenizer: Any, raw: dict[str, Any], family: NativeFamily,

@@ -1,10 +1,13 @@
-"""Load the model a ``ModelConfig`` names (the one entry point deployments and the CLI use)."""
+"""Load a served model by its source (the one entry point deployments and the CLI use).
+
+The arguments are the fields of the server config's ``ModelConfig``, passed as plain values (this
+layer knows nothing of the config): ``load_model(**model_config.model_dump())``.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from dfast_serve.config import ModelConfig
 from dfast_serve.models.adapters import CausalLM, DiffusionLM, load_causal_lm, load_hub_diffusion
 from dfast_serve.models.diffusion_gemma import DiffusionGemmaLM, load_diffusion_gemma
 from dfast_serve.models.embedded import load_smollm2, load_tiny_mdlm
@@ -29,19 +32,23 @@ def resolve_dtype(requested: str, device: str) -> str:
     return "bfloat16" if device == "cuda" else "float32"
 
 
-def load_model(cfg: ModelConfig) -> DiffusionLM | DiffusionGemmaLM | CausalLM:
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    if cfg.source == "embedded":
-        if cfg.engine == "diffusion":
-            return load_tiny_mdlm(cfg.name, device=device, dtype=dtype)
-        return load_smollm2(cfg.name, device=device, dtype=dtype)
-    assert cfg.path is not None  # checked by ModelConfig
-    if cfg.source in ("llada", "dream"):
-        return load_native_diffusion(cfg.path, cfg.source, cfg.name, device=device, dtype=dtype)
-    if cfg.source == "diffusion_gemma":
-        return load_diffusion_gemma(cfg.path, cfg.name, device=device, dtype=dtype)
-    if cfg.source in ("llada-remote", "dream-remote"):
-        kind = "llada" if cfg.source == "llada-remote" else "dream"
-        return load_hub_diffusion(cfg.path, kind, cfg.name, device=device, dtype=dtype)
-    return load_causal_lm(cfg.path, cfg.name, device=device, dtype=dtype)
+def load_model(name: str, engine: str, source: str = "embedded", path: str | None = None, device: str = "auto",
+               dtype: str = "auto") -> DiffusionLM | DiffusionGemmaLM | CausalLM:
+    """``engine``: "diffusion" or "ar" (it picks the embedded model); ``source``: how the weights load
+    (``ModelConfig``'s list); ``path``: checkpoint directory or hub id, for every source but "embedded";
+    ``device`` / ``dtype``: as named, or "auto" (``resolve_device``, ``resolve_dtype``)."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if source == "embedded":
+        if engine == "diffusion":
+            return load_tiny_mdlm(name, device=device, dtype=dtype)
+        return load_smollm2(name, device=device, dtype=dtype)
+    if path is None:
+        raise ValueError(f"source {source!r} needs a path (checkpoint directory or hub id)")
+    if source in ("llada", "dream"):
+        return load_native_diffusion(path, source, name, device=device, dtype=dtype)
+    if source == "diffusion_gemma":
+        return load_diffusion_gemma(path, name, device=device, dtype=dtype)
+    if source in ("llada-remote", "dream-remote"):
+        return load_hub_diffusion(path, source.removesuffix("-remote"), name, device=device, dtype=dtype)
+    return load_causal_lm(path, name, device=device, dtype=dtype)

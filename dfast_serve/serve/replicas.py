@@ -50,7 +50,7 @@ class ModelReplica:
             torch.set_num_threads(replica_config.torch_threads)
         if replica_config.gil_switch_interval_ms is not None:  # process-wide: a replica has its own process
             sys.setswitchinterval(replica_config.gil_switch_interval_ms / 1000)
-        self.model = load_model(config)
+        self.model = load_model(**config.model_dump())
         self.diffusion = diffusion or DiffusionOptions()
         self.limits = replica_config
         self.engine = engine_for(self.model, replica_config, self.diffusion)

@@ -13,7 +13,7 @@ from dfast_serve.engine import build_engine
 from dfast_serve.engine.masked.kv_cache import BlockCache
 from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.models.adapters import wrap_llada
-from dfast_serve.models.tiny_mdlm import TinyMDLM
+from dfast_serve.models.bidirectional import BidirectionalLM
 
 PROMPTS = ["Recite Genesis 1:1.", "Continue: And God said", "Recite Psalms 23:1."]
 
@@ -56,8 +56,8 @@ def test_a_fresh_cache_reproduces_the_full_pass(tiny_mdlm):
 def one_layer(tiny_mdlm):
     """tiny-mdlm cut to its first layer: its keys/values depend on each token and position alone."""
     cfg = dataclasses.replace(tiny_mdlm.network.config, num_layers=1)
-    net = TinyMDLM(cfg)
-    state = {k: v for k, v in tiny_mdlm.network.state_dict().items() if not k.startswith("blocks.") or k.startswith("blocks.0.")}
+    net = BidirectionalLM(cfg)
+    state = {k: v for k, v in tiny_mdlm.network.state_dict().items() if not k.startswith("layers.") or k.startswith("layers.0.")}
     net.load_state_dict(state)
     return dataclasses.replace(tiny_mdlm, network=net.eval())
 

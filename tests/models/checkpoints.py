@@ -2,8 +2,8 @@
 
 ``data/<family>`` holds what ``scripts/make_dllm_goldens.py`` wrote (config.json, bf16 weights in
 the family's real key layout, golden logits of the public modelling code). A checkpoint directory
-also needs a tokenizer; ``write_tokenizer`` adds a word-level one over the same 512 ids ("t<id>",
-EOS and mask named), with a chat template, written as a tokenizer.json a fast tokenizer loads.
+also needs a tokenizer; ``write_tokenizer`` adds the word-level one of ``tests/word_tokenizer.py``
+over the same 512 ids, with EOS and mask named.
 """
 
 from __future__ import annotations
@@ -15,36 +15,25 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.word_tokenizer import write_word_tokenizer
+
 DATA = Path(__file__).parent / "data"
 FAMILIES = ("llada", "dream")
 EOS_ID, MASK_ID, VOCAB = 1, 500, 512
-CHAT_TEMPLATE = ("{% for m in messages %}t3 {{ m['content'] }} t4 {% endfor %}"
-                 "{% if add_generation_prompt %}t5 {% endif %}")
+NAMES = {EOS_ID: "<|eos|>", MASK_ID: "<|mask|>"}
 
 
 def golden(family: str) -> dict[str, torch.Tensor]:
     return load_file(str(DATA / family / "golden.safetensors"))
 
 
-def token(i: int) -> str:
-    return {EOS_ID: "<|eos|>", MASK_ID: "<|mask|>"}.get(i, f"t{i}")
-
-
 def write_tokenizer(directory: Path, remote_code_config: bool = False) -> None:
     """tokenizer.json + tokenizer_config.json; ``remote_code_config`` makes the config ask for a
     remote-code class (as Dream's own does) to exercise the fallback."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    tok = Tokenizer(models.WordLevel({token(i): i for i in range(VOCAB)}, unk_token="t0"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
-    tok.save(str(directory / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": token(EOS_ID), "mask_token": token(MASK_ID),
-              "pad_token": token(EOS_ID), "chat_template": CHAT_TEMPLATE}
-    if remote_code_config:
-        config.update(tokenizer_class="DreamTokenizer",
-                      auto_map={"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]})
-    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    remote = {"tokenizer_class": "DreamTokenizer",
+              "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]}} if remote_code_config else {}
+    write_word_tokenizer(directory, VOCAB, NAMES, unk_id=0, eos_token=NAMES[EOS_ID], mask_token=NAMES[MASK_ID],
+                         pad_token=NAMES[EOS_ID], **remote)
 
 
 def make_checkpoint(family: str, directory: Path, shards: int = 1, num_layers: int | None = None) -> Path:

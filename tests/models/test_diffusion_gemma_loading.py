@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_a_checkpoint_directory_loads_with_its_generation_config(tmp_path):
     path = tiny_checkpoint(tmp_path)
-    model = load_model(ModelConfig(name="g", engine="diffusion", source="diffusion_gemma", path=str(path)))
+    model = load_model(name="g", engine="diffusion", source="diffusion_gemma", path=str(path))
     assert isinstance(model, DiffusionGemmaLM)
     assert model.canvas_length == CANVAS and model.eos_token_ids == frozenset({1})
     assert model.sampling == GemmaSampling(max_denoising_steps=STEPS)

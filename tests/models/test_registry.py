@@ -1,0 +1,30 @@
+"""The models layer stands alone: loading a model needs nothing above it (config, engine, API, serve)."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import dfast_serve.models
+from dfast_serve.models.registry import load_model
+
+ROOT = Path(__file__).resolve().parents[2]
+HIGHER = ("dfast_serve.config", "dfast_serve.engine", "dfast_serve.api", "dfast_serve.serve")
+
+
+def test_importing_every_models_module_loads_no_higher_layer():
+    modules = [f"dfast_serve.models.{m.name}" for m in pkgutil.iter_modules(dfast_serve.models.__path__)]
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}: importlib.import_module(name)\n"
+            f"print(sorted(m for m in sys.modules if m.startswith({HIGHER!r})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_source_other_than_embedded_needs_a_path():
+    with pytest.raises(ValueError, match="needs a path"):
+        load_model(name="m", engine="diffusion", source="llada")

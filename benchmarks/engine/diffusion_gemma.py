@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import yaml
 
 from benchmarks.harness.results import finish, markdown_table
 from dfast_serve.engine.diffusion_gemma import DiffusionGemmaEngine
@@ -156,17 +155,13 @@ def table_row(name: str, s: dict[str, Any]) -> list[Any]:
 
 @contextmanager
 def serving(path: str, model: str, workdir: Path) -> Iterator[str]:
-    """``serve run`` of one app serving the checkpoint (standard mode, one torch thread), on loopback."""
-    from benchmarks.harness.peers import local_server
+    """``serve run`` of the shipped config's server serving only the checkpoint (standard mode, one torch
+    thread), on loopback."""
+    from benchmarks.harness.peers import ROOT, local_server
 
-    workdir.mkdir(parents=True, exist_ok=True)
     entry = {"name": model, "engine": "diffusion", "source": "diffusion_gemma", "path": path,
              "replica": {"num_cpus": 1, "torch_threads": 1}, "diffusion": {"ultra_fast": False}}
-    config = {"proxy_location": "EveryNode", "http_options": {"host": "127.0.0.1", "port": 8000},
-              "applications": [{"name": "dfast_serve", "route_prefix": "/", "import_path": "dfast_serve.serve.app:build_app",
-                                "args": {"models": [entry], "router": {"num_cpus": 0.25}}}]}
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    with local_server(workdir / "config.yaml", workdir) as url:
+    with local_server(ROOT / "serve_config.yaml", workdir, models=[entry]) as url:
         yield url
 
 

@@ -25,7 +25,6 @@ from benchmarks.harness.metrics import RequestRecord
 from benchmarks.harness.client import BenchConfig, send_request
 from benchmarks.harness.results import ROOT
 
-UNBATCHED_SUFFIX = "-batch1"
 # Ray processes stay on loopback and run at normal priority (Ray's default nice 15 starves them).
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0",
            "RAY_USAGE_STATS_ENABLED": "0"}
@@ -60,29 +59,38 @@ def private_ray_cluster(num_cpus: int, ray_env: dict[str, str] | None = None) ->
         cluster.shutdown()
 
 
-@contextmanager
-def local_server(config_path: Path, workdir: Path, startup_timeout_s: float = 300,
-                 unbatched_copy_of: str | None = None, ray_env: dict[str, str] | None = None,
-                 extra_apps: list[dict[str, Any]] | None = None) -> Iterator[str]:
-    """``serve run`` of a copy of ``config_path`` (free loopback port) on a private cluster; yields its URL.
+def config_models(config_path: Path) -> list[dict[str, Any]]:
+    """The model entries of a serve config's app (its first application)."""
+    return yaml.safe_load(config_path.read_text())["applications"][0]["args"]["models"]
 
-    ``unbatched_copy_of`` also serves that model a second time, named with ``UNBATCHED_SUFFIX``,
-    with step-level batching off (``max_batch_size: 1``), for the batching experiment. ``ray_env``:
-    see ``private_ray_cluster``. ``extra_apps`` are appended to the config's applications (the
-    repository root is put on the cluster's ``PYTHONPATH``, so they may live in ``benchmarks``)."""
+
+def config_copy(config_path: Path, workdir: Path, models: list[dict[str, Any]] | None = None,
+                extra_models: list[dict[str, Any]] | None = None,
+                extra_apps: list[dict[str, Any]] | None = None) -> tuple[Path, int]:
+    """``workdir/serve_config.yaml``: ``config_path`` on a free 127.0.0.1 port, its models replaced by
+    ``models`` (when given) plus ``extra_models``, ``extra_apps`` appended; returns (path, port)."""
     config = yaml.safe_load(config_path.read_text())
+    app_args = config["applications"][0]["args"]
+    app_args["models"] = (app_args["models"] if models is None else models) + (extra_models or [])
     config["applications"] += extra_apps or []
-    if unbatched_copy_of:
-        models = config["applications"][0]["args"]["models"]
-        copy_of = next(m for m in models if m["name"] == unbatched_copy_of)
-        unbatched = {**copy_of, "name": unbatched_copy_of + UNBATCHED_SUFFIX,
-                     "replica": {**copy_of.get("replica", {}), "max_batch_size": 1}}
-        models.append(unbatched)
     port = free_port()
     config["http_options"].update(host="127.0.0.1", port=port)
     workdir.mkdir(parents=True, exist_ok=True)
     copy = workdir / "serve_config.yaml"
     copy.write_text(yaml.safe_dump(config))
+    return copy, port
+
+
+@contextmanager
+def local_server(config_path: Path, workdir: Path, *, models: list[dict[str, Any]] | None = None,
+                 extra_models: list[dict[str, Any]] | None = None, ray_env: dict[str, str] | None = None,
+                 extra_apps: list[dict[str, Any]] | None = None, startup_timeout_s: float = 300) -> Iterator[str]:
+    """``serve run`` of a copy of ``config_path`` (free loopback port) on a private cluster; yields its URL.
+
+    ``models`` replaces the app's model entries, ``extra_models`` are added to them. ``ray_env``: see
+    ``private_ray_cluster``. ``extra_apps`` are appended to the config's applications (the repository
+    root is put on the cluster's ``PYTHONPATH``, so they may live in ``benchmarks``)."""
+    copy, port = config_copy(config_path, workdir, models, extra_models, extra_apps)
     serve_bin = Path(sys.executable).with_name("serve")
     url = f"http://127.0.0.1:{port}"
     if extra_apps:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import yaml
 
 from benchmarks.harness.peers import ROOT, local_server
 from benchmarks.harness.results import finish, markdown_table, run_dir

@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
-import yaml
 
 from benchmarks.harness.peers import RAY_ENV, ROOT, free_port, local_server
 from benchmarks.harness.metrics import RequestRecord, e2e_latency, total_nfe, ttft
@@ -140,9 +139,8 @@ def add_mask_token(directory: Path) -> None:
 
 
 # ---- the servers ----------------------------------------------------------------------------------
-def dfast_config(base: Path, out: Path, checkpoint: Path) -> Path:
-    """The shipped config's server settings with one model entry per variant (none of the shipped models)."""
-    config = yaml.safe_load(base.read_text())
+def variant_models(checkpoint: Path) -> list[dict[str, Any]]:
+    """One model entry per dfast_serve variant, all serving the checkpoint (in place of the shipped models)."""
     models = []
     for variant in {v.model: v for v in VARIANTS.values()}.values():
         replica: dict[str, Any] = {"num_cpus": 1}
@@ -150,10 +148,7 @@ def dfast_config(base: Path, out: Path, checkpoint: Path) -> Path:
             replica.update(num_cpus=0.5, torch_threads=variant.threads)
         models.append({"name": variant.model, "engine": "diffusion", "source": "llada", "path": str(checkpoint),
                        "device": "cpu", "dtype": variant.dtype, "replica": replica})
-    config["applications"][0]["args"]["models"] = models
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(config))
-    return out
+    return models
 
 
 def dlm_argv(venv: Path, port: int) -> list[str]:
@@ -454,10 +449,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory(prefix="vs_dlmserve-") as tmp:
         checkpoint = write_checkpoint(Path(tmp) / "llada", Path(args.remote_code), args.hidden, args.layers, args.heads,
                                       args.mlp)
-        config = dfast_config(Path(args.config), out / "dfast" / "config.yaml", checkpoint) if phases else None
         print(f"checkpoint {checkpoint}: hidden {args.hidden}, {args.layers} layers, vocab {LLADA_VOCAB}", flush=True)
-        with (local_server(config, out / "dfast", ray_env={**RAY_ENV, **RAY_PROCESS_ENV}) if config
-              else nullcontext("")) as dfast_url:
+        with (local_server(Path(args.config), out / "dfast", models=variant_models(checkpoint),
+                           ray_env={**RAY_ENV, **RAY_PROCESS_ENV}) if phases else nullcontext("")) as dfast_url:
             for phase in phases:
                 threads = PHASES[phase][0]
                 print(f"-- phase {phase}: dlmserve threads {threads or f'default ({default_threads})'}", flush=True)

@@ -35,9 +35,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from benchmarks.harness.peers import RAY_ENV, ROOT, free_port, local_server
+from benchmarks.harness.peers import RAY_ENV, ROOT, config_models, free_port, local_server
 from benchmarks.harness.metrics import RequestRecord, e2e_latency, summarize
 from benchmarks.harness.peers import background_server, interleaved, venv_bin
 from benchmarks.harness.prompts import get_prompts
@@ -65,11 +64,10 @@ def vllm_env(threads: int | None) -> dict[str, str]:
     return env
 
 
-def dfast_config(base: Path, out: Path, phases: list[str]) -> Path:
-    """The shipped config plus one AR replica copy per pinned thread count (``smollm2-135m-<n>t``)."""
-    config = yaml.safe_load(base.read_text())
-    models = config["applications"][0]["args"]["models"]
-    shipped = next(m for m in models if m["name"] == MODEL)
+def replica_copies(base: Path, phases: list[str]) -> list[dict[str, Any]]:
+    """The AR model's entry again per phase: pinned to its thread count (``smollm2-135m-<n>t``) and in bf16."""
+    shipped = next(m for m in config_models(base) if m["name"] == MODEL)
+    models = []
     for phase in phases:
         threads = PHASES[phase]
         replica = {**shipped.get("replica", {}), "num_cpus": 0.5}  # copies: threads are set explicitly
@@ -77,9 +75,7 @@ def dfast_config(base: Path, out: Path, phases: list[str]) -> Path:
             models.append({**shipped, "name": dfast_model(phase), "replica": {**replica, "torch_threads": threads}})
         models.append({**shipped, "name": dfast_model(phase, BF16), "dtype": "bfloat16",
                        "replica": {**replica, "torch_threads": threads or 1}})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(config))
-    return out
+    return models
 
 
 def dfast_model(phase: str, suffix: str = "") -> str:
@@ -140,10 +136,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     started = time.time()
     results: dict[str, Any] = {}
     rows: list[list[Any]] = []
-    config = dfast_config(Path(args.config), out / "dfast" / "config.yaml", phases)
     from dfast_serve.serve.launch import RAY_PROCESS_ENV
 
-    with local_server(config, out / "dfast", ray_env={**RAY_ENV, **RAY_PROCESS_ENV}) as dfast_url:  # as dfast-serve starts it
+    with local_server(Path(args.config), out / "dfast", extra_models=replica_copies(Path(args.config), phases),
+                      ray_env={**RAY_ENV, **RAY_PROCESS_ENV}) as dfast_url:  # as dfast-serve starts it
         for phase in phases:
             threads = PHASES[phase]
             port = free_port()

@@ -30,15 +30,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 
 from benchmarks.engine import ttft as engine_bench
 from benchmarks.harness.client import BenchConfig, run_benchmark
-from benchmarks.harness.peers import ROOT, UNBATCHED_SUFFIX, local_server, served_models
+from benchmarks.harness.peers import ROOT, config_models, local_server, served_models
 from benchmarks.harness.plots import plot_ttft_distributions
 from benchmarks.harness.results import finish, markdown_table, run_dir, save_result
 
 EXPERIMENTS = ("matrix", "schedules", "floor", "overhead", "concurrency", "batching")
+UNBATCHED_SUFFIX = "-batch1"
 
 
 # ---- running and recording -------------------------------------------------------------------
@@ -213,11 +213,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def replica_cpus(config_path: Path, model: str) -> int:
-    config = yaml.safe_load(config_path.read_text())
-    for m in config["applications"][0]["args"]["models"]:
+    for m in config_models(config_path):
         if m["name"] == model:
             return max(1, int(m.get("replica", {}).get("num_cpus", 1)))
     return 1
+
+
+def unbatched_copy(config_path: Path, model: str) -> dict[str, Any]:
+    """The model's entry again, named with ``UNBATCHED_SUFFIX``, with step-level batching off."""
+    entry = next(m for m in config_models(config_path) if m["name"] == model)
+    return {**entry, "name": model + UNBATCHED_SUFFIX, "replica": {**entry.get("replica", {}), "max_batch_size": 1}}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -232,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out or run_dir()).resolve()
     started = time.time()
     unbatched = args.diffusion_model if "batching" in chosen else None
-    with (local_server(Path(args.config), out / "server", unbatched_copy_of=unbatched) if args.base_url is None
+    extra = [unbatched_copy(Path(args.config), unbatched)] if unbatched else None
+    with (local_server(Path(args.config), out / "server", extra_models=extra) if args.base_url is None
           else _existing(args.base_url)) as url:
         models = served_models(url)
         needed = [args.diffusion_model, args.ar_model] + ([args.diffusion_model + UNBATCHED_SUFFIX] if unbatched else [])

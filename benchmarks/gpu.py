@@ -274,8 +274,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grid_table = markdown_table(GRID_HEADER, grid_rows) if grid_rows else ""
     grid_note = f"\nNative dLLM grid, {grid_tokens} tokens per answer:\n\n" + grid_table if grid_rows else ""
     (out / "summary.md").write_text(header + "\n" + table + grid_note + gemma_note)
-    figures = {label: {k: v for k, v in r.items() if k not in ("per_request", "generated_texts", "timeline")}
-               for label, r in results.items()}
+    raw = ("per_request", "generated_texts", "timeline", "table")
+    figures = {label: {k: v for k, v in r.items() if k not in raw} for label, r in results.items()}
     finish({"environment": env, "header": header, "figures": figures, "grid": grid_figures,
             "diffusion_gemma": gemma_figures}, "gpu", args, table=header + table + grid_note + gemma_note, out=out)
     return {**results, **grid_figures, **gemma_figures}

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from benchmarks.harness.prompts import get_prompts
-from benchmarks.harness.results import finish, markdown_table
+from benchmarks.harness.results import add_save_result, finish, markdown_table
 from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
 from dfast_serve.models.adapters import load_causal_lm
 from dfast_serve.models.embedded import prepare_smollm2
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--num-prompts", type=int, default=5)
     ap.add_argument("--decode-steps", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=32, help="tokens per engine run (TTFT and TPOT)")
-    ap.add_argument("--save-result", help="the result JSON (default: ar_cpu.json in this run's benchmarks/results/ folder)")
+    add_save_result(ap, "ar_cpu")
     args = ap.parse_args(argv)
     path = args.path or str(prepare_smollm2())
     models = {d: load_causal_lm(path, name=f"ar-{d}", dtype=d) for d in args.dtypes.split(",")}
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = markdown_table(["dtype/threads", "prompt tokens", "prefill all-logits (ms)", "prefill last-logit (ms)",
                             "decode step (ms)", "engine TTFT (ms)", "engine TPOT (ms)", "engine per-token work (ms)",
                             f"TTFT speed-up vs {next(iter(summary))}", "TPOT speed-up"], rows)
-    return finish({"summary": summary, "per_prompt": raw}, "ar_cpu", {**vars(args), "path": path, "torch": torch.__version__},
-                  table=table, out=args.save_result)
+    config = {**vars(args), "path": path, "torch": torch.__version__}
+    return finish({"summary": summary, "per_prompt": raw}, "ar_cpu", config, table=table, out=args.save_result)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import torch
 
 from benchmarks.engine.native_dllm import first_divergence
 from benchmarks.harness.prompts import get_prompts
-from benchmarks.harness.results import finish, markdown_table
+from benchmarks.harness.results import add_save_result, finish, markdown_table
 from dfast_serve.config import BatchInvariance, DiffusionOptions
 from dfast_serve.engine import Engine, GenerationRequest, SamplingParams, build_engine
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=2, help="timed runs of each cost variant")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (2 on a shared 2-core machine is slower)")
     parser.add_argument("--skip-ar", action="store_true")
-    parser.add_argument("--save-result", help="the result JSON (default: bf16_agreement.json in this run's benchmarks/results/ folder)")
+    add_save_result(parser, "bf16_agreement")
     args = parser.parse_args(argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)

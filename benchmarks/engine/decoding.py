@@ -31,7 +31,7 @@ import torch
 from benchmarks.harness.inprocess import load_bench_model, run_request
 from benchmarks.harness.metrics import RequestRecord, summarize
 from benchmarks.harness.prompts import get_prompts
-from benchmarks.harness.results import finish, markdown_table
+from benchmarks.harness.results import add_save_result, finish, markdown_table
 from dfast_serve.config import resolve_diffusion_options
 from dfast_serve.engine import GenerationRequest, SamplingParams
 from dfast_serve.engine.diffusion import DiffusionEngine
@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=1, help="uncounted requests before each variant")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--label", default="decoding", help="name of this run in the result")
-    ap.add_argument("--save-result", help="the result JSON (default: decoding.json in this run's benchmarks/results/ folder)")
+    add_save_result(ap, "decoding")
     return ap.parse_args(argv)
 
 

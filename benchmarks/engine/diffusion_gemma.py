@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 import torch
 
-from benchmarks.harness.results import finish, markdown_table
+from benchmarks.harness.results import add_save_result, finish, markdown_table
 from dfast_serve.engine.diffusion_gemma import DiffusionGemmaEngine
 from dfast_serve.engine.options import DiffusionOptions
 from dfast_serve.engine.types import GenerationRequest, SamplingParams
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--serve", action="store_true", help="also time the native stream of a local serve run of the "
                     "checkpoint (a private Ray cluster on 127.0.0.1)")
     ap.add_argument("--model", default="tiny-gemma")
-    ap.add_argument("--save-result", help="the result JSON (default: diffusion_gemma.json in this run's benchmarks/results/ folder)")
+    add_save_result(ap, "diffusion_gemma")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:

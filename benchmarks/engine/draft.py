@@ -23,7 +23,7 @@ from dfast_serve.config import DiffusionOptions
 from dfast_serve.engine.diffusion import DiffusionEngine
 from dfast_serve.engine.types import GenerationRequest, SamplingParams
 from benchmarks.harness.prompts import get_prompts
-from benchmarks.harness.results import finish, markdown_table
+from benchmarks.harness.results import add_save_result, finish, markdown_table
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--modes", default="ultra,standard", help="comma list of ultra / standard")
     parser.add_argument("--ignore-eos", action="store_true", help="full-length answers (no early EOS)")
-    parser.add_argument("--save-result", help="the result JSON (default: draft.json in this run's benchmarks/results/ folder)")
+    add_save_result(parser, "draft")
     args = parser.parse_args(argv)
     from dfast_serve.models.embedded import load_tiny_mdlm
 

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from benchmarks.harness.prompts import get_prompts
-from benchmarks.harness.results import finish, markdown_table
+from benchmarks.harness.results import add_save_result, finish, markdown_table
 from dfast_serve.config import BatchInvariance, DiffusionOptions, ModelConfig, ReplicaConfig
 from dfast_serve.engine.diffusion import DiffusionEngine, DiffusionSequence
 from dfast_serve.engine.types import GenerationRequest, SamplingParams
@@ -193,7 +193,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--step-token-budget", type=int, default=ReplicaConfig().step_token_budget,
                     help="canvas tokens per step in the concurrent experiment (the replica's default; 0: none)")
-    ap.add_argument("--save-result", help="the result JSON (default: native_dllm.json in this run's benchmarks/results/ folder)")
+    add_save_result(ap, "native_dllm")
     return ap.parse_args(argv)
 
 

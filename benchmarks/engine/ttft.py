@@ -30,7 +30,7 @@ import torch
 from benchmarks.harness.inprocess import floor_ids, forward_time, load_bench_model, run_request
 from benchmarks.harness.metrics import add_stats, format_table, summarize, ttft
 from benchmarks.harness.prompts import get_prompts
-from benchmarks.harness.results import finish
+from benchmarks.harness.results import add_save_result, finish
 from dfast_serve.config import DiffusionOptions, resolve_diffusion_options
 from dfast_serve.engine import Engine, GenerationRequest, SamplingParams, build_engine
 from dfast_serve.models.adapters import CausalLM, DiffusionLM
@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int,
                     help="torch CPU threads (a replica with num_cpus: N gets N, since Ray sets OMP_NUM_THREADS)")
     ap.add_argument("--label", help="name of this run in results and plots")
-    ap.add_argument("--save-result", help="write the result JSON here")
+    add_save_result(ap, "engine")
     ap.add_argument("--timeline", help="PNG: tokens streamed vs time for the first prompt, ultra vs standard (diffusion)")
     return ap.parse_args(argv)
 

@@ -95,6 +95,11 @@ def stamp(summary: dict[str, Any], kind: str, label: str | None,
     return summary
 
 
+def add_save_result(parser: argparse.ArgumentParser, kind: str) -> None:
+    """The ``--save-result`` option every single-JSON driver takes."""
+    parser.add_argument("--save-result", help=f"the result JSON (default: {kind}.json in this run's folder)")
+
+
 def result_path(out: str | Path | None, kind: str) -> Path:
     """``out`` when it names a ``.json`` file, else ``<out or run_dir()>/<kind>.json``."""
     if out is not None and str(out).endswith(".json"):

@@ -19,7 +19,7 @@ import time
 import tracemalloc
 from typing import Any, Callable
 
-from benchmarks.harness.results import finish
+from benchmarks.harness.results import add_save_result, finish
 from dfast_serve.api.body import MAX_JSON_DEPTH, parse_json, validate
 from dfast_serve.api.errors import APIError
 from dfast_serve.api.protocol import ChatCompletionRequest, CompletionRequest
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", type=int, default=ServerConfig.model_fields["max_body_bytes"].default,
                         help="body size in bytes (default: max_body_bytes' default)")
     parser.add_argument("--repeat", type=int, default=5, help="untraced runs per body; the best is reported")
-    parser.add_argument("--save-result", help="the result JSON (default: body_memory.json in this run's benchmarks/results/ folder)")
+    add_save_result(parser, "body_memory")
     args = parser.parse_args(argv)
     rows = run(args.size, args.repeat)
     return finish({"rows": rows, "max_peak_per_body_byte": max(r["peak_per_body_byte"] for r in rows),

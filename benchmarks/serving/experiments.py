@@ -257,8 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             concurrency(run, args.diffusion_model, args.ar_model, levels)
         if "batching" in chosen:
             batching(run, args.diffusion_model, levels)
-    figures = {name: {k: v for k, v in r.items() if k not in ("per_request", "generated_texts", "timeline")}
-               for name, r in run.results.items()}
+    raw = ("per_request", "generated_texts", "timeline", "table")
+    figures = {name: {k: v for k, v in r.items() if k not in raw} for name, r in run.results.items()}
     finish({"figures": figures, "wall_s": time.time() - started}, "experiments", args, table="\n".join(run.tables),
            out=out)
     return run.results

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.harness.results import finish, markdown_table
+from benchmarks.harness.results import add_save_result, finish, markdown_table
 from dfast_serve.config import ReplicaConfig
 from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
 from dfast_serve.engine.options import DiffusionOptions
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a replica with num_cpus < 2 has one)")
-    ap.add_argument("--save-result", help="the result JSON (default: fairness.json in this run's benchmarks/results/ folder)")
+    add_save_result(ap, "fairness")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_tiny_mdlm()

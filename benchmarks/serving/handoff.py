@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.harness.results import finish, markdown_table
+from benchmarks.harness.results import add_save_result, finish, markdown_table
 from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
 from dfast_serve.engine.options import DiffusionOptions
 from dfast_serve.models.embedded import load_tiny_mdlm
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="standard")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--save-result", help="the result JSON (default: handoff.json in this run's benchmarks/results/ folder)")
+    add_save_result(ap, "handoff")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     intervals = [float(x) for x in args.intervals_ms.split(",")]

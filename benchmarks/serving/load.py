@@ -18,7 +18,7 @@ from typing import Any
 
 from benchmarks.harness.client import ENDPOINTS, BenchConfig, run_benchmark
 from benchmarks.harness.metrics import format_table
-from benchmarks.harness.results import finish
+from benchmarks.harness.results import add_save_result, finish
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     ap.add_argument("--timeout", type=float, default=300.0, help="per-request timeout (s)")
     ap.add_argument("--api-key", help="sent as 'Authorization: Bearer <key>'")
     ap.add_argument("--label", help="name of this run in results and plots")
-    ap.add_argument("--save-result", help="the result JSON (default: serving.json in this run's results folder)")
+    add_save_result(ap, "serving")
     args = ap.parse_args(argv)
     if not isinstance(args.extra_body, dict):
         ap.error("--extra-body must be a JSON object")

@@ -33,8 +33,7 @@ from benchmarks.harness.metrics import RequestRecord, summarize
 from benchmarks.harness.prompts import get_prompts
 from benchmarks.harness.results import add_save_result, finish, markdown_table
 from dfast_serve.config import resolve_diffusion_options
-from dfast_serve.engine import GenerationRequest, SamplingParams
-from dfast_serve.engine.diffusion import DiffusionEngine
+from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
 from dfast_serve.models.adapters import DiffusionLM
 
 # label -> (options besides the shared ones, the uncached variant its output is compared with)
@@ -57,7 +56,7 @@ def bench(model: DiffusionLM, args: argparse.Namespace) -> dict[str, Any]:
     Variants take turns prompt by prompt, so that a load change on the machine hits them alike;
     a variant's tok/s is its output tokens over the time its own requests took.
     """
-    engine = DiffusionEngine(model)
+    engine = build_engine(model)
     prompts = get_prompts(args.num_prompts, args.prompts_file)
     prompt_ids = [model.encode_chat([{"role": "user", "content": p}]) for p in prompts]
     labels = list(dict.fromkeys(x for label in args.variants for x in (VARIANTS[label][1], label) if x))

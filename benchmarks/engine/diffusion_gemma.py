@@ -34,16 +34,15 @@ from typing import Any, Iterator
 import torch
 
 from benchmarks.harness.results import add_save_result, finish, markdown_table
-from dfast_serve.engine.diffusion_gemma import DiffusionGemmaEngine
-from dfast_serve.engine.options import DiffusionOptions
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.config import DiffusionOptions
+from dfast_serve.engine import Engine, GenerationRequest, SamplingParams, build_engine
 from dfast_serve.models.diffusion_gemma import DiffusionGemmaLM, load_diffusion_gemma
 from dfast_serve.models.gemma_tiny import write_tiny_checkpoint
 
 PROMPT = "t10 t11 t12 t13 t14 t15 t16 t17"
 
 
-def ours(engine: DiffusionGemmaEngine, prompt_ids: list[int], max_tokens: int, seed: int,
+def ours(engine: Engine, prompt_ids: list[int], max_tokens: int, seed: int,
          options: DiffusionOptions) -> dict[str, Any]:
     params = SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed, draft=True)
     started = time.perf_counter()
@@ -132,7 +131,7 @@ def compare(model: DiffusionGemmaLM, prompt_ids: list[int], max_tokens: int,
             seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
     """Per-seed runs of transformers' generate and of our engine (standard, ultra-fast), interleaved so
     that machine load hits every variant alike; one warm-up of each first."""
-    engine = DiffusionGemmaEngine(model)
+    engine = build_engine(model)
     ours(engine, prompt_ids, model.canvas_length, 0, DiffusionOptions(ultra_fast=False))
     reference(model, prompt_ids, model.canvas_length, 0)
     rows: dict[str, list[dict[str, Any]]] = {"transformers generate + streamer": [], "ours, standard": [],

@@ -20,8 +20,7 @@ from typing import Any
 
 from dfast_serve.api.serving import native_event
 from dfast_serve.config import DiffusionOptions
-from dfast_serve.engine.diffusion import DiffusionEngine
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import Engine, GenerationRequest, SamplingParams, build_engine
 from benchmarks.harness.prompts import get_prompts
 from benchmarks.harness.results import add_save_result, finish, markdown_table
 
@@ -37,7 +36,7 @@ def edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-def one_run(engine: DiffusionEngine, prompt_ids: list[int], params: SamplingParams,
+def one_run(engine: Engine, prompt_ids: list[int], params: SamplingParams,
             options: DiffusionOptions) -> dict[str, Any]:
     seq = engine.start(GenerationRequest(prompt_ids, params, options))
     released, views, step_ms, draft_ms, draft_bytes, event_bytes, plain_bytes = "", [], [], [], [], [], []
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from dfast_serve.models.embedded import load_tiny_mdlm
 
     model = load_tiny_mdlm()
-    engine = DiffusionEngine(model)
+    engine = build_engine(model)
     prompts = get_prompts(args.num_prompts)
     params = SamplingParams(max_tokens=args.max_tokens, draft=True, ignore_eos=args.ignore_eos)
     result: dict[str, Any] = {}

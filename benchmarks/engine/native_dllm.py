@@ -48,8 +48,7 @@ import torch
 from benchmarks.harness.prompts import get_prompts
 from benchmarks.harness.results import add_save_result, finish, markdown_table
 from dfast_serve.config import BatchInvariance, DiffusionOptions, ModelConfig, ReplicaConfig
-from dfast_serve.engine.diffusion import DiffusionEngine, DiffusionSequence
-from dfast_serve.engine.types import GenerationRequest, SamplingParams
+from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
 from dfast_serve.models.adapters import DiffusionLM
 from dfast_serve.models.bidirectional import BidirectionalConfig, BidirectionalLM
 from dfast_serve.models.embedded import TINY_MDLM_DIR
@@ -125,10 +124,9 @@ def run_batch(model: DiffusionLM, prompts: list[list[int]], options: DiffusionOp
               max_batch_size: int, batch_invariance: BatchInvariance = "off",
               step_token_budget: int | None = None) -> dict[str, Any]:
     """Every request started at once, then ``engine.step`` over the live ones until all are done."""
-    engine = DiffusionEngine(model, max_batch_size=max_batch_size, step_token_budget=step_token_budget,
-                             batch_invariance=batch_invariance)
+    engine = build_engine(model, max_batch_size, step_token_budget, batch_invariance)
     started = time.perf_counter()
-    seqs: list[DiffusionSequence] = [engine.start(GenerationRequest(p, SamplingParams(max_tokens=max_tokens), options))
+    seqs = [engine.start(GenerationRequest(p, SamplingParams(max_tokens=max_tokens), options))
                                      for p in prompts]
     first: dict[int, float] = {}
     done: dict[int, float] = {}

@@ -21,9 +21,8 @@ from typing import Any
 import torch
 
 from benchmarks.harness.results import add_save_result, finish, markdown_table
-from dfast_serve.config import ReplicaConfig
+from dfast_serve.config import DiffusionOptions, ReplicaConfig
 from dfast_serve.engine import GenerationRequest, SamplingParams, build_engine
-from dfast_serve.engine.options import DiffusionOptions
 from dfast_serve.models.embedded import load_tiny_mdlm
 from dfast_serve.serve.step_loop import StepLoop
 

@@ -1,26 +1,26 @@
 """The benchmark experiments on one CUDA GPU, in bf16, at real model size; one folder out.
 
-    python -m benchmarks.gpu --out gpu_results          # a CUDA machine; about 5 minutes on an H200 (not yet run)
-    python -m benchmarks.gpu --quick --out gpu_quick    # about 2 minutes: the headline cells only
+    python -m benchmarks.gpu                   # a CUDA machine; about 5 minutes on an H200 (not yet run)
+    python -m benchmarks.gpu --quick           # about 2 minutes: the headline cells only
     python -m benchmarks.gpu --smoke --out /tmp/gpu     # any machine: small shapes, checks the script runs
 
-In-process (no Ray, no HTTP: the server's own overhead is measured by ``benchmarks.experiments``),
+In-process (no Ray, no HTTP: the server's own overhead is measured by ``benchmarks.serving.experiments``),
 on four models:
 
 * ``tiny-mdlm``: the embedded diffusion model (ships in the package), engine benchmark
-  (``benchmarks.engine``: ultra-fast and standard schedules at 64 and 256 tokens);
+  (``benchmarks.engine.ttft``: ultra-fast and standard schedules at 64 and 256 tokens);
 * ``llama-8b-shaped``: an AR ``LlamaForCausalLM`` with Llama-3-8B's shape, random weights, engine benchmark;
 * ``llada-8b-shaped``: the native LLaDA code (``models/bidirectional.py``, what ``source: llada``
   loads) at LLaDA-8B's shape (4096 hidden, 32 layers, 32 heads, 12288 MLP, 126464 vocab), random weights;
 * ``dream-7b-shaped``: the native Dream code at Dream-7B's shape (3584 hidden, 28 layers, 28 query /
   4 key-value heads, 18944 MLP, 152064 vocab, q/k/v biases, shifted logits), random weights;
 
-the two native models through the grid of ``benchmarks.native_grid`` (decoding x KV cache x
+the two native models through the grid of ``benchmarks.engine.native_grid`` (decoding x KV cache x
 concurrency 1/8/32 x batch invariance on/off; ``--quick``: its four headline cells at 128 tokens);
 and ``diffusiongemma-26b-shaped``: transformers' ``DiffusionGemmaForBlockDiffusion`` at Gemma-4-26B-A4B's
 text shape (2816 hidden, 30 layers, 128 experts top-8 of 704, 262144 vocab; from the GGUF metadata
 of gemma-4-26B-A4B: check it against the DiffusionGemma checkpoint's own config.json), canvas 256,
-48 denoising steps, random weights, through ``benchmarks.diffusion_gemma`` (ours, standard and
+48 denoising steps, random weights, through ``benchmarks.engine.diffusion_gemma`` (ours, standard and
 ultra-fast, against transformers' ``generate`` + streamer: time and passes to the first text and the
 first draft). Its construction builds the encoder's and decoder's copies of the shared layers before
 tying them: about 2 x 52 GB at peak, which an H200 holds and an 80 GB card does not.
@@ -28,7 +28,8 @@ tying them: about 2 x 52 GB at peak, which an H200 holds and an 80 GB card does 
 Random weights make the timings real and the text meaningless: the random models decode with the
 embedded tokenizer, their logits cut to its vocabulary after the full-size output layer has run,
 and their output layer scaled so that threshold decoding commits about 2 tokens per pass (see
-``benchmarks.native_dllm``). Writes ``summary.md`` (tables), ``gpu.json`` (all figures),
+``benchmarks.engine.native_dllm``). Writes into ``--out`` (default: this run's results folder) ``summary.md``
+(tables), ``gpu.json`` (all figures),
 ``runs/*.json``, ``ttft_*.png``, ``reveal_timeline.png``.
 """
 
@@ -44,11 +45,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from benchmarks import diffusion_gemma as gemma_bench
-from benchmarks import engine as engine_bench
-from benchmarks.native_grid import FULL_GRID, HEADER as GRID_HEADER, QUICK_GRID, run_grid
-from benchmarks.plot import plot_ttft_distributions
-from benchmarks.results import markdown_table, save_result
+from benchmarks.engine import diffusion_gemma as gemma_bench
+from benchmarks.engine import ttft as engine_bench
+from benchmarks.engine.native_grid import FULL_GRID, HEADER as GRID_HEADER, QUICK_GRID, run_grid
+from benchmarks.harness.plots import plot_ttft_distributions
+from benchmarks.harness.results import finish, markdown_table, run_dir, save_result
 from dfast_serve.models.adapters import CausalLM, DiffusionLM
 from dfast_serve.models.bidirectional import BidirectionalConfig, BidirectionalLM
 from dfast_serve.models.diffusion_gemma import DiffusionGemmaLM, GemmaSampling
@@ -72,7 +73,7 @@ DIFFUSIONGEMMA_26B = dict(vocab_size=262144, hidden_size=2816, intermediate_size
 SMOKE_GEMMA = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                    num_key_value_heads=1, head_dim=32, global_head_dim=32, num_experts=4, top_k_experts=2,
                    moe_intermediate_size=32, sliding_window=16, layer_types=["sliding_attention", "full_attention"])
-LOGIT_SCALE = 12.0  # output layer std x sqrt(hidden), as benchmarks.native_dllm
+LOGIT_SCALE = 12.0  # output layer std x sqrt(hidden), as benchmarks.engine.native_dllm
 SMOKE_AR = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                 intermediate_size=256, vocab_size=20000)
 
@@ -163,7 +164,7 @@ def environment(device: str) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="gpu_results")
+    ap.add_argument("--out", help="folder for the results (default: this run's benchmarks/results/ folder)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, 2 prompts, CPU allowed (checks the script)")
     ap.add_argument("--quick", action="store_true", help="about 2 minutes: tiny-mdlm at 64 tokens and the grid's "
                     "headline cells at 128 tokens (no AR model)")
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.smoke:
         raise SystemExit("no CUDA device: run on a GPU machine, or add --smoke to check the script")
-    out = Path(args.out).resolve()
+    out = Path(args.out or run_dir()).resolve()
     token_counts = [int(t) for t in args.token_counts.split(",")]
     if args.quick:
         token_counts = token_counts[:1]
@@ -267,18 +268,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     env = environment(device)
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} on {env.get('gpu', device)}, "
-              f"torch {env['torch']}; {time.time() - started:.0f} s; `python -m benchmarks.gpu "
-              f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n")
+              f"torch {env['torch']}; {time.time() - started:.0f} s\n")
     table = markdown_table(["model", "schedule", "max_tokens", "TTFT p50 (ms)", "TTFT p99 (ms)", "floor p50 (ms)",
                             "TTFT/floor p50", "total time mean (ms)", "tokens/s", "forward passes / request"], rows)
     grid_table = markdown_table(GRID_HEADER, grid_rows) if grid_rows else ""
     grid_note = f"\nNative dLLM grid, {grid_tokens} tokens per answer:\n\n" + grid_table if grid_rows else ""
     (out / "summary.md").write_text(header + "\n" + table + grid_note + gemma_note)
-    figures = {label: {k: v for k, v in r.items() if k not in ("per_request", "generated_texts", "timeline")}
-               for label, r in results.items()}
-    save_result({"environment": env, "header": header, "figures": figures, "grid": grid_figures,
-                 "diffusion_gemma": gemma_figures}, out / "gpu.json")
-    print(header + table + grid_note + gemma_note)
+    raw = ("per_request", "generated_texts", "timeline", "table")
+    figures = {label: {k: v for k, v in r.items() if k not in raw} for label, r in results.items()}
+    finish({"environment": env, "header": header, "figures": figures, "grid": grid_figures,
+            "diffusion_gemma": gemma_figures}, "gpu", args, table=header + table + grid_note + gemma_note, out=out)
     return {**results, **grid_figures, **gemma_figures}
 
 

@@ -117,6 +117,6 @@ def test_the_shipped_configs_batch_every_dtype(name):
 
     from dfast_serve.serve.config_file import application, load_serve_config
 
-    args = application(load_serve_config(Path(__file__).resolve().parents[2] / name))["args"]
+    args = application(load_serve_config(Path(__file__).resolve().parents[1] / name))["args"]
     assert [m["replica"]["batch_invariance"] for m in args["models"]] == ["off"] * len(args["models"])
     assert all(ReplicaConfig.model_validate(m["replica"]).batch_invariance == "off" for m in args["models"])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.body_memory import parse_and_validate, peak_bytes, worst_case_bodies
+from benchmarks.serving.body_memory import parse_and_validate, peak_bytes, worst_case_bodies
 from dfast_serve.api.body import MAX_JSON_DEPTH, MAX_OBJECT_KEYS, parse_json, validate
 from dfast_serve.api.errors import APIError
 from dfast_serve.api.protocol import ChatCompletionRequest, CompletionRequest

@@ -1,16 +1,16 @@
-"""Smoke test: benchmarks.bf16_agreement runs both modes on bf16 tiny-mdlm and writes its JSON; strict agrees."""
+"""Smoke test: benchmarks.engine.bf16_agreement runs both modes on bf16 tiny-mdlm and writes its JSON; strict agrees."""
 
 from __future__ import annotations
 
 import json
 
-from benchmarks.bf16_agreement import main
+from benchmarks.engine.bf16_agreement import main
 
 
 def test_bf16_agreement_benchmark_smoke(tmp_path, capsys):
     out = tmp_path / "bf16.json"
     main(["--prompts", "3", "--max-tokens", "8", "--rounds", "1", "--skip-ar", "--diffusion-options", "ultra",
-          "--out", str(out)])
+          "--save-result", str(out)])
     assert "| model | options | mode |" in capsys.readouterr().out
     results = json.loads(out.read_text())["results"]
     strict = results["tiny-mdlm-ultra-strict"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.metrics import (
+from benchmarks.harness.metrics import (
     ChunkEvent, RequestRecord, describe, e2e_latency, format_table, itls, nfe_to_first_token, percentile,
     run_duration, summarize, tokens_per_forward_pass, total_nfe, tpot, ttft,
 )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.metrics import RequestRecord, itls, nfe_to_first_token, total_nfe, ttft
-from benchmarks.sse import SSEDecoder, apply_event, parse_payload, record_from_response
+from benchmarks.harness.metrics import RequestRecord, itls, nfe_to_first_token, total_nfe, ttft
+from benchmarks.harness.sse import SSEDecoder, apply_event, parse_payload, record_from_response
 
 
 def chat_chunk(delta: dict, finish=None, nfe=None) -> dict:

@@ -1,13 +1,13 @@
-"""The pure parts of benchmarks/vs_dlmserve.py (no dlmserve, no server)."""
+"""The pure parts of benchmarks/peers/vs_dlmserve.py (no dlmserve, no server)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from benchmarks import vs_dlmserve
-from benchmarks.metrics import ChunkEvent, RequestRecord
-from benchmarks.serving import BenchConfig, request_body
+from benchmarks.peers import vs_dlmserve
+from benchmarks.harness.metrics import ChunkEvent, RequestRecord
+from benchmarks.harness.client import BenchConfig, request_body
 
 METRICS = """# HELP dlmserve_denoising_step_duration_seconds Wall-clock time per denoising step across the full batch
 # TYPE dlmserve_denoising_step_duration_seconds histogram

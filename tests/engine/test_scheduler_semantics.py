@@ -176,8 +176,13 @@ def test_a_failing_request_fails_alone_and_its_batch_mate_is_unchanged(tiny_mdlm
     assert short.error is None and text_of(chunks) == text_of(alone)
 
 
-def test_an_empty_prompt_is_refused(tiny_mdlm):
+def test_an_empty_prompt_is_refused_naming_the_field_it_came_from(tiny_mdlm):
     import pytest
 
-    with pytest.raises(ValueError, match="empty"):
-        build_engine(tiny_mdlm).start(GenerationRequest([], SamplingParams(max_tokens=4)))
+    from dfast_serve.wire import APIError
+
+    for field in ("prompt", "messages"):
+        with pytest.raises(APIError) as refused:
+            build_engine(tiny_mdlm).start(GenerationRequest([], SamplingParams(max_tokens=4), prompt_field=field))
+        assert (refused.value.status, refused.value.param, str(refused.value)) == (400, field,
+                                                                                  f"{field} encodes to no tokens")

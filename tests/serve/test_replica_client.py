@@ -17,8 +17,16 @@ from dfast_serve.serve.replica_client import RayReplicaCall
 CHUNK = StreamingChunk("In", 1, 1, 8, 0.1, 1.0, True, False, 1)
 
 
+class Yielded:
+    """In a script: an item the replica yields (an ``APIError`` it sends as a stream item, not a raise)."""
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+
 class FakeGenerator:
-    """What ``handle.options(stream=True).generate.remote(...)`` returns, playing a script."""
+    """What ``handle.options(stream=True).generate.remote(...)`` returns, playing a script: exceptions are
+    raised (as Ray raises its own errors), ``Yielded`` items and chunks are returned."""
 
     def __init__(self, *items: Any) -> None:
         self.items = list(items)
@@ -28,6 +36,8 @@ class FakeGenerator:
         if not self.items:
             raise StopAsyncIteration
         item = self.items.pop(0)
+        if isinstance(item, Yielded):
+            return item.item
         if isinstance(item, BaseException):
             raise item
         return item
@@ -83,7 +93,7 @@ def assert_no_exception_names(err: APIError) -> None:
 
 def test_a_replica_refusal_becomes_the_error_it_describes_and_chunks_pass_through():
     refusal = APIError(400, "prompt encodes to no tokens", param="prompt", code="invalid_value")
-    err, _ = first_error(refusal)
+    err, _ = first_error(Yielded(refusal))
     assert err == APIError(400, "prompt encodes to no tokens", "invalid_request_error", "prompt", "invalid_value")
 
     async def drain() -> list[StreamingChunk]:

@@ -5,7 +5,7 @@ that OpenAI clients send routinely and that change nothing here (``user``; penal
 ``n`` only at their neutral values). Diffusion knobs travel in the ``dfast`` extension object.
 vLLM's sampling extras that benchmark clients send (``ignore_eos``, ``min_tokens``,
 ``repetition_penalty``, ``min_p``, ``skip_special_tokens``, ``stream_options.continuous_usage_stats``)
-are accepted and implemented (README, "Accepted extras"); ``draft`` only on the native stream.
+are accepted and implemented (docs/api.md, "vLLM extras"); ``draft`` only on the native stream.
 Types are strict: ``"5"``, ``5.0`` and ``true`` are not integers (ints are accepted as floats).
 Every list stops at its first bad item (``fail_fast``): a small body of many bad items must not
 make pydantic build an error object for each.
@@ -51,7 +51,7 @@ class _Sampling(_Strict):
     user: str | None = Field(None, max_length=256)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING, description="Wins over max_tokens.")
-    # vLLM extensions (their meaning for diffusion models: README, "Accepted extras")
+    # vLLM extensions (their meaning for diffusion models: docs/api.md, "vLLM extras")
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0, le=MAX_TOKENS_CEILING)
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)

@@ -43,7 +43,7 @@ def choose_tokens(
     the whole vocabulary is sorted): exact, without sorting the vocabulary at every position."""
     if temperature <= 0:
         # max(-1) picks the first maximal index as argmax does, and is 1.4x (float32) to 4x (bf16) faster on a
-        # CPU over a 126k vocabulary (benchmarks/vs_dlmserve.py's op profile)
+        # CPU over a 126k vocabulary (benchmarks/peers/vs_dlmserve.py's op profile)
         return logits.max(-1).indices
     tempered = logits.double() / temperature
     vocab = tempered.shape[-1]

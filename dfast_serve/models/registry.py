@@ -24,7 +24,7 @@ def resolve_dtype(requested: str, device: str) -> str:
     """``auto``: bfloat16 on a GPU, float32 on a CPU, for every model.
 
     On CPU, torch's bf16 kernels lose to fp32 for a small model's one-token decode pass (SmolLM2-135M:
-    decode step 1.9x slower in bf16, prefill 1.3x faster on an AMX CPU; ``benchmarks/ar_cpu.py``). A GPU has native
+    decode step 1.9x slower in bf16, prefill 1.3x faster on an AMX CPU; ``benchmarks/engine/ar_cpu.py``). A GPU has native
     bf16 and memory to save; every dtype batches (``replica.batch_invariance``).
     """
     if requested != "auto":

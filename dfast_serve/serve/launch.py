@@ -13,8 +13,8 @@ so ``serve_config.yaml`` cannot carry them (``runtime_env`` reaches only the app
   machine any nice-0 process starves the proxy, the router and the replicas.
 
 When ``serve run`` starts a local Ray cluster itself, every Ray process inherits this environment. With
-``--address`` to a running cluster, that cluster must have been started with them (the README's
-``ray start`` line and ``cluster.yaml`` set them). A variable already set in the environment wins.
+``--address`` to a running cluster, that cluster must have been started with them (the
+``ray start`` line of docs/cluster.md and ``cluster.yaml`` set them). A variable already set in the environment wins.
 """
 
 from __future__ import annotations

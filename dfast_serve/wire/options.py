@@ -25,7 +25,7 @@ class StrictModel(BaseModel):
 
 
 class UltraFastConfig(StrictModel):
-    """Early streaming for diffusion models (see README, "Ultra-fast streaming")."""
+    """Early streaming for diffusion models (docs/configuration.md, "Diffusion options")."""
 
     enable_instant_first_token: bool = Field(
         True, description="At pass `first_token_steps`, decide the confident leading tokens (at least one) so "

@@ -55,6 +55,7 @@ def run_checked(engine, request: GenerationRequest) -> tuple[list[StreamingChunk
 
 
 def outcome(seq):
+    assert seq.error is None, seq.error  # a request that failed alone and batched would otherwise compare equal
     tokens = seq.answer.tolist() if hasattr(seq, "answer") else None
     return tokens, "".join(c.new_text for c in seq.pending), seq.nfe, seq.finish_reason
 
@@ -92,3 +93,14 @@ class FailsOnLongCanvas(nn.Module):
         if input_ids.shape[1] > self.limit:
             raise RuntimeError("out of memory (simulated)")
         return self.inner(input_ids, **kwargs)
+
+
+def llada_like(model):
+    """tiny-mdlm's network behind the LLaDA adapter (which ignores attention masks, so cannot pad), with
+    tiny-mdlm's own mask and EOS ids (LLaDA's defaults are outside its vocabulary)."""
+    import dataclasses
+
+    from dfast_serve.models.adapters import wrap_llada
+
+    return dataclasses.replace(wrap_llada(model.network, model.tokenizer), mask_token_id=model.mask_token_id,
+                               eos_token_ids=model.eos_token_ids)

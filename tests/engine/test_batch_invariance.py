@@ -14,7 +14,7 @@ from dfast_serve.engine.batching import bucket
 from dfast_serve.engine.masked.fixed_shape import PassShape
 from dfast_serve.engine.masked.kv_cache import ForwardPlan
 from dfast_serve.engine import GenerationRequest, SamplingParams
-from tests.engine.helpers import run_alone, run_joined
+from tests.engine.helpers import llada_like, run_alone, run_joined
 
 PROMPTS = ["Recite Genesis 1:1.", "Continue: And God said unto Moses, I AM THAT I AM", "Why?",
            "Recite Psalms 23:1, then the verse after it."]  # chat prompts of 17, 25, 7 and 24 tokens
@@ -98,10 +98,9 @@ def test_strict_passes_have_one_shape_per_bucket():
 
 
 def test_strict_without_padded_batches_runs_one_sequence_a_pass(tiny_bf16):
-    from dfast_serve.models.adapters import wrap_llada
 
-    llada_like = wrap_llada(tiny_bf16.network, tiny_bf16.tokenizer)  # ignores attention masks: cannot pad
-    engine = build_engine(llada_like, max_batch_size=8, batch_invariance="strict")
+    remote_like = llada_like(tiny_bf16)  # ignores attention masks: cannot pad
+    engine = build_engine(remote_like, max_batch_size=8, batch_invariance="strict")
     same = requests_for(tiny_bf16, OPTIONS["ultra"])[0]
     engine.step_sequences([engine.start(same), engine.start(same)])
     assert engine.forward_passes == 2  # equal shapes, yet apart: batch size is part of the shape

@@ -13,8 +13,7 @@ import pytest
 from dfast_serve.config import DiffusionOptions
 from dfast_serve.engine import build_engine
 from dfast_serve.engine import GenerationRequest, SamplingParams
-from dfast_serve.models.adapters import wrap_llada
-from tests.engine.helpers import run_alone, run_joined
+from tests.engine.helpers import llada_like, run_alone, run_joined
 
 PROMPTS = ["Recite Genesis 1:1.", "Continue: And God said unto Moses, I AM THAT I AM", "Why?",
            "Recite Psalms 23:1, then the verse after it."]
@@ -49,10 +48,10 @@ def test_batch_size_bound_and_equal_length_grouping(tiny_mdlm):
     padded = build_engine(tiny_mdlm, max_batch_size=2)
     padded.step_sequences([padded.start(r) for r in requests])
     assert padded.forward_passes == 2  # 2 + 1
-    llada_like = wrap_llada(tiny_mdlm.network, tiny_mdlm.tokenizer)  # ignores attention masks: no padding
-    assert not llada_like.padded_batches
-    grouped = build_engine(llada_like, max_batch_size=8)
-    assert run_joined(grouped, requests, [0, 0, 0]) == run_alone(build_engine(llada_like), requests)
+    remote_like = llada_like(tiny_mdlm)  # ignores attention masks: no padding
+    assert not remote_like.padded_batches
+    grouped = build_engine(remote_like, max_batch_size=8)
+    assert run_joined(grouped, requests, [0, 0, 0]) == run_alone(build_engine(remote_like), requests)
     grouped.forward_passes = 0
     grouped.step_sequences([grouped.start(r) for r in requests])
     assert grouped.forward_passes == 2  # the two equal-length canvases together, the other alone

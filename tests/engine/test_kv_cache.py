@@ -10,9 +10,9 @@ import torch
 
 from dfast_serve.config import DiffusionOptions
 from dfast_serve.engine import build_engine
+from tests.engine.helpers import llada_like
 from dfast_serve.engine.masked.kv_cache import BlockCache
 from dfast_serve.engine import GenerationRequest, SamplingParams
-from dfast_serve.models.adapters import wrap_llada
 from dfast_serve.models.bidirectional import BidirectionalLM
 
 PROMPTS = ["Recite Genesis 1:1.", "Continue: And God said", "Recite Psalms 23:1."]
@@ -125,10 +125,10 @@ def test_stale_cache_is_rebuilt():
 
 
 def test_models_without_cache_support_ignore_the_option(tiny_mdlm):
-    llada_like = wrap_llada(tiny_mdlm.network, tiny_mdlm.tokenizer)
-    assert not llada_like.kv_cache
+    remote_like = llada_like(tiny_mdlm)
+    assert not remote_like.kv_cache
     ids = chat(tiny_mdlm, PROMPTS[0])
-    plain = answer_tokens(llada_like, ids, DiffusionOptions(ultra_fast=False, block_length=8))
-    assert answer_tokens(llada_like, ids, DiffusionOptions(ultra_fast=False, block_length=8, cache="dual")) == plain
+    plain = answer_tokens(remote_like, ids, DiffusionOptions(ultra_fast=False, block_length=8))
+    assert answer_tokens(remote_like, ids, DiffusionOptions(ultra_fast=False, block_length=8, cache="dual")) == plain
     with pytest.raises(NotImplementedError):
-        llada_like.logits_and_kv(torch.tensor([ids]), torch.arange(len(ids))[None])
+        remote_like.logits_and_kv(torch.tensor([ids]), torch.arange(len(ids))[None])

@@ -1,0 +1,148 @@
+"""One served model: where its weights come from, where its replicas run, its diffusion defaults."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping
+
+from pydantic import Field, field_validator, model_validator
+
+from dfast_serve.wire.options import BatchInvariance, StrictModel
+
+DIFFUSION_SOURCES = ("llada", "dream", "llada-remote", "dream-remote", "diffusion_gemma")
+
+
+class ModelConfig(StrictModel):
+    """One served model. ``source`` says how its weights load:
+
+    * ``embedded``: the built-in default for its engine (tiny-mdlm / SmolLM2-135M), no hub access;
+    * ``llada`` / ``dream``: a LLaDA or Dream checkpoint (directory or hub id in ``path``) on the
+      native code (``models/llada.py``, ``models/dream.py``): no remote code, padded batches and the
+      block KV cache; a layout it does not know is refused with an error naming the option below;
+    * ``llada-remote`` / ``dream-remote``: the same checkpoints through their own remote code
+      (``trust_remote_code``): uncached, equal-length batching only;
+    * ``diffusion_gemma``: a DiffusionGemma checkpoint (directory or hub id) on transformers' own
+      ``DiffusionGemmaForBlockDiffusion`` (no remote code), with this project's block-diffusion
+      scheduler (``engine/diffusion_gemma.py``); text only;
+    * ``hf``: any Hugging Face causal LM (``path``), AR engine only.
+    """
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")
+    engine: Literal["diffusion", "ar"]
+    source: Literal["embedded", "llada", "dream", "llada-remote", "dream-remote", "diffusion_gemma", "hf"] = "embedded"
+    path: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica has a GPU.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 on a GPU, float32 on a CPU (models/registry.py:resolve_dtype)."
+    )
+
+    @model_validator(mode="after")
+    def _source_fits_engine(self) -> "ModelConfig":
+        if self.source in DIFFUSION_SOURCES and self.engine != "diffusion":
+            raise ValueError(f"source {self.source!r} is a diffusion model; set engine: diffusion")
+        if self.source == "hf" and self.engine != "ar":
+            raise ValueError("source 'hf' loads causal LMs; set engine: ar")
+        if self.source != "embedded" and not self.path:
+            raise ValueError(f"source {self.source!r} needs a path (checkpoint directory or hub id)")
+        return self
+
+
+class ReplicaConfig(StrictModel):
+    """Ray placement and admission control for one model's replicas."""
+
+    num_replicas: int = Field(1, ge=1, le=1024, description="Fixed replica count (ignored when autoscaling is set).")
+    num_gpus: float = Field(0, ge=0, le=16, description="GPUs per replica: 1 on a GPU pool, 0 on a laptop.")
+    num_cpus: float = Field(1, ge=0, le=256, description="CPUs reserved per replica.")
+    gil_switch_interval_ms: float | None = Field(
+        None, gt=0, le=100, description="sys.setswitchinterval in the replica process, in ms (None: Python's 5 ms). "
+        "The step thread holds the GIL between torch ops; the replica's event loop, which ships each step's chunks, "
+        "waits up to this long to get it (benchmarks/serving/handoff.py)."
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, le=256, description="torch CPU threads of the replica; None: Ray's default, floor(num_cpus) "
+        "(at least 1). More than num_cpus lets a CPU replica use idle cores its reservation does not cover."
+    )
+    accelerator_type: str | None = Field(None, description='Ray accelerator label, e.g. "A100" (needs num_gpus > 0).')
+    max_ongoing_requests: int = Field(8, ge=1, le=1024, description="Requests a replica generates at once.")
+    max_queued_requests: int = Field(
+        16, ge=-1, le=100_000,
+        description="Requests waiting for a replica before new ones get 503 + Retry-After (-1: unbounded)."
+    )
+    autoscaling: dict[str, Any] | None = Field(None, description="Ray Serve autoscaling_config; None = fixed count.")
+    max_batch_size: int = Field(
+        8, ge=1, le=1024, description="In-flight requests that share one forward pass per step (step-level batching); "
+        "1 = each request gets its own pass every step."
+    )
+    batch_invariance: BatchInvariance = Field(
+        "off", description="off: every dtype batches (bf16 on a GPU included); in bf16 a greedy answer can change "
+        "with its batch mates (benchmarks/bf16_agreement.py measures how often). strict: a request's output is the "
+        "same whatever its batch mates, at a cost: every forward pass runs in the fixed padded shape of its length "
+        "bucket, with dummy rows up to max_batch_size (engine/fixed_shape.py)."
+    )
+
+    step_token_budget: int = Field(
+        2048, ge=64, le=1_000_000, description="Diffusion: canvas tokens one step's forward passes compute. Each "
+        "step runs the requests that have had the fewest canvas tokens so far, as many as fit, so a short request "
+        "never waits on more than this much other work between two of its passes (a long canvas runs alone)."
+    )
+    max_canvas_tokens: int = Field(
+        2048, ge=16, le=1_000_000, description="Diffusion: prompt + max_tokens of one request at most (also capped "
+        "by the model's context); at most step_token_budget. Larger requests get 400 context_length_exceeded."
+    )
+    max_block_length: int = Field(
+        512, ge=1, le=4096, description="Diffusion: largest dfast.block_length a request may ask for (a block is "
+        "what every pass samples over); larger gets 400 naming dfast.block_length."
+    )
+
+    @field_validator("batch_invariance", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads an unquoted ``off`` as false: that is the ``"off"`` it meant. ``true`` is ambiguous."""
+        if value is False:
+            return "off"
+        if value is True:
+            raise ValueError("batch_invariance takes 'off' or 'strict', not a boolean (YAML reads an unquoted "
+                             "on/yes/true as true)")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_options(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "batch_invariant_only" in data:
+            raise ValueError("replica.batch_invariant_only was replaced by replica.batch_invariance: 'off' (the "
+                             "default: every dtype batches) or 'strict' (outputs identical whatever the batch mates); "
+                             "remove batch_invariant_only, and set batch_invariance: strict if you need that guarantee")
+        return data
+
+    @model_validator(mode="after")
+    def _accelerator_needs_gpu(self) -> "ReplicaConfig":
+        if self.accelerator_type and self.num_gpus <= 0:
+            raise ValueError("accelerator_type needs num_gpus > 0")
+        if self.max_canvas_tokens > self.step_token_budget:
+            raise ValueError(f"max_canvas_tokens ({self.max_canvas_tokens}) must not exceed step_token_budget "
+                             f"({self.step_token_budget}): a canvas longer than a step would stall the others")
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``."""
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.accelerator_type:
+            actor["accelerator_type"] = self.accelerator_type
+        options: dict[str, Any] = {
+            "ray_actor_options": actor,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
+        if self.autoscaling:
+            options["autoscaling_config"] = self.autoscaling
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
+
+
+class ServedModelConfig(ModelConfig):
+    """A model the server exposes: how to load it, where it runs, its diffusion defaults."""
+
+    replica: ReplicaConfig = Field(default_factory=ReplicaConfig)
+    diffusion: dict[str, Any] = Field(
+        default_factory=dict, description="Partial DiffusionOptions for this model (serve_config.yaml layer)."
+    )

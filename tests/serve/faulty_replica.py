@@ -20,16 +20,16 @@ class FailingReplica(ModelReplica.func_or_class):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.doomed: set[str] = set()
-        step = self.engine.step
+        step_sequences = self.engine.step_sequences
 
         def step_then_fail(sequences: list) -> None:
-            step(sequences)
+            step_sequences(sequences)
             for sequence in sequences:
                 if (sequence.request.request_id in self.doomed and sequence.error is None
                         and sequence.chunks_sent > 0):
                     sequence.fail(RuntimeError("injected failure"))
 
-        self.engine.step = step_then_fail  # the step loop calls engine.step on this instance
+        self.engine.step_sequences = step_then_fail  # the core's step calls step_sequences on this instance
 
     def _encode(self, request: ReplicaRequest):  # type: ignore[override]
         encoded = super()._encode(request)

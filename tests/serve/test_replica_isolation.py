@@ -122,7 +122,7 @@ def test_a_dead_engine_thread_fails_the_health_check_and_every_request_gets_an_e
     replica = ModelReplica.func_or_class(MODEL, STEADY, {"max_ongoing_requests": 8})
     replica.check_health()  # healthy
 
-    def die(sequences: list) -> None:
+    def die() -> None:
         raise SystemExit  # escapes ``except Exception``: the thread ends
 
     async def scenario() -> tuple[list[Any], list[Any]]:

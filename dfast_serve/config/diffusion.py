@@ -66,10 +66,14 @@ class UltraFastSwitches(StrictModel):
     Each one left unset (None) defers to the layer below it.
     """
 
-    enable_ultra_fast_streaming: bool | None = Field(None, description="DFASTLLM_ULTRA_FAST_STREAMING")
-    instant_first_token: bool | None = Field(None, description="DFASTLLM_INSTANT_FIRST_TOKEN")
-    stream_confidence_threshold: float | None = Field(None, ge=0.0, le=1.0, description="DFASTLLM_STREAM_CONFIDENCE_THRESHOLD")
-    early_stop_confidence: float | None = Field(None, ge=0.0, le=1.0, description="DFASTLLM_EARLY_STOP_CONFIDENCE")
+    enable_ultra_fast_streaming: bool | None = None
+    """DFASTLLM_ULTRA_FAST_STREAMING"""
+    instant_first_token: bool | None = None
+    """DFASTLLM_INSTANT_FIRST_TOKEN"""
+    stream_confidence_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    """DFASTLLM_STREAM_CONFIDENCE_THRESHOLD"""
+    early_stop_confidence: float | None = Field(None, ge=0.0, le=1.0)
+    """DFASTLLM_EARLY_STOP_CONFIDENCE"""
 
     def as_overrides(self) -> dict[str, Any]:
         """These switches as a partial ``DiffusionOptions`` dict."""

@@ -30,10 +30,10 @@ class ModelConfig(StrictModel):
     engine: Literal["diffusion", "ar"]
     source: Literal["embedded", "llada", "dream", "llada-remote", "dream-remote", "diffusion_gemma", "hf"] = "embedded"
     path: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica has a GPU.")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="auto: bfloat16 on a GPU, float32 on a CPU (models/registry.py:resolve_dtype)."
-    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: cuda when the replica has a GPU."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """auto: bfloat16 on a GPU, float32 on a CPU (models/registry.py:resolve_dtype)."""
 
     @model_validator(mode="after")
     def _source_fits_engine(self) -> "ModelConfig":
@@ -49,49 +49,53 @@ class ModelConfig(StrictModel):
 class ReplicaConfig(StrictModel):
     """Ray placement and admission control for one model's replicas."""
 
-    num_replicas: int = Field(1, ge=1, le=1024, description="Fixed replica count (ignored when autoscaling is set).")
-    num_gpus: float = Field(0, ge=0, le=16, description="GPUs per replica: 1 on a GPU pool, 0 on a laptop.")
-    num_cpus: float = Field(1, ge=0, le=256, description="CPUs reserved per replica.")
-    gil_switch_interval_ms: float | None = Field(
-        None, gt=0, le=100, description="sys.setswitchinterval in the replica process, in ms (None: Python's 5 ms). "
-        "The step thread holds the GIL between torch ops; the replica's event loop, which ships each step's chunks, "
-        "waits up to this long to get it (benchmarks/serving/handoff.py)."
-    )
-    torch_threads: int | None = Field(
-        None, ge=1, le=256, description="torch CPU threads of the replica; None: Ray's default, floor(num_cpus) "
-        "(at least 1). More than num_cpus lets a CPU replica use idle cores its reservation does not cover."
-    )
-    accelerator_type: str | None = Field(None, description='Ray accelerator label, e.g. "A100" (needs num_gpus > 0).')
-    max_ongoing_requests: int = Field(8, ge=1, le=1024, description="Requests a replica generates at once.")
-    max_queued_requests: int = Field(
-        16, ge=-1, le=100_000,
-        description="Requests waiting for a replica before new ones get 503 + Retry-After (-1: unbounded)."
-    )
-    autoscaling: dict[str, Any] | None = Field(None, description="Ray Serve autoscaling_config; None = fixed count.")
-    max_batch_size: int = Field(
-        8, ge=1, le=1024, description="In-flight requests that share one forward pass per step (step-level batching); "
-        "1 = each request gets its own pass every step."
-    )
-    batch_invariance: BatchInvariance = Field(
-        "off", description="off: every dtype batches (bf16 on a GPU included); in bf16 a greedy answer can change "
-        "with its batch mates (benchmarks/bf16_agreement.py measures how often). strict: a request's output is the "
-        "same whatever its batch mates, at a cost: every forward pass runs in the fixed padded shape of its length "
-        "bucket, with dummy rows up to max_batch_size (engine/fixed_shape.py)."
-    )
+    num_replicas: int = Field(1, ge=1, le=1024)
+    """Fixed replica count (ignored when autoscaling is set)."""
+    num_gpus: float = Field(0, ge=0, le=16)
+    """GPUs per replica: 1 on a GPU pool, 0 on a laptop."""
+    num_cpus: float = Field(1, ge=0, le=256)
+    """CPUs reserved per replica."""
+    gil_switch_interval_ms: float | None = Field(None, gt=0, le=100)
+    """sys.setswitchinterval in the replica process, in ms (None: Python's 5 ms). The step thread holds the GIL
+    between torch ops; the replica's event loop, which ships each step's chunks, waits up to this long to get it
+    (benchmarks/serving/handoff.py).
+    """
+    torch_threads: int | None = Field(None, ge=1, le=256)
+    """torch CPU threads of the replica; None: Ray's default, floor(num_cpus) (at least 1). More than num_cpus lets
+    a CPU replica use idle cores its reservation does not cover.
+    """
+    accelerator_type: str | None = None
+    """Ray accelerator label, e.g. "A100" (needs num_gpus > 0)."""
+    max_ongoing_requests: int = Field(8, ge=1, le=1024)
+    """Requests a replica generates at once."""
+    max_queued_requests: int = Field(16, ge=-1, le=100_000)
+    """Requests waiting for a replica before new ones get 503 + Retry-After (-1: unbounded)."""
+    autoscaling: dict[str, Any] | None = None
+    """Ray Serve autoscaling_config; None = fixed count."""
+    max_batch_size: int = Field(8, ge=1, le=1024)
+    """In-flight requests that share one forward pass per step (step-level batching); 1 = each request gets its own
+    pass every step.
+    """
+    batch_invariance: BatchInvariance = "off"
+    """off: every dtype batches (bf16 on a GPU included); in bf16 a greedy answer can change with its batch mates
+    (benchmarks/bf16_agreement.py measures how often). strict: a request's output is the same whatever its batch
+    mates, at a cost: every forward pass runs in the fixed padded shape of its length bucket, with dummy rows up
+    to max_batch_size (engine/fixed_shape.py).
+    """
 
-    step_token_budget: int = Field(
-        2048, ge=64, le=1_000_000, description="Diffusion: canvas tokens one step's forward passes compute. Each "
-        "step runs the requests that have had the fewest canvas tokens so far, as many as fit, so a short request "
-        "never waits on more than this much other work between two of its passes (a long canvas runs alone)."
-    )
-    max_canvas_tokens: int = Field(
-        2048, ge=16, le=1_000_000, description="Diffusion: prompt + max_tokens of one request at most (also capped "
-        "by the model's context); at most step_token_budget. Larger requests get 400 context_length_exceeded."
-    )
-    max_block_length: int = Field(
-        512, ge=1, le=4096, description="Diffusion: largest dfast.block_length a request may ask for (a block is "
-        "what every pass samples over); larger gets 400 naming dfast.block_length."
-    )
+    step_token_budget: int = Field(2048, ge=64, le=1_000_000)
+    """Diffusion: canvas tokens one step's forward passes compute. Each step runs the requests that have had the
+    fewest canvas tokens so far, as many as fit, so a short request never waits on more than this much other
+    work between two of its passes (a long canvas runs alone).
+    """
+    max_canvas_tokens: int = Field(2048, ge=16, le=1_000_000)
+    """Diffusion: prompt + max_tokens of one request at most (also capped by the model's context); at most
+    step_token_budget. Larger requests get 400 context_length_exceeded.
+    """
+    max_block_length: int = Field(512, ge=1, le=4096)
+    """Diffusion: largest dfast.block_length a request may ask for (a block is what every pass samples over);
+    larger gets 400 naming dfast.block_length.
+    """
 
     @field_validator("batch_invariance", mode="before")
     @classmethod
@@ -143,6 +147,5 @@ class ServedModelConfig(ModelConfig):
     """A model the server exposes: how to load it, where it runs, its diffusion defaults."""
 
     replica: ReplicaConfig = Field(default_factory=ReplicaConfig)
-    diffusion: dict[str, Any] = Field(
-        default_factory=dict, description="Partial DiffusionOptions for this model (serve_config.yaml layer)."
-    )
+    diffusion: dict[str, Any] = Field(default_factory=dict)
+    """Partial DiffusionOptions for this model (serve_config.yaml layer)."""

@@ -17,17 +17,14 @@ class RouterConfig(StrictModel):
 
     num_replicas: int = Field(1, ge=1, le=1024)
     num_cpus: float = Field(0.5, ge=0, le=256)
-    max_ongoing_requests: int = Field(
-        256, ge=1, le=100_000, description="Concurrent HTTP requests one router replica relays."
-    )
-    max_queued_requests: int = Field(
-        256, ge=-1, le=100_000, description="HTTP requests waiting for a router replica before the proxy answers 503 + "
-        "Retry-After (-1: unbounded)."
-    )
-    on_head: bool = Field(
-        True, description="Pin router replicas to the Ray head node (on a GPU pool: the CPU-only head), so "
-        "GPU workers hold model replicas only. False lets Ray place routers on any node."
-    )
+    max_ongoing_requests: int = Field(256, ge=1, le=100_000)
+    """Concurrent HTTP requests one router replica relays."""
+    max_queued_requests: int = Field(256, ge=-1, le=100_000)
+    """HTTP requests waiting for a router replica before the proxy answers 503 + Retry-After (-1: unbounded)."""
+    on_head: bool = True
+    """Pin router replicas to the Ray head node (on a GPU pool: the CPU-only head), so GPU workers hold model
+    replicas only. False lets Ray place routers on any node.
+    """
 
 
 # The router refuses a prompt on its length in characters before a replica tokenizes it (tokenizing
@@ -48,34 +45,30 @@ class ServerConfig(StrictModel):
     models: list[ServedModelConfig] = Field(min_length=1)
     router: RouterConfig = Field(default_factory=RouterConfig)
     ultra_fast: UltraFastSwitches = Field(default_factory=UltraFastSwitches)
-    auto_ar_below_tokens: int = Field(
-        16, ge=0, le=MAX_TOKENS_CEILING,
-        description='model "auto": AR when max_tokens is below this, diffusion otherwise.'
-    )
-    default_max_tokens: int = Field(
-        64, ge=1, le=MAX_TOKENS_CEILING, description="max_tokens when a request leaves it out."
-    )
-    request_timeout_s: float = Field(
-        300.0, gt=0, le=86_400, description="A generation running longer is ended with an error."
-    )
-    queue_timeout_s: float = Field(
-        30.0, gt=0, le=86_400, description="A request with no output this long after arrival (waiting for a "
-        "replica slot, then its first forward pass) gets 503 + Retry-After."
-    )
-    retry_after_s: int = Field(1, ge=0, le=3600, description="Retry-After seconds sent with every 503.")
-    require_api_key: bool = Field(
-        False, description="Refuse to start without an API key (from api_key, api_key_file, DFASTLLM_API_KEY or "
-        "DFASTLLM_API_KEY_FILE), so that a key "
-        "the environment failed to deliver cannot leave the server open."
-    )
-    max_body_bytes: int = Field(
-        1_000_000, ge=1024, le=16_000_000, description="Larger request bodies get 413. The router parses each body "
-        "in its event loop with up to ~10 bytes of memory per body byte (benchmarks/serving/body_memory.py)."
-    )
-    body_read_timeout_s: float = Field(
-        30.0, gt=0, le=600, description="A request body not received in full this long after arrival gets 408, "
-        "so slow (or stalled) uploads cannot hold the router's request slots."
-    )
+    auto_ar_below_tokens: int = Field(16, ge=0, le=MAX_TOKENS_CEILING)
+    """model "auto": AR when max_tokens is below this, diffusion otherwise."""
+    default_max_tokens: int = Field(64, ge=1, le=MAX_TOKENS_CEILING)
+    """max_tokens when a request leaves it out."""
+    request_timeout_s: float = Field(300.0, gt=0, le=86_400)
+    """A generation running longer is ended with an error."""
+    queue_timeout_s: float = Field(30.0, gt=0, le=86_400)
+    """A request with no output this long after arrival (waiting for a replica slot, then its first forward pass)
+    gets 503 + Retry-After.
+    """
+    retry_after_s: int = Field(1, ge=0, le=3600)
+    """Retry-After seconds sent with every 503."""
+    require_api_key: bool = False
+    """Refuse to start without an API key (from api_key, api_key_file, DFASTLLM_API_KEY or DFASTLLM_API_KEY_FILE),
+    so that a key the environment failed to deliver cannot leave the server open.
+    """
+    max_body_bytes: int = Field(1_000_000, ge=1024, le=16_000_000)
+    """Larger request bodies get 413. The router parses each body in its event loop with up to ~10 bytes of memory
+    per body byte (benchmarks/serving/body_memory.py).
+    """
+    body_read_timeout_s: float = Field(30.0, gt=0, le=600)
+    """A request body not received in full this long after arrival gets 408, so slow (or stalled) uploads cannot
+    hold the router's request slots.
+    """
     max_prompt_chars: int = Field(
         DEFAULT_MAX_PROMPT_CHARS, ge=1024, le=16_000_000, description="A prompt (or the messages' contents "
         "together) longer than this many characters gets 400 at the router, before any tokenizer runs. Default: "
@@ -83,18 +76,17 @@ class ServerConfig(StrictModel):
         "the context of every embedded model (tiny-mdlm 1024, SmolLM2 8192); for a longer-context model set "
         f"{PROMPT_CHARS_PER_TOKEN} x its context."
     )
-    api_key: str | None = Field(
-        None, min_length=1, repr=False, description="Require Authorization: Bearer <key> (env DFASTLLM_API_KEY). "
-        "Prefer api_key_file or DFASTLLM_API_KEY_FILE on a shared cluster: a key written here is readable through "
-        "`serve config` and the dashboard. Sent as UTF-8 bytes; no leading/trailing spaces or control characters (a header cannot carry them)."
-    )
-    api_key_file: str | None = Field(
-        None, description="File holding the API key (env DFASTLLM_API_KEY_FILE); read at start, never shown."
-    )
-    allow_unauthenticated: bool = Field(
-        False, description="Serve without an API key although the HTTP proxies listen beyond loopback "
-        "(http_options.host 0.0.0.0); without it such a server refuses to start."
-    )
+    api_key: str | None = Field(None, min_length=1, repr=False)
+    """Require Authorization: Bearer <key> (env DFASTLLM_API_KEY). Prefer api_key_file or DFASTLLM_API_KEY_FILE on
+    a shared cluster: a key written here is readable through `serve config` and the dashboard. Sent as UTF-8
+    bytes; no leading/trailing spaces or control characters (a header cannot carry them).
+    """
+    api_key_file: str | None = None
+    """File holding the API key (env DFASTLLM_API_KEY_FILE); read at start, never shown."""
+    allow_unauthenticated: bool = False
+    """Serve without an API key although the HTTP proxies listen beyond loopback (http_options.host 0.0.0.0);
+    without it such a server refuses to start.
+    """
 
     @field_validator("api_key")
     @classmethod

@@ -21,54 +21,47 @@ length bucket, ``engine/fixed_shape.py``)."""
 class StrictModel(BaseModel):
     """Unknown keys are errors: a typo in a config or request must not be silently ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)  # a field's docstring is its description
 
 
 class UltraFastConfig(StrictModel):
     """Early streaming for diffusion models (docs/configuration.md, "Diffusion options")."""
 
-    enable_instant_first_token: bool = Field(
-        True, description="At pass `first_token_steps`, decide the confident leading tokens (at least one) so "
-        "text can stream at once."
-    )
-    first_token_steps: int = Field(
-        1, ge=1, le=64, description="No text is sent before this forward pass; passes before it decide tokens by "
-        "the schedule as usual (held back, not suppressed), and the instant reveal runs at this pass."
-    )
-    first_token_confidence_threshold: float = Field(
-        0.7, ge=0.0, le=1.0, description="Leading tokens above this probability are decided at the instant reveal."
-    )
-    stream_confidence_threshold: float = Field(
-        0.8, ge=0.0, le=1.0, description="At each step, undecided leading tokens of the block above this "
-        "probability are decided at once."
-    )
-    stream_every_n_tokens: int = Field(
-        4, ge=0, le=4096, description="Stall fallback: once this many tokens were decided without the cursor "
-        "(first undecided position) moving, the token at the cursor is decided. 0 disables."
-    )
-    steps_per_block: int = Field(
-        16, ge=1, le=4096, description="Forward passes each block may spend, plus what earlier blocks left "
-        "unspent (independent of max_tokens)."
-    )
-    min_steps: int = Field(
-        8, ge=1, le=4096, description="Lower bound on a request's forward passes (capped at max_tokens); an "
-        "answer that ends early at EOS or a stop string may use fewer. No early stop before it."
-    )
-    max_steps: int = Field(32, ge=1, le=4096, description="Upper bound on a request's forward passes; the last "
-                           "one decides every remaining token.")
-    early_stop_confidence: float = Field(
-        0.95, ge=0.0, le=1.0, description="Mean probability of the undecided tokens that ends generation in one go."
-    )
-    early_stop_min_progress: float = Field(0.5, ge=0.0, le=1.0, description="Share decided before early stop may fire.")
-    enable_early_stop: bool = Field(True, description="Switch early stop off entirely.")
-    hold_steps: int = Field(
-        2, ge=1, le=4096, description="DiffusionGemma only: a token is committed early once the sampler has "
-        "accepted the same token at its position for this many steps in a row and its entropy is under the "
-        "sampler's bound (leading tokens only, so the text streams in order)."
-    )
-    schedule: Literal["front_loaded", "uniform"] = Field(
-        "front_loaded", description="How each block's passes are spent: small steps first, or evenly."
-    )
+    enable_instant_first_token: bool = True
+    """At pass `first_token_steps`, decide the confident leading tokens (at least one) so text can stream at once."""
+    first_token_steps: int = Field(1, ge=1, le=64)
+    """No text is sent before this forward pass; passes before it decide tokens by the schedule as usual (held
+    back, not suppressed), and the instant reveal runs at this pass.
+    """
+    first_token_confidence_threshold: float = Field(0.7, ge=0.0, le=1.0)
+    """Leading tokens above this probability are decided at the instant reveal."""
+    stream_confidence_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    """At each step, undecided leading tokens of the block above this probability are decided at once."""
+    stream_every_n_tokens: int = Field(4, ge=0, le=4096)
+    """Stall fallback: once this many tokens were decided without the cursor (first undecided position) moving, the
+    token at the cursor is decided. 0 disables.
+    """
+    steps_per_block: int = Field(16, ge=1, le=4096)
+    """Forward passes each block may spend, plus what earlier blocks left unspent (independent of max_tokens)."""
+    min_steps: int = Field(8, ge=1, le=4096)
+    """Lower bound on a request's forward passes (capped at max_tokens); an answer that ends early at EOS or a stop
+    string may use fewer. No early stop before it.
+    """
+    max_steps: int = Field(32, ge=1, le=4096)
+    """Upper bound on a request's forward passes; the last one decides every remaining token."""
+    early_stop_confidence: float = Field(0.95, ge=0.0, le=1.0)
+    """Mean probability of the undecided tokens that ends generation in one go."""
+    early_stop_min_progress: float = Field(0.5, ge=0.0, le=1.0)
+    """Share decided before early stop may fire."""
+    enable_early_stop: bool = True
+    """Switch early stop off entirely."""
+    hold_steps: int = Field(2, ge=1, le=4096)
+    """DiffusionGemma only: a token is committed early once the sampler has accepted the same token at its position
+    for this many steps in a row and its entropy is under the sampler's bound (leading tokens only, so the text
+    streams in order).
+    """
+    schedule: Literal["front_loaded", "uniform"] = "front_loaded"
+    """How each block's passes are spent: small steps first, or evenly."""
 
     @model_validator(mode="after")
     def _steps_in_order(self) -> "UltraFastConfig":
@@ -80,29 +73,32 @@ class UltraFastConfig(StrictModel):
 class DiffusionOptions(StrictModel):
     """Per-request diffusion knobs; the ``dfast`` extension object of a request body."""
 
-    steps: int | None = Field(
-        None, ge=1, le=4096, description="Standard path: forward passes in all, split evenly among blocks "
-        "(default: one per token). Ultra-fast: a further cap on max_steps (never below min_steps)."
-    )
-    block_length: int = Field(32, ge=1, le=4096, description="Semi-autoregressive block size in tokens.")
-    remasking: Literal["low_confidence", "random"] = Field("low_confidence", description="Which tokens to commit.")
-    ultra_fast: bool = Field(True, description="Use the ultra-fast streaming scheduler.")
+    steps: int | None = Field(None, ge=1, le=4096)
+    """Standard path: forward passes in all, split evenly among blocks (default: one per token). Ultra-fast: a
+    further cap on max_steps (never below min_steps).
+    """
+    block_length: int = Field(32, ge=1, le=4096)
+    """Semi-autoregressive block size in tokens."""
+    remasking: Literal["low_confidence", "random"] = "low_confidence"
+    """Which tokens to commit."""
+    ultra_fast: bool = True
+    """Use the ultra-fast streaming scheduler."""
     ultra_fast_config: UltraFastConfig = Field(default_factory=UltraFastConfig)
-    decoding: Literal["schedule", "threshold"] = Field(
-        "schedule", description="How many tokens a step commits in the current block: the step schedule's count, "
-        "or every token whose confidence reaches `threshold` (at least one; Fast-dLLM parallel decoding). "
-        "`steps` (and ultra-fast's min/max_steps) still bound the forward passes."
-    )
-    threshold: float = Field(0.9, ge=0.0, le=1.0, description="Confidence a token needs to be committed (decoding: threshold).")
-    confidence: ConfidenceKind = Field(
-        "probability", description="Confidence that ranks commits and meets `threshold`: the proposed token's "
-        "probability, the top-1 minus top-2 probability, or exp(-entropy) of the distribution. Ultra-fast's own "
-        "thresholds always judge by probability."
-    )
-    cache: Literal["none", "prefix", "dual"] = Field(
-        "none", description="Block-wise approximate KV cache (Fast-dLLM): reuse the keys/values of the decided "
-        "prefix (and, dual, of the masked suffix) within a block. Models without cache support run without it."
-    )
+    decoding: Literal["schedule", "threshold"] = "schedule"
+    """How many tokens a step commits in the current block: the step schedule's count, or every token whose
+    confidence reaches `threshold` (at least one; Fast-dLLM parallel decoding). `steps` (and ultra-fast's
+    min/max_steps) still bound the forward passes.
+    """
+    threshold: float = Field(0.9, ge=0.0, le=1.0)
+    """Confidence a token needs to be committed (decoding: threshold)."""
+    confidence: ConfidenceKind = "probability"
+    """Confidence that ranks commits and meets `threshold`: the proposed token's probability, the top-1 minus top-2
+    probability, or exp(-entropy) of the distribution. Ultra-fast's own thresholds always judge by probability.
+    """
+    cache: Literal["none", "prefix", "dual"] = "none"
+    """Block-wise approximate KV cache (Fast-dLLM): reuse the keys/values of the decided prefix (and, dual, of the
+    masked suffix) within a block. Models without cache support run without it.
+    """
 
     @model_validator(mode="after")
     def _threshold_ranks_by_confidence(self) -> "DiffusionOptions":

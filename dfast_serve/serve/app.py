@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ray.serve import Application
+from ray.serve import Application, Deployment
 from ray.serve.config import BackpressureConfig
 
 from dfast_serve.config import ServerConfig, ServedModelConfig, load_server_config
@@ -56,13 +56,20 @@ def proxy_host() -> str | None:
 
 
 def build_app(args: dict[str, Any]) -> Application:
+    """The application ``args`` describe (Serve calls a builder with the args alone)."""
+    return compose_app(args, ModelReplica)
+
+
+def compose_app(args: dict[str, Any], replica_deployment: Deployment) -> Application:
+    """The application, with ``replica_deployment`` as every model's replica (``ModelReplica``; tests
+    pass a subclass that injects faults or paces passes)."""
     config = load_server_config(args)
     config.check_exposure(proxy_host())
     diffusion = config.resolve_diffusion()
     replicas = {}
     for model in config.models:
-        deployment = ModelReplica.options(name=replica_deployment_name(model, config),
-                                          **model.replica.deployment_options())
+        deployment = replica_deployment.options(name=replica_deployment_name(model, config),
+                                                **model.replica.deployment_options())
         replicas[model.name] = deployment.bind(model.model_dump(exclude={"replica", "diffusion"}),
                                                diffusion.get(model.name), model.replica.model_dump())
     ingress = Ingress.options(

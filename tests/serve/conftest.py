@@ -8,7 +8,6 @@ can be tested without a GPU. The app is started by ``serve run`` on a copy of
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -60,6 +59,9 @@ def ray_cluster():
                      resources={"accelerator_type:A100": 1, "accelerator_type:A100-40G": 1, "gpu_worker_node": 1})
     ray.init(address=cluster.address, include_dashboard=False)
     yield cluster
+    from ray import serve
+
+    serve.shutdown()  # the apps and this process's handle routers go before Ray does (no late metrics push)
     # Serve handles made in this process push metrics from background threads; after
     # ray.shutdown() their next call would silently re-initialise Ray (auto-connect), and
     # cluster.shutdown() then fails: "Removing a node that is connected to this Ray client".
@@ -143,14 +145,17 @@ def small_app(server) -> SmallApp:
 
     One tiny-mdlm replica that generates one request at a time and queues one more, a 4 s
     request timeout, a 2 s queue timeout, a 2 s body read deadline and an API key; served under ``/small`` by the same
-    proxy as the main app, which stays untouched.
+    proxy as the main app, which stays untouched. Its replica is paced (``faulty_replica.PacedReplica``: every
+    pass takes at least 50 ms), so a 256-pass request outlasts the timeouts whatever the host.
     """
-    from ray import serve
+    from ray import cloudpickle, serve
 
-    from dfast_serve.serve.app import build_app
+    from dfast_serve.serve.app import compose_app
+    from tests.serve import faulty_replica
 
+    cloudpickle.register_pickle_by_value(faulty_replica)  # Ray's processes cannot import the tests package
     name = "small"
-    serve.run(build_app(SMALL_APP_ARGS), name=name, route_prefix="/small")
+    serve.run(compose_app(SMALL_APP_ARGS, faulty_replica.PacedReplicaDeployment), name=name, route_prefix="/small")
     app = SmallApp(server.base_url + "/small", name, SMALL_APP_ARGS["api_key"])
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while requests.get(app.url + "/ready", timeout=10).status_code != 200:

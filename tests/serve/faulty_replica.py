@@ -1,11 +1,16 @@
-"""A fault-injection replica that exists only in tests: ``ModelReplica`` whose engine fails every
+"""Replicas that exist only in tests; Ray's processes get this module by value (``cloudpickle``).
+
+``PacedReplica``: ``ModelReplica`` whose every forward pass takes at least ``PASS_S``, so a request of
+many passes outlasts the test app's timeouts on any host (a GPU finishes 256 tiny-mdlm passes in well
+under a second). ``FailingReplica``: a fault-injection replica, ``ModelReplica`` whose engine fails every
 request whose prompt starts with ``FAIL_MARK``, on its own, at the first step after one of that
 request's chunks was handed out (so it always fails mid-stream: which pass first reveals text depends
 on its batch mates), the way the engine marks a sequence whose own work failed (``Sequence.fail``). Its batch
-mates are stepped as usual. Ray's processes get this module by value (the ``failing_app`` fixture)."""
+mates are stepped as usual."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ray import serve
@@ -14,6 +19,21 @@ from dfast_serve.wire import APIError, ReplicaRequest
 from dfast_serve.serve.replicas import ModelReplica
 
 FAIL_MARK = "FAIL-HERE "
+PASS_S = 0.05  # a paced replica's shortest forward pass: 256 passes take at least 12.8 s
+
+
+class PacedReplica(ModelReplica.func_or_class):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        forward = self.engine.family.forward
+
+        def paced_forward(pass_: Any) -> Any:
+            started = time.monotonic()
+            output = forward(pass_)
+            time.sleep(max(0.0, PASS_S - (time.monotonic() - started)))  # pacing the model, not awaiting a result
+            return output
+
+        self.engine.family.forward = paced_forward  # the core calls family.forward on this instance
 
 
 class FailingReplica(ModelReplica.func_or_class):
@@ -39,3 +59,4 @@ class FailingReplica(ModelReplica.func_or_class):
 
 
 FailingReplicaDeployment = serve.deployment(FailingReplica)
+PacedReplicaDeployment = serve.deployment(PacedReplica)

@@ -9,7 +9,8 @@ from tests.serve.conftest import replica_stats
 DIFFUSION, AR = "tiny-mdlm", "smollm2-135m"
 PROMPT = "In the beginning God created"
 MESSAGES = [{"role": "user", "content": "Recite Genesis 1:1."}]
-# 256 forward passes of ~80 ms on 2 CPU cores; the first chunk leaves after one.
+# 256 forward passes, each at least 50 ms on the small app's paced replica (12.8 s, past its 4 s request
+# timeout on any host); the first chunk leaves after one.
 SLOW_DFAST = {"ultra_fast_config": {"min_steps": 256, "max_steps": 256, "enable_early_stop": False,
                                     "stream_confidence_threshold": 1.0, "stream_every_n_tokens": 0}}
 # A generation of 256 passes that EOS cannot cut short (a sampled EOS once ended one in 0.4 s in CI).

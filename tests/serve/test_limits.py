@@ -160,6 +160,28 @@ def test_non_streamed_request_timeout_is_504(small_app):
     assert error["code"] == "timeout"
 
 
+# ---- a client that leaves ----------------------------------------------------------------------------
+def test_client_disconnect_stops_generation(small_app):
+    """The client reads two chunks of a 256-pass generation and hangs up: the request leaves the
+    replica's step loop, which then stays idle, long before the generation's 256 passes."""
+    before = _forward_passes(small_app)
+    with requests.Session() as session:
+        response = session.post(small_app.url + "/v1/completions", json=SLOW, headers=small_app.auth, stream=True,
+                                timeout=60)
+        assert response.status_code == 200
+        events = response.iter_lines()
+        assert [next(line for line in events if line) for _ in range(2)]
+        at_hang_up = _forward_passes(small_app)
+        response.close()
+    idle = replica_idle("DiffusionReplica", small_app.name)  # the step loop dropped it: no step runs for it any more
+    settled = idle["forward_passes"]
+    assert settled - before < 256, "the generation ran to its end"
+    # The 4 s request timeout would also end it, after up to 80 more passes of >= 50 ms: the hang-up must
+    # stop it within the pass or two in flight while the cancellation crosses the proxy and the handle.
+    assert settled - at_hang_up <= 10, f"{settled - at_hang_up} passes after the client left"
+    assert _forward_passes(small_app) == settled, "generation continued after the client left"
+
+
 # ---- a replica crash (last: it replaces the small app's replica) -------------------------------------
 def _until(condition: Any, what: str, deadline_s: float = 120) -> None:
     deadline = time.monotonic() + deadline_s

@@ -118,6 +118,7 @@ def test_a_request_whose_generation_fails_ends_with_an_error_and_its_batch_mate_
     assert replica.stats()["in_flight"] == 0
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected SystemExit
 def test_a_dead_engine_thread_fails_the_health_check_and_every_request_gets_an_error():
     replica = ModelReplica.func_or_class(MODEL, STEADY, {"max_ongoing_requests": 8})
     replica.check_health()  # healthy
@@ -145,29 +146,17 @@ def test_a_dead_engine_thread_fails_the_health_check_and_every_request_gets_an_e
 @pytest.fixture(scope="module")
 def failing_app(server) -> str:
     """A third app whose only model replica is the test-only ``FailingReplica``; its URL root."""
-    from ray import serve
+    from ray import cloudpickle, serve
 
-    from dfast_serve.config import load_server_config
-    from dfast_serve.serve.ingress import Ingress
-    from ray import cloudpickle
-
+    from dfast_serve.serve.app import compose_app
     from tests.serve import faulty_replica
-    from tests.serve.faulty_replica import FailingReplicaDeployment
 
     # Ray's processes (the Serve controller, the replica) cannot import the tests package: send the
     # test-only class by value.
     cloudpickle.register_pickle_by_value(faulty_replica)
-
     args = {"models": [{**MODEL, "replica": {"num_cpus": 0.5, "max_ongoing_requests": 4}}],
-            "router": {"num_cpus": 0.25}}
-    config = load_server_config(args, environ={})
-    diffusion = config.resolve_diffusion(environ={})
-    model = config.models[0]
-    replica = FailingReplicaDeployment.options(name="DiffusionReplica", **model.replica.deployment_options()).bind(
-        model.model_dump(exclude={"replica", "diffusion"}), diffusion[model.name], model.replica.model_dump())
-    ingress = Ingress.options(ray_actor_options={"num_cpus": 0.25}).bind(config.model_dump(), {model.name: replica},
-                                                                           diffusion)
-    serve.run(ingress, name="failing", route_prefix="/failing")
+            "router": {"num_cpus": 0.25, "on_head": False}}
+    serve.run(compose_app(args, faulty_replica.FailingReplicaDeployment), name="failing", route_prefix="/failing")
     url = server.base_url + "/failing"
     deadline = time.monotonic() + 240
     while requests.get(url + "/ready", timeout=30).status_code != 200:

@@ -245,7 +245,7 @@ class OpenAIServing:
         return {"prompt": text}
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
-        """Ready only when a replica of every served model answers within ``HEALTH_TIMEOUT_S``."""
+        """Ready only when every served model has a running replica (asked within ``HEALTH_TIMEOUT_S``)."""
         probes = await asyncio.gather(*(client.check_ready(HEALTH_TIMEOUT_S) for client in self.clients.values()))
         models = dict(zip(self.clients, probes))
         ok = all(state == "ok" for state in models.values())

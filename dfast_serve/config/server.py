@@ -87,6 +87,10 @@ class ServerConfig(StrictModel):
     """Serve without an API key although the HTTP proxies listen beyond loopback (http_options.host 0.0.0.0);
     without it such a server refuses to start.
     """
+    open_probes: bool = False
+    """With an API key set, also answer /ready and /metrics without it (a load balancer or a Prometheus
+    scraper on a private network). /health, the playground page and /version are always open.
+    """
 
     @field_validator("api_key")
     @classmethod

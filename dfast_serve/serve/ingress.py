@@ -5,7 +5,9 @@ becomes an OpenAI-shaped error, and a URL with a trailing slash is a 404, never 
 would build its ``Location`` from the client's ``Host`` header). ``/health`` is liveness: this
 process answers, with no call to a model replica, so no load can fail it; each model replica's
 own liveness (its step-loop thread) is Serve's health check (``ModelReplica.check_health``),
-which restarts a replica that fails it. ``/ready`` is readiness: a replica of every model answers.
+which restarts a replica that fails it. ``/ready`` is readiness: Serve's controller counts a running
+replica of every model (no replica is called, so probes take no generation slot). ``/ready`` and
+``/metrics`` need the API key when one is set, unless ``open_probes``.
 
 Everything about OpenAI requests (planning, first-chunk wait, relays, errors, metrics) is
 ``api/serving.py:OpenAIServing``, which runs in this same process (no extra hop) and reaches the
@@ -131,13 +133,23 @@ class Ingress:
         return JSONResponse({"status": "ok"})
 
     async def ready(self, request: Request) -> Response:
-        """Readiness: a replica of every model answers a no-op call (``OpenAIServing.ready``)."""
+        """Readiness: every model has a running replica (``OpenAIServing.ready``; no replica is called).
+        Behind the API key when one is set, unless ``open_probes``."""
+        try:
+            self._check_probe_auth(request)
+        except APIError as err:
+            return _error_response(err)
         ok, body = await self.serving.ready()
         if ok:
             return JSONResponse(body)
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(self.config.retry_after_s)})
 
     async def prometheus(self, request: Request) -> Response:
+        """The metrics exposition; behind the API key when one is set, unless ``open_probes``."""
+        try:
+            self._check_probe_auth(request)
+        except APIError as err:
+            return _error_response(err)
         body, content_type = self.serving.metrics.exposition()
         return Response(body, headers={"Content-Type": content_type})
 
@@ -187,6 +199,10 @@ class Ingress:
             raise APIError(408, f"The request body was not received within {timeout_s:g} s (body_read_timeout_s)",
                            code="body_read_timeout") from None
         return bytes(body)
+
+    def _check_probe_auth(self, request: Request) -> None:
+        if not self.config.open_probes:
+            self._check_auth(request)
 
     def _check_auth(self, request: Request) -> None:
         """``Authorization: Bearer <api_key>`` on every /v1 route when a key is configured."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from ray.exceptions import RayTaskError
@@ -31,6 +32,9 @@ from dfast_serve.wire import APIError, ReplicaRequest, StreamingChunk
 logger = logging.getLogger(__name__)
 
 
+READY_CACHE_S = 1.0  # a readiness answer is reused this long: a probe flood costs one controller call a second
+
+
 class RayReplicaClient:
     """The replicas of one model deployment, reached through its handle."""
 
@@ -39,26 +43,42 @@ class RayReplicaClient:
         self.retry_after_s = retry_after_s
         self._handle = handle
         self._streaming = handle.options(stream=True)
+        self._ready: tuple[float, str] | None = None  # (when, answer)
+        self._ready_lock: asyncio.Lock | None = None
 
     def generate(self, request: ReplicaRequest) -> "RayReplicaCall":
         return RayReplicaCall(self._streaming.generate.remote(request), self.model, self.retry_after_s)
 
     async def check_ready(self, timeout_s: float) -> str:
-        """A no-op call through the same handle and admission queue as generation: a replica that is
-        dead, restarting, or has its queue full is not ready."""
-        response = self._handle.ready.remote()
-        try:
-            await asyncio.wait_for(response, timeout_s)
-        except asyncio.TimeoutError:
-            cancel(response)
-            return f"no replica answered within {timeout_s:g} s"
-        except BackPressureError:
-            return "overloaded"
-        except Exception:  # noqa: BLE001 - any failure to reach a replica means not ready
-            logger.warning("readiness probe of %s failed", self.model, exc_info=True)
-            return "no replica reachable"
-        return "ok"
+        """"ok" when Serve's controller counts a RUNNING replica of this model's deployment.
 
+        The probe never calls a replica: it takes no generation slot and no queue place, and is not
+        counted as load by the autoscaler, however many probes arrive. One controller call at a time
+        per model, its answer reused for ``READY_CACHE_S``.
+        """
+        if self._ready_lock is None:
+            self._ready_lock = asyncio.Lock()
+        async with self._ready_lock:
+            if self._ready is None or time.monotonic() - self._ready[0] >= READY_CACHE_S:
+                try:
+                    answer = await asyncio.wait_for(asyncio.to_thread(self._replica_state), timeout_s)
+                except asyncio.TimeoutError:
+                    answer = f"Serve's controller did not answer within {timeout_s:g} s"
+                except Exception:  # noqa: BLE001 - no answer from the controller means not ready
+                    logger.warning("readiness of %s unknown", self.model, exc_info=True)
+                    answer = "replica state unknown"
+                self._ready = (time.monotonic(), answer)
+            return self._ready[1]
+
+    def _replica_state(self) -> str:
+        from ray import serve
+
+        app = serve.status().applications.get(self._handle.app_name)
+        deployment = None if app is None else app.deployments.get(self._handle.deployment_name)
+        if deployment is None:
+            return "not deployed"
+        running = deployment.replica_states.get("RUNNING", 0)
+        return "ok" if running > 0 else f"no running replica ({deployment.status})"
 
     async def model_card(self, timeout_s: float) -> dict[str, Any]:
         return await self._utility(self._handle.model_card.remote(), timeout_s)

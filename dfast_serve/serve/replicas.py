@@ -154,9 +154,6 @@ class ModelReplica:
         """Custom metrics for the TTFT autoscaling policy (dfast_serve.serve.autoscaling)."""
         return {"ttft_p90_s": self.ttft_p90_s(), "in_flight": float(self._in_flight)}
 
-    def ready(self) -> bool:
-        return True
-
     def check_health(self) -> None:
         """Serve's liveness probe (every ``health_check_period_s``): a replica whose engine thread died
         cannot generate, so it fails, and Serve replaces it."""

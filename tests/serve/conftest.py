@@ -158,7 +158,7 @@ def small_app(server) -> SmallApp:
     serve.run(compose_app(SMALL_APP_ARGS, faulty_replica.PacedReplicaDeployment), name=name, route_prefix="/small")
     app = SmallApp(server.base_url + "/small", name, SMALL_APP_ARGS["api_key"])
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while requests.get(app.url + "/ready", timeout=10).status_code != 200:
+    while requests.get(app.url + "/ready", headers=app.auth, timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "the small app did not become ready"
         time.sleep(1)
     yield app

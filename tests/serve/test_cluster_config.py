@@ -46,7 +46,7 @@ def cluster_app(server, tmp_path_factory):
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while True:
         try:
-            health = requests.get(url + "/ready", timeout=10)
+            health = requests.get(url + "/ready", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
             if health.status_code == 200:
                 break
         except requests.RequestException:
@@ -61,7 +61,8 @@ def cluster_app(server, tmp_path_factory):
 
 def test_both_models_healthy_and_each_streams_with_the_key(cluster_app):
     url, _ = cluster_app
-    assert requests.get(url + "/ready", timeout=10).json()["models"] == {m: "ok" for m in MODELS}
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert requests.get(url + "/ready", headers=auth, timeout=10).json()["models"] == {m: "ok" for m in MODELS}
     body = {"prompt": "In the beginning", "max_tokens": 8, "stream": True}
     assert requests.post(url + "/v1/completions", json={**body, "model": MODELS[0]}, timeout=30).status_code == 401
     for model in MODELS:

@@ -94,6 +94,19 @@ def test_an_unexpected_failure_mid_stream_ends_with_an_error_event_and_done(fail
     assert clients[DIFFUSION].calls[0].cancelled
 
 
+# ---- probes and the API key ----------------------------------------------------------------------
+def test_ready_and_metrics_need_the_key_when_one_is_set_unless_probes_are_open():
+    app, _ = ingress_app(api_key="sekrit")
+    for path in ("/ready", "/metrics"):
+        status, headers, raw = run(app, path, [], method="GET")
+        assert error(status, headers, raw, 401)["code"] == "invalid_api_key"
+        status, _, _ = run(app, path, [], method="GET", headers={"authorization": "Bearer sekrit"})
+        assert status == 200
+    assert run(app, "/health", [], method="GET")[0] == 200
+    app, _ = ingress_app(api_key="sekrit", open_probes=True)
+    assert [run(app, path, [], method="GET")[0] for path in ("/ready", "/metrics", "/health")] == [200, 200, 200]
+
+
 # ---- item 7: /health is liveness, /ready readiness --------------------------------------------------
 def test_health_answers_without_asking_any_replica_and_ready_asks_every_model():
     app, clients = ingress_app()

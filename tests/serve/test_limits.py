@@ -51,10 +51,28 @@ def test_api_key_is_required_on_v1_routes(small_app):
     assert _post(small_app, SHORT).status_code == 200
 
 
-def test_health_ready_and_metrics_stay_open(small_app):
+def test_health_stays_open_and_ready_and_metrics_need_the_key(small_app):
     assert requests.get(small_app.url + "/health", timeout=10).status_code == 200
-    assert requests.get(small_app.url + "/ready", timeout=10).status_code == 200
-    assert "dfast:time_to_first_token_seconds" in requests.get(small_app.url + "/metrics", timeout=10).text
+    for path in ("/ready", "/metrics"):
+        error = assert_error_shape(requests.get(small_app.url + path, timeout=10), 401)
+        assert error["code"] == "invalid_api_key"
+    assert requests.get(small_app.url + "/ready", headers=small_app.auth, timeout=10).status_code == 200
+    metrics = requests.get(small_app.url + "/metrics", headers=small_app.auth, timeout=10)
+    assert "dfast:time_to_first_token_seconds" in metrics.text
+
+
+def test_a_flood_of_readiness_probes_takes_no_generation_slot(small_app):
+    """64 concurrent /ready beside one request on a replica that generates one request and queues one more:
+    probes never reach the replica (Serve's controller answers), so all are 200 and the request is served."""
+    def probe(_: int) -> int:
+        return requests.get(small_app.url + "/ready", headers=small_app.auth, timeout=60).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        probes = pool.map(probe, range(64))
+        answer = _post(small_app, SHORT)
+        codes = list(probes)
+    assert codes == [200] * 64
+    assert answer.status_code == 200, answer.text
 
 
 # ---- health under load ------------------------------------------------------------------------------
@@ -258,4 +276,5 @@ def test_replica_crash_ends_in_flight_requests_cleanly_and_the_app_recovers(smal
         time.sleep(0.5)
     print(f"recovered after {time.monotonic() - killed_at:.1f} s")
     assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")
-    _until(lambda: requests.get(small_app.url + "/ready", timeout=30).status_code == 200, "/ready after recovery")
+    _until(lambda: requests.get(small_app.url + "/ready", headers=small_app.auth, timeout=30).status_code == 200,
+           "/ready after recovery")

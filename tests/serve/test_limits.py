@@ -210,7 +210,7 @@ def _until(condition: Any, what: str, deadline_s: float = 120) -> None:
 
 def _waiting(app: SmallApp) -> float:
     """The ingress's gauge of requests routed to the model and still waiting for their first chunk."""
-    for line in requests.get(app.url + "/metrics", timeout=10).text.splitlines():
+    for line in requests.get(app.url + "/metrics", headers=app.auth, timeout=10).text.splitlines():
         if line.startswith("dfast:num_requests_waiting{") and f'model_name="{DIFFUSION}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0

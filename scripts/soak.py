@@ -8,6 +8,7 @@ over time, so that a leak shows as steady growth. Not part of the test suite::
     .venv/bin/python scripts/soak.py --url http://127.0.0.1:8000 --concurrency 32 --duration 60 \\
         --output soak.json
 
+A server with an API key: set ``DFASTLLM_API_KEY_FILE`` (or ``DFASTLLM_API_KEY``) in the environment.
 Each client loops: one streamed completion (models taken in turn), read to ``[DONE]``. A 503
 with Retry-After (the server shedding load) is counted as ``rejected``, not as an error.
 """
@@ -15,6 +16,7 @@ with Retry-After (the server shedding load) is counted as ``rejected``, not as a
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import statistics
 import threading
@@ -89,8 +91,16 @@ def _error_code(response: requests.Response) -> str:
         return response.text[:200]
 
 
+def auth_headers() -> dict[str, str]:
+    """The server's API key from ``DFASTLLM_API_KEY_FILE`` or ``DFASTLLM_API_KEY`` (never a command-line
+    argument: those show in ``ps`` and shell history)."""
+    path = os.environ.get("DFASTLLM_API_KEY_FILE")
+    key = open(os.path.expanduser(path), encoding="utf-8").read().strip() if path else os.environ.get("DFASTLLM_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def client(args: argparse.Namespace, index: int, deadline: float, tally: Tally) -> None:
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    headers = auth_headers()
     with requests.Session() as session:
         turn = index
         while time.monotonic() < deadline:
@@ -114,7 +124,7 @@ def serve_processes() -> dict[int, str]:
     return found
 
 
-def sample(url: str, started: float) -> dict[str, Any]:
+def sample(url: str, started: float, headers: dict[str, str]) -> dict[str, Any]:
     rss = {}
     for pid, title in serve_processes().items():
         try:
@@ -124,7 +134,7 @@ def sample(url: str, started: float) -> dict[str, Any]:
     codes: dict[str, int | None] = {}
     for probe in ("health", "ready"):
         try:
-            codes[probe] = requests.get(f"{url}/{probe}", timeout=10).status_code
+            codes[probe] = requests.get(f"{url}/{probe}", headers=headers, timeout=10).status_code  # /ready needs the key
         except requests.RequestException:
             codes[probe] = None
     return {"t_s": round(time.monotonic() - started, 1), **codes, "rss_mib": rss}
@@ -147,7 +157,7 @@ def summarize(args: argparse.Namespace, tally: Tally, samples: list[dict], elaps
         memory[name] = {"first_mib": series[0], "last_mib": series[-1], "max_mib": max(series),
                         "growth_mib": round(series[-1] - series[0], 1)}
     return {
-        "config": {k: v for k, v in vars(args).items() if k != "api_key"},
+        "config": vars(args),
         "elapsed_s": round(elapsed, 1),
         "requests": len(outcomes),
         "outcomes": dict(kinds),
@@ -177,24 +187,24 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--request-timeout", type=float, default=120.0, help="client read timeout, seconds")
     parser.add_argument("--sample-interval", type=float, default=5.0)
-    parser.add_argument("--api-key", default=None)
     parser.add_argument("--output", default="soak.json")
     args = parser.parse_args()
 
     tally, samples = Tally(), []
+    probe_headers = auth_headers()
     started = time.monotonic()
     deadline = started + args.duration
     threads = [threading.Thread(target=client, args=(args, i, deadline, tally), daemon=True)
                for i in range(args.concurrency)]
-    samples.append(sample(args.url, started))
+    samples.append(sample(args.url, started, probe_headers))
     for thread in threads:
         thread.start()
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(args.sample_interval, left))
-        samples.append(sample(args.url, started))
+        samples.append(sample(args.url, started, probe_headers))
     for thread in threads:  # a client stuck past every timeout is reported, not waited for
         thread.join(max(0.0, deadline + args.request_timeout + 10 - time.monotonic()))
-    samples.append(sample(args.url, started))
+    samples.append(sample(args.url, started, probe_headers))
     hung = sum(thread.is_alive() for thread in threads)
     report = summarize(args, tally, samples, time.monotonic() - started)
     report["hung_clients"] = hung

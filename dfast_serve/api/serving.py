@@ -228,6 +228,7 @@ class OpenAIServing:
     async def tokenize(self, raw_body: bytes) -> dict[str, Any]:
         """vLLM's ``POST /tokenize``: ``{count, max_model_len, tokens, token_strs}``, on the model's replica."""
         parsed = validate(TokenizeRequest, parse_json(raw_body))
+        check_prompt_chars(parsed, self.config.max_prompt_chars)  # the same bound as generation: before any tokenizer
         model = self._named_model(parsed.model)
         client = self.clients[model.name]
         tokens = await client.tokenize(parsed.prompt, parsed.message_dicts(), parsed.add_special_tokens,

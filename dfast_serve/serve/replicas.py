@@ -70,10 +70,11 @@ class ModelReplica:
     def _encode(self, request: ReplicaRequest) -> GenerationRequest | APIError:
         """Tokenize, then the family's checks (its limits, once, before admission): the engine's request,
         or the refusal (400 naming the field)."""
-        if request.messages is not None:
-            ids, field = self.model.encode_chat(request.messages), "messages"
-        else:
-            ids, field = self.model.encode_prompt(request.prompt or ""), "prompt"
+        field = "messages" if request.messages is not None else "prompt"
+        try:
+            ids = self._tokens(request.prompt, request.messages)
+        except Exception as exc:  # noqa: BLE001 - a template that rejects the messages is the client's error
+            return self._untokenizable(field, exc)
         encoded = GenerationRequest(prompt_ids=ids, params=request.params, request_id=request.request_id,
                                     diffusion=request.diffusion, prompt_field=field)
         try:
@@ -117,14 +118,28 @@ class ModelReplica:
         return {"root": str(getattr(self.model.tokenizer, "name_or_path", "") or self.name),
                 "max_model_len": self.model.max_context}
 
-    def tokenize(self, prompt: str | None, messages: list[dict[str, str]] | None, add_special_tokens: bool,
-                 add_generation_prompt: bool) -> list[int] | APIError:
+    def tokenize(self, prompt: str | None, messages: list[dict[str, str]] | None, add_special_tokens: bool = True,
+                 add_generation_prompt: bool = True) -> list[int] | APIError:
         try:
-            if messages is not None:
-                return self.model.encode_chat(messages, add_generation_prompt)
-            return [int(t) for t in self.model.tokenizer.encode(prompt or "", add_special_tokens=add_special_tokens)]
+            return self._tokens(prompt, messages, add_special_tokens, add_generation_prompt)
         except Exception as exc:  # noqa: BLE001 - a template that rejects the messages is the client's error
-            return APIError(400, f"cannot tokenize: {exc}", param="messages" if messages else "prompt")
+            return self._untokenizable("messages" if messages is not None else "prompt", exc)
+
+    def _tokens(self, prompt: str | None, messages: list[dict[str, str]] | None, add_special_tokens: bool = True,
+                add_generation_prompt: bool = True) -> list[int]:
+        if messages is not None:
+            return self.model.encode_chat(messages, add_generation_prompt)
+        if add_special_tokens:
+            return self.model.encode_prompt(prompt or "")
+        return [int(t) for t in self.model.tokenizer.encode(prompt or "", add_special_tokens=False)]
+
+    def _untokenizable(self, field: str, exc: Exception) -> APIError:
+        """A chat template (Gemma's raise on bad roles, say) or tokenizer that rejects the input: a 400 naming
+        the field, with no exception text for the client and no traceback in the log."""
+        logger.warning("model %s could not tokenize the %s: %s: %s", self.name, field, type(exc).__name__, exc)
+        what = "the model's chat template rejected the messages" if field == "messages" else "the tokenizer rejected it"
+        return APIError(400, f"{field}: {what} (check the roles and their order)" if field == "messages"
+                        else f"{field}: {what}", param=field, code="invalid_value")
 
     def detokenize(self, tokens: list[int]) -> tuple[str, list[str]] | APIError:
         tokenizer = self.model.tokenizer

@@ -21,6 +21,7 @@ The core knows no threads: the replica's step loop (``serve/step_loop.py``) call
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generic, Iterable, Iterator, Protocol, TypeVar
@@ -30,6 +31,7 @@ from dfast_serve.engine.sequence import Sequence
 from dfast_serve.wire import StreamingChunk
 
 S = TypeVar("S", bound=Sequence)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,6 +99,7 @@ class EngineCore:
     family: Family
     max_running: int = 8
     forward_passes: int = 0
+    failed_in_a_row: int = 0  # passes that failed even for one sequence alone, since the last that ran
     _waiting: deque[_Entry] = field(default_factory=deque, repr=False)
     _running: list[_Entry] = field(default_factory=list, repr=False)
 
@@ -171,11 +174,17 @@ class EngineCore:
             output = self.family.forward(pass_)
         except Exception as exc:  # noqa: BLE001 - find the sequence that causes it: each alone
             if len(pass_.sequences) == 1:
+                self.failed_in_a_row += 1
+                logger.warning("a %s pass failed for request %s: %s: %s", pass_.phase,
+                               pass_.sequences[0].request.request_id, type(exc).__name__, exc)
                 pass_.sequences[0].fail(exc)
                 return
+            logger.warning("a %s pass of %d sequences failed (%s); running each alone", pass_.phase,
+                           len(pass_.sequences), type(exc).__name__)
             for row in range(len(pass_.sequences)):
                 self._run(pass_.alone(row))
             return
+        self.failed_in_a_row = 0
         for row, seq in enumerate(pass_.sequences):
             try:
                 self.family.advance(seq, row, output, pass_)

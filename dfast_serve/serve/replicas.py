@@ -28,6 +28,7 @@ from dfast_serve.serve.step_loop import StepLoop
 from dfast_serve.wire import APIError, ReplicaRequest, StreamingChunk
 
 TTFT_WINDOW_S = 30.0  # recent TTFTs the autoscaler sees
+UNHEALTHY_AFTER_FAILED_PASSES = 8  # passes in a row that failed even alone: the device is broken (a sticky CUDA error)
 logger = logging.getLogger(__name__)
 
 
@@ -170,10 +171,13 @@ class ModelReplica:
         return {"ttft_p90_s": self.ttft_p90_s(), "in_flight": float(self._in_flight)}
 
     def check_health(self) -> None:
-        """Serve's liveness probe (every ``health_check_period_s``): a replica whose engine thread died
-        cannot generate, so it fails, and Serve replaces it."""
+        """Serve's liveness probe (every ``health_check_period_s``): a replica whose engine thread died, or
+        whose last ``UNHEALTHY_AFTER_FAILED_PASSES`` passes all failed even for one request alone, cannot
+        generate, so it fails, and Serve replaces it."""
         if not self._loop.alive:
             raise RuntimeError(f"the engine thread of '{self.name}' is not running")
+        if self.engine.failed_in_a_row >= UNHEALTHY_AFTER_FAILED_PASSES:
+            raise RuntimeError(f"the last {self.engine.failed_in_a_row} forward passes of '{self.name}' all failed")
 
     def node_id(self) -> str:
         """The Ray node this replica runs on (GPU placement is checked with it)."""

@@ -17,7 +17,7 @@ from ray.serve import Application, Deployment
 from ray.serve.config import BackpressureConfig
 
 from dfast_serve.config import ServerConfig, ServedModelConfig, load_server_config
-from dfast_serve.serve.ingress import Ingress
+from dfast_serve.serve.ingress import Ingress, proxy_host
 from dfast_serve.serve.replicas import ModelReplica
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
@@ -38,21 +38,6 @@ def router_actor_options(config: ServerConfig) -> dict[str, Any]:
     if config.router.on_head:
         options["resources"] = {HEAD_NODE_RESOURCE: 0.001}
     return options
-
-
-def proxy_host() -> str | None:
-    """The host Serve's HTTP proxies bind (``http_options.host``), or None when no Serve is running.
-
-    ``build_app`` runs in a Ray task of the Serve controller (``serve run``/``serve deploy``) or in
-    a driver; without Ray (``serve build``) it must not start a cluster just to ask.
-    """
-    import ray
-    from ray.serve.context import _get_global_client
-
-    if not ray.is_initialized():
-        return None
-    client = _get_global_client(raise_if_no_controller_running=False)
-    return None if client is None else client.http_config.host
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -54,6 +54,9 @@ class Ingress:
     def __init__(self, config: dict[str, Any], replicas: dict[str, DeploymentHandle],
                  diffusion: dict[str, DiffusionOptions]) -> None:
         self.config = ServerConfig.model_validate(config)
+        # Again here, where Serve is certainly running: an app built before Serve started (the import-time
+        # ``default_app``) attached to proxies on 0.0.0.0 fails to start instead of serving without a key.
+        self.config.check_exposure(proxy_host())
         clients = {name: RayReplicaClient(name, handle, self.config.retry_after_s) for name, handle in replicas.items()}
         self.serving = OpenAIServing(self.config, clients, diffusion, ServingMetrics())
 
@@ -226,6 +229,21 @@ PLAYGROUND_HTML = resources.files("dfast_serve").joinpath("assets", "playground.
 
 def _too_large(limit: int) -> APIError:
     return APIError(413, f"The body exceeds {limit} bytes", code="request_too_large")
+
+
+def proxy_host() -> str | None:
+    """The host Serve's HTTP proxies bind (``http_options.host``), or None when no Serve is running.
+
+    ``build_app`` runs in a Ray task of the Serve controller (``serve run``/``serve deploy``) or in
+    a driver; without Ray (``serve build``) it must not start a cluster just to ask.
+    """
+    import ray
+    from ray.serve.context import _get_global_client
+
+    if not ray.is_initialized():
+        return None
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return None if client is None else client.http_config.host
 
 
 def _error_response(err: APIError) -> JSONResponse:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dfast_serve.wire import DiffusionOptions
 from tests.api.fakes import DIFFUSION, HANG, STORY, errors
 from tests.serve.ingress_asgi import DISCONNECT, error, ingress_app, run, sse_events
 
@@ -126,3 +127,23 @@ def test_health_answers_without_asking_any_replica_and_ready_asks_every_model():
     status, headers, raw = run(app, "/ready", [], method="GET")
     assert status == 503 and headers["retry-after"] == "7"
     assert json.loads(raw)["models"][DIFFUSION] == "overloaded"
+
+
+# ---- the exposure check, where Serve certainly runs -------------------------------------------------
+class _Handle:
+    def options(self, **_: Any) -> "_Handle":
+        return self
+
+
+def test_the_ingress_refuses_to_start_keyless_on_proxies_beyond_loopback(monkeypatch):
+    """An app built before Serve ran (the import-time default app) is checked again when its ingress starts."""
+    from dfast_serve.serve import ingress as ingress_module
+    from tests.serve.ingress_asgi import IngressClass
+
+    monkeypatch.setattr(ingress_module, "proxy_host", lambda: "0.0.0.0")
+    config = {"models": [{"name": DIFFUSION, "engine": "diffusion"}]}
+    with pytest.raises(ValueError, match="listen on 0.0.0.0 .* no API key"):
+        IngressClass(config, {DIFFUSION: _Handle()}, {DIFFUSION: DiffusionOptions()})
+    IngressClass({**config, "api_key": "sekrit"}, {DIFFUSION: _Handle()}, {DIFFUSION: DiffusionOptions()})
+    monkeypatch.setattr(ingress_module, "proxy_host", lambda: "127.0.0.1")
+    IngressClass(config, {DIFFUSION: _Handle()}, {DIFFUSION: DiffusionOptions()})

@@ -74,6 +74,8 @@ class ModelReplica:
         field = "messages" if request.messages is not None else "prompt"
         try:
             ids = self._tokens(request.prompt, request.messages)
+        except APIError as refused:  # a control token typed into a message
+            return refused
         except Exception as exc:  # noqa: BLE001 - a template that rejects the messages is the client's error
             return self._untokenizable(field, exc)
         encoded = GenerationRequest(prompt_ids=ids, params=request.params, request_id=request.request_id,
@@ -123,6 +125,8 @@ class ModelReplica:
                  add_generation_prompt: bool = True) -> list[int] | APIError:
         try:
             return self._tokens(prompt, messages, add_special_tokens, add_generation_prompt)
+        except APIError as refused:
+            return refused
         except Exception as exc:  # noqa: BLE001 - a template that rejects the messages is the client's error
             return self._untokenizable("messages" if messages is not None else "prompt", exc)
 

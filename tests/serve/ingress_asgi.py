@@ -53,11 +53,14 @@ async def call(app: Starlette, path: str, body: list[Any], method: str = "POST",
              "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
              "headers": [(k.encode(), v.encode()) for k, v in {**headers, "host": "evil.example"}.items()],
              "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    raised: Exception | None = None
     try:
         await app(scope, receive, send)
-    except Exception:  # noqa: BLE001 - Starlette re-raises after its error handler answered; the answer counts
-        pass
-    start = next(m for m in sent if m["type"] == "http.response.start")
+    except Exception as exc:  # noqa: BLE001 - Starlette re-raises after its error handler answered a 500
+        raised = exc
+    start = next((m for m in sent if m["type"] == "http.response.start"), None)
+    if raised is not None and (start is None or start["status"] < 500):
+        raise raised  # an exception with no answer, or after a successful response began: a real failure
     headers_out = {k.decode().lower(): v.decode() for k, v in start["headers"]}
     return start["status"], headers_out, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 

@@ -109,6 +109,35 @@ def test_bad_requests_are_refused_before_any_replica_is_called(raw, status, para
     assert errors(serving, code) == 1
 
 
+def _option_bounds():
+    """(dfast path, beyond the upper bound, beyond the lower bound) of every numeric diffusion option
+    (the exact ranges are pinned in tests/wire/test_options.py)."""
+    from dfast_serve.wire.options import DiffusionOptions, UltraFastConfig
+
+    out = []
+    for prefix, model in (((), DiffusionOptions), (("ultra_fast_config",), UltraFastConfig)):
+        for name, info in model.model_fields.items():
+            le = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
+            ge = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
+            if le is not None:
+                step = 1 if isinstance(le, int) else 0.01
+                out.append(((*prefix, name), le + step, ge - step))
+    return out
+
+
+@pytest.mark.parametrize("path,above,below", _option_bounds(), ids=lambda v: ".".join(v) if isinstance(v, tuple) else None)
+def test_a_dfast_option_out_of_range_is_a_400_naming_it(path, above, below):
+    serving, clients = make()
+    for value in (above, below):
+        other = {"max_steps": 4096} if path[-1] == "min_steps" else {}
+        override = {path[-1]: value, **other}
+        if len(path) == 2:
+            override = {path[0]: override}
+        err = error_of(serving, body(dfast=override))
+        assert (err.status, err.param, err.code) == (400, "dfast." + ".".join(path), "invalid_value"), value
+    assert not clients[DIFFUSION].requests
+
+
 def test_a_refusal_or_overload_from_the_replica_is_the_http_error_and_the_call_is_cancelled():
     refusal = APIError(400, "prompt is 9000 tokens", param="prompt", code="context_length_exceeded")
     overload = APIError(503, "at capacity", "server_overloaded", None, "overloaded", retry_after_s=7)

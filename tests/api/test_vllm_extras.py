@@ -22,6 +22,21 @@ def test_vllm_extras_reach_the_sampling_params():
             params.skip_special_tokens, params.draft) == (True, 2, 1.3, 0.1, False, False)
 
 
+def test_min_tokens_may_equal_max_tokens_but_not_exceed_it():
+    """``min_tokens == max_tokens`` is valid (vLLM accepts it: exactly that many tokens); one more is a
+    400 naming ``min_tokens``, whichever field (or the server default) set the maximum."""
+    serving, clients = make(default_max_tokens=6)
+    create(serving, body(min_tokens=8))  # max_tokens 8
+    create(serving, chat(max_completion_tokens=5, min_tokens=5), "chat")
+    create(serving, json.dumps({"model": DIFFUSION, "prompt": "x", "min_tokens": 6}).encode())  # the default, 6
+    assert [(r.params.min_tokens, r.params.max_tokens) for r in clients[DIFFUSION].requests] == [(8, 8), (5, 5), (6, 6)]
+    for raw, kind in ((body(min_tokens=9), "completion"), (chat(max_completion_tokens=5, min_tokens=6), "chat"),
+                      (json.dumps({"model": DIFFUSION, "prompt": "x", "min_tokens": 7}).encode(), "completion")):
+        err = error_of(serving, raw, kind)
+        assert (err.status, err.param, err.code) == (400, "min_tokens", "invalid_value")
+    assert len(clients[DIFFUSION].requests) == 3  # a refused request never reaches the replica
+
+
 def test_max_completion_tokens_counts_on_completions_too_and_wins():
     serving, clients = make()
     create(serving, body(max_completion_tokens=5))

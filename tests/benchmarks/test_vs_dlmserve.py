@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from benchmarks.peers import vs_dlmserve
 from benchmarks.harness.metrics import ChunkEvent, RequestRecord
@@ -63,11 +66,25 @@ def test_skips_cleanly_without_dlmserve(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_sampler_ops_and_top_ops_report_milliseconds() -> None:
+def test_sampler_ops_and_top_ops_report_milliseconds(monkeypatch) -> None:
     import torch
 
+    # a fake clock: each op's three samples take 3 ms, 1 ms and 2 ms, so its median is 2 ms exactly
+    durations = iter([0.003, 0.001, 0.002] * 7)
+    now = [0.0]
+    calls = [0]
+
+    def clock() -> float:
+        calls[0] += 1
+        if calls[0] % 2 == 0:  # the second reading of a sample: the op "took" its duration
+            now[0] += next(durations)
+        return now[0]
+
+    monkeypatch.setattr(vs_dlmserve, "time", SimpleNamespace(perf_counter=clock))
     ops = vs_dlmserve.sampler_ops(rows=4, vocab=50, reps=3)
+    monkeypatch.undo()
     assert {"argmax bf16", "max(-1) bf16 (values and indices)", "softmax float32"} <= set(ops)
-    assert all(v >= 0.0 for v in ops.values())
+    assert len(ops) == 7 and calls[0] == 2 * 3 * 7
+    assert ops == pytest.approx({name: 2.0 for name in ops})
     top = vs_dlmserve.top_ops(lambda: torch.ones(8, 8) @ torch.ones(8, 8), passes=2, count=3)
     assert top and len(top) <= 3 and {"op", "ms_per_pass", "calls"} <= set(top[0])

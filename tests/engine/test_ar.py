@@ -56,13 +56,18 @@ def test_eos_and_stop_string_across_tokens(smollm2):
     stop = words[3][-2:] + " " + words[4][:2]  # starts mid-token, spans two tokens
     request = GenerationRequest(smollm2.encode_chat([{"role": "user", "content": "Why is the sky blue?"}]),
                                 SamplingParams(max_tokens=24, stop=[stop]))
-    chunks, _ = run_checked(engine, request)
+    chunks, seq = run_checked(engine, request)
     expected = text[: text.index(stop)]
     assert text_of(chunks) == expected and chunks[-1].finish_reason == "stop"
-    # usage counts only the tokens up to the cut: the tokenizer's own count of the kept text, +1 at
-    # most for the token the stop string starts in
-    kept = len(smollm2.tokenizer.encode(expected))
-    assert kept <= chunks[-1].total_tokens <= kept + 1 < 24
+    # usage is exactly the fewest generated tokens whose text covers what was kept (the stop string
+    # starts inside the last of them), not one more or one fewer
+    ids, used = seq.detokenizer.token_ids, chunks[-1].total_tokens
+
+    def decoded(n: int) -> str:
+        return smollm2.tokenizer.decode(ids[:n], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    assert decoded(used).startswith(expected) and len(decoded(used - 1)) < len(expected)
+    assert used == sum(c.new_tokens for c in chunks) < 24
 
 
 def test_the_lm_head_runs_on_the_last_position_only(smollm2):

@@ -65,6 +65,34 @@ def decided_per_step(model: DiffusionLM, prompt: list[int], options: DiffusionOp
 PROBS = [(0.95,), (0.5,), (0.97,), (0.3,), (0.92,), (0.6,)]
 
 
+class Certain(nn.Module):
+    """Answer position i proposes token 3 + i with probability exactly 1.0 in float32."""
+
+    def __init__(self, prompt_len: int, length: int) -> None:
+        super().__init__()
+        self.prompt_len, self.length = prompt_len, length
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*input_ids.shape, VOCAB)
+        for i in range(self.length):
+            logits[:, self.prompt_len + i, 3 + i] = 200.0
+        return logits
+
+
+def test_threshold_one_commits_every_certain_token_in_one_pass():
+    """A threshold is reached, not only exceeded: on a model that is sure of every token, threshold
+    1.0 decides the whole block in one pass (the one-token fallback would take eight)."""
+    prompt = [5, 6]
+    model = DiffusionLM(tokenizer=IdTokenizer(), network=Certain(len(prompt), 8), mask_token_id=MASK,
+                        eos_token_ids=frozenset({EOS}))
+    options = DiffusionOptions(ultra_fast=False, decoding="threshold", threshold=1.0, block_length=8)
+    assert decided_per_step(model, prompt, options, 8) == [[0, 1, 2, 3, 4, 5, 6, 7]]
+    chunks = list(build_engine(model).generate(GenerationRequest(prompt, SamplingParams(max_tokens=8), options)))
+    assert [(c.new_text, c.nfe, c.total_tokens, c.finish_reason) for c in chunks] == [
+        ("t3 t4 t5 t6 t7 t8 t9 t10 ", 1, 8, "length")]
+
+
 def test_threshold_commits_every_confident_token_then_the_most_confident_one():
     prompt = [5, 6]
     options = DiffusionOptions(ultra_fast=False, decoding="threshold", threshold=0.9, block_length=6)
@@ -117,11 +145,16 @@ def test_threshold_one_is_the_standard_one_token_schedule(tiny_mdlm):
 
 
 def test_lower_threshold_means_more_tokens_per_forward_pass(tiny_mdlm):
+    """Per prompt, a lower threshold never takes more passes, and the one-token schedule (the
+    standard path: 32 passes for 32 tokens, fewer only when EOS streams first) is the most."""
     passes = {}
     for threshold in (0.3, 0.9):
         options = DiffusionOptions(ultra_fast=False, decoding="threshold", threshold=threshold)
-        passes[threshold] = sum(run(tiny_mdlm, p, options)[-1].nfe for p in PROMPTS)
-    assert passes[0.3] < passes[0.9] <= 32 * len(PROMPTS)
+        passes[threshold] = [run(tiny_mdlm, p, options)[-1].nfe for p in PROMPTS]
+    passes["standard"] = [run(tiny_mdlm, p, DiffusionOptions(ultra_fast=False))[-1].nfe for p in PROMPTS]
+    for low, high, standard in zip(passes[0.3], passes[0.9], passes["standard"]):
+        assert low <= high <= standard
+    assert sum(passes[0.3]) < sum(passes[0.9]) < sum(passes["standard"])
 
 
 def test_threshold_under_ultra_fast_keeps_the_instant_first_token(tiny_mdlm):

@@ -68,3 +68,42 @@ def test_decoding_work_is_linear_in_the_answer_length(smollm2):
     detok, pieces = stream_one_by_one(counting, ids)
     assert "".join(pieces) == smollm2.tokenizer.decode(ids)
     assert counting.decoded_ids <= 8 * len(ids)  # re-decoding everything each time would be ~len(ids)**2 / 2
+
+
+class PieceTokenizer:
+    """Token i is ``pieces[i]``: text boundaries are exactly where the test puts them."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+
+    def decode(self, ids, **_):
+        return "".join(self.pieces[i] for i in ids)
+
+
+def test_every_proper_prefix_of_a_stop_string_is_held_back_to_the_last_character():
+    """One character a token: the longest possible start of the stop string ("Amen an", seven of its
+    eight characters) is held back, and the stop string is found when its last character arrives."""
+    text = "Peace. Amen and amen"
+    tokenizer = PieceTokenizer(list(text))
+    detok, pieces = stream_one_by_one(tokenizer, list(range(len(text))), ["Amen and"])
+    assert pieces == list("Peace. ") + [""] * 14  # 13 characters from "A" on, then finish()
+    assert detok.stopped and detok.token_count == 7
+    # a near miss releases the held-back prefix in one piece, at the character that rules it out
+    text = "Amen an apple"
+    tokenizer = PieceTokenizer(list(text))
+    detok, pieces = stream_one_by_one(tokenizer, list(range(len(text))), ["Amen and"])
+    assert pieces == ["", "", "", "", "", "", "", "Amen an ", "a", "p", "p", "l", "e", ""]
+    assert not detok.stopped and detok.token_count == len(text)
+
+
+def test_usage_at_a_stop_string_that_starts_on_a_token_boundary_counts_the_tokens_before_it():
+    tokenizer = PieceTokenizer(["In", " the", " beginning", " God", " created", " the", " heaven"])
+    detok, pieces = stream_one_by_one(tokenizer, list(range(7)), [" God"])
+    assert "".join(pieces) == "In the beginning" and detok.stopped
+    assert detok.token_count == 3
+    # starting inside a token: that token's text is partly kept, so it counts
+    detok, pieces = stream_one_by_one(tokenizer, list(range(7)), ["od cr"])
+    assert "".join(pieces) == "In the beginning G" and detok.token_count == 4
+    # a stop string at the very start keeps nothing and counts nothing
+    detok, pieces = stream_one_by_one(tokenizer, list(range(7)), ["In the"])
+    assert "".join(pieces) == "" and detok.token_count == 0

@@ -57,14 +57,30 @@ def test_matches_plain_llada_reference_token_for_token(tiny_mdlm):
 
 
 def test_fixed_seed_is_deterministic_and_streaming_equals_final_text(tiny_mdlm):
+    """Two runs with one seed decide the same canvas and stream the same chunks, and the streamed
+    text is exactly the final answer: the decided tokens up to EOS, decoded in one go."""
     engine = build_engine(tiny_mdlm)
     ids = chat(tiny_mdlm, PROMPTS[1])
     for remasking in ("low_confidence", "random"):
-        options = DiffusionOptions(ultra_fast=False, remasking=remasking)
-        a = run(engine, ids, options=options, temperature=0.8, seed=7)
-        b = run(engine, ids, options=options, temperature=0.8, seed=7)
-        assert [c.new_text for c in a] == [c.new_text for c in b]
-        assert [c.nfe for c in a] == [c.nfe for c in b]
+        for options in (DiffusionOptions(ultra_fast=False, remasking=remasking), DiffusionOptions(remasking=remasking)):
+            runs = []
+            for _ in range(2):
+                request = GenerationRequest(list(ids), SamplingParams(max_tokens=32, temperature=0.8, seed=7), options)
+                seq = engine.start(request)
+                chunks = []
+                while not seq.finished:
+                    engine.step_sequences([seq])
+                    chunks += seq.drain()
+                runs.append((chunks, seq))
+            (a, seq_a), (b, seq_b) = runs
+            assert seq_a.answer.tolist() == seq_b.answer.tolist()
+            assert [(c.new_text, c.nfe, c.total_tokens) for c in a] == [(c.new_text, c.nfe, c.total_tokens) for c in b]
+            answer = seq_a.answer.tolist()
+            end = next((i for i, t in enumerate(answer) if t in tiny_mdlm.eos_token_ids), len(answer))
+            assert seq_a.decided[:end].all()
+            final = tiny_mdlm.tokenizer.decode(answer[:end], skip_special_tokens=True)
+            assert text_of(a) == final and final
+            assert a[-1].total_tokens == end
 
 
 def test_different_seeds_sample_differently(tiny_mdlm):
@@ -135,3 +151,24 @@ def test_streaming_never_emits_broken_utf8_or_stop_string(tiny_mdlm):
         stopped, _ = run_checked(engine, GenerationRequest(prompt, SamplingParams(max_tokens=len(answer) + 4,
                                                                                   stop=["Amen and"]), options))
         assert text_of(stopped) == "Peace ☕ 你好 be with you. "
+
+
+def test_an_eos_terminated_answer_has_exact_text_and_usage(tiny_mdlm):
+    """EOS ends the answer and is not part of it: neither in the text (even with
+    ``skip_special_tokens: false``) nor in usage; what the model says after it is never sent."""
+    words = tiny_mdlm.tokenizer.encode(" In the beginning God created")
+    assert len(words) == 5
+    eos = tiny_mdlm.tokenizer.eos_token_id
+    answer = words + [eos] + tiny_mdlm.tokenizer.encode(" and the earth")
+    prompt = chat(tiny_mdlm, "x")
+    forced = DiffusionLM(
+        tokenizer=tiny_mdlm.tokenizer, network=ForcedAnswer(len(prompt), answer, len(tiny_mdlm.tokenizer)),
+        mask_token_id=tiny_mdlm.mask_token_id, eos_token_ids=tiny_mdlm.eos_token_ids,
+    )
+    engine = build_engine(forced)
+    for options in (STANDARD, DiffusionOptions()):
+        for skip in (True, False):
+            chunks = run(engine, prompt, max_tokens=len(answer), options=options, skip_special_tokens=skip)
+            assert text_of(chunks) == " In the beginning God created"
+            assert (chunks[-1].total_tokens, sum(c.new_tokens for c in chunks)) == (5, 5)
+            assert chunks[-1].finish_reason == "stop" and chunks[-1].is_final

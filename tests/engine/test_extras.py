@@ -57,6 +57,18 @@ def test_min_tokens_keeps_eos_out_of_the_first_positions(tiny_mdlm):
     assert chunks[-1].total_tokens >= at_least
 
 
+def test_min_tokens_equal_to_max_tokens_gives_exactly_max_tokens(tiny_mdlm, smollm2):
+    """``min_tokens == max_tokens`` is a valid request: EOS is banned everywhere, the answer is
+    exactly ``max_tokens`` long and ends with "length" (on a prompt each model answers in fewer)."""
+    for model, options, prompt in ((tiny_mdlm, STANDARD, ENDS_EARLY), (smollm2, None, "Say hi.")):
+        engine = build_engine(model)
+        ids = chat_ids(model, prompt)
+        plain, _ = run_checked(engine, GenerationRequest(ids, SamplingParams(max_tokens=32), options))
+        assert plain[-1].finish_reason == "stop" and plain[-1].total_tokens < 32
+        chunks, seq = run_checked(engine, GenerationRequest(ids, SamplingParams(max_tokens=32, min_tokens=32), options))
+        assert chunks[-1].finish_reason == "length" and chunks[-1].total_tokens == 32
+
+
 def test_ignore_eos_and_repetition_penalty_on_ar(smollm2):
     engine = build_engine(smollm2)
     ids = chat_ids(smollm2, "Say hi.")

@@ -41,11 +41,12 @@ class Spelled(nn.Module):
         b, s = input_ids.shape
         logits = torch.zeros(b, s, self.vocab)
         for i, tok in enumerate(self.answer[: s - self.prompt_len]):
-            logits[:, self.prompt_len + i, tok] = self.strength
+            strength = self.strength[i] if isinstance(self.strength, list) else self.strength
+            logits[:, self.prompt_len + i, tok] = strength
         return logits
 
 
-def spelled_model(tiny_mdlm, prompt: list[int], answer: list[int], strength: float) -> DiffusionLM:
+def spelled_model(tiny_mdlm, prompt: list[int], answer: list[int], strength: float | list[float]) -> DiffusionLM:
     return DiffusionLM(tokenizer=tiny_mdlm.tokenizer, network=Spelled(len(prompt), answer, len(tiny_mdlm.tokenizer), strength),
                        mask_token_id=tiny_mdlm.mask_token_id, eos_token_ids=tiny_mdlm.eos_token_ids)
 
@@ -121,6 +122,22 @@ def test_the_block_where_the_answer_ends_gets_the_same_passes_whatever_max_token
             assert chunks[-1].finish_reason == "stop"
             spent.append(seq.passes_per_block[eos // 32])
         assert spent[0] == spent[1] == spent[2], spent
+
+
+def test_passes_a_block_leaves_unspent_go_to_the_next_block(tiny_mdlm):
+    """Block 1 is certain and done in one pass: its 3 unspent passes raise block 2's allowance
+    from 4 to 7 (the uniform schedule spends them, one token a pass); block 3 is back to 4."""
+    prompt = chat(tiny_mdlm, "x")
+    answer = words(tiny_mdlm, 24)
+    model = spelled_model(tiny_mdlm, prompt, answer, strength=[50.0] * 8 + [5.0] * 16)
+    engine = build_engine(model)
+    options = DiffusionOptions(block_length=8, ultra_fast_config=UltraFastConfig(
+        steps_per_block=4, min_steps=1, max_steps=4096, schedule="uniform", enable_early_stop=False,
+        enable_instant_first_token=False, stream_every_n_tokens=0))
+    chunks, seq = run_checked(engine, GenerationRequest(prompt, SamplingParams(max_tokens=24), options))
+    assert seq.passes_per_block == [1, 7, 4]
+    assert chunks[-1].nfe == 12 and chunks[-1].total_tokens == 24
+    assert text_of(chunks) == tiny_mdlm.tokenizer.decode(answer)
 
 
 def test_the_default_schedule_front_loads():

@@ -24,6 +24,24 @@ def run(model, prompt, options, max_tokens=48, **params):
     return list(build_engine(model).generate(GenerationRequest(ids, SamplingParams(max_tokens=max_tokens, **params), options)))
 
 
+def first_decided_and_first_text(model, prompt, options, max_tokens=48) -> tuple[int, int]:
+    """The pass that decided answer position 0, and the pass of the first chunk with text."""
+    engine = build_engine(model)
+    ids = model.encode_chat([{"role": "user", "content": prompt}])
+    seq = engine.start(GenerationRequest(ids, SamplingParams(max_tokens=max_tokens), options))
+    decided_at = text_at = None
+    chunks = []
+    while not seq.finished:
+        engine.step_sequences([seq])
+        chunks += seq.drain()
+        if decided_at is None and bool(seq.decided[0]):
+            decided_at = seq.nfe
+        if text_at is None and any(c.new_text for c in chunks):
+            text_at = seq.nfe
+    check_chunk_invariants(chunks)
+    return decided_at, text_at
+
+
 def test_instant_first_token_after_exactly_one_forward_pass(tiny_mdlm):
     off_first = []
     for prompt in PROMPTS:
@@ -33,7 +51,9 @@ def test_instant_first_token_after_exactly_one_forward_pass(tiny_mdlm):
         off = run(tiny_mdlm, prompt, ultra(enable_instant_first_token=False))
         check_chunk_invariants(off)
         off_first.append(off[0].nfe)
-    assert all(n >= 1 for n in off_first)
+        # without the reveal, the first text streams at the pass the schedule decides position 0
+        assert first_decided_and_first_text(tiny_mdlm, prompt, ultra(enable_instant_first_token=False)) == \
+            (off[0].nfe, off[0].nfe)
     assert max(off_first) > 1  # without the reveal, the first token waits for the schedule
 
 
@@ -68,10 +88,13 @@ def test_early_stop_spends_fewer_forward_passes(tiny_mdlm):
 
 def test_steps_caps_the_passes_but_never_below_min_steps(tiny_mdlm):
     quiet = dict(stream_confidence_threshold=1.0, stream_every_n_tokens=0, enable_early_stop=False,
-                 enable_instant_first_token=False)
-    one_step = DiffusionOptions(steps=1, block_length=32, ultra_fast=True,
-                                ultra_fast_config=UltraFastConfig(min_steps=1, max_steps=32, **quiet))
-    assert run(tiny_mdlm, PROMPTS[0], one_step, max_tokens=32)[-1].nfe == 1
+                 enable_instant_first_token=False, schedule="uniform", steps_per_block=32)
+    # EOS banned, so the answer cannot end before the budget's last pass: the pass count is the budget
+    for steps, min_steps, expected in ((1, 1, 1), (2, 8, 8), (5, 8, 8), (12, 8, 12), (40, 8, 32)):
+        options = DiffusionOptions(steps=steps, block_length=32, ultra_fast=True,
+                                   ultra_fast_config=UltraFastConfig(min_steps=min_steps, max_steps=32, **quiet))
+        chunks = run(tiny_mdlm, PROMPTS[0], options, max_tokens=32, ignore_eos=True)
+        assert (chunks[-1].nfe, chunks[-1].total_tokens) == (expected, 32), (steps, min_steps)
     # the exact bounds, multi-block and with every policy on, are in test_scheduler_semantics.py
 
 

@@ -18,7 +18,15 @@ export PYTHONHASHSEED=0
 # What is mutated: whole modules, except api/serving.py, of which only OpenAIServing.plan (the
 # request planning: model choice, dfast overrides, min_tokens, AR refusals) is in scope.
 SCOPE=(
-  'dfast_serve.engine.*'
+  'dfast_serve.engine.masked.policies.*'
+  'dfast_serve.engine.masked.budget.*'
+  'dfast_serve.engine.masked.schedule.*'
+  'dfast_serve.engine.masked.proposal.*'
+  'dfast_serve.engine.masked.confidence.*'
+  'dfast_serve.engine.limits.*'
+  'dfast_serve.engine.detokenize.*'
+  'dfast_serve.engine.sequence.*'
+  'dfast_serve.engine.sampling.*'
   'dfast_serve.wire.options.*'
   'dfast_serve.api.body.*'
   'dfast_serve.api.serving.xǁOpenAIServingǁplan__mutmut_*'

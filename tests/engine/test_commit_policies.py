@@ -94,6 +94,8 @@ def test_early_stop_due_at_each_bound():
     assert not policies.early_stop_due(conf, progress=0.49, passes=3, **args)
     assert not policies.early_stop_due(scores(0.5, 0.99), progress=1.0, passes=9, **args)
     assert not policies.early_stop_due(scores(), progress=1.0, passes=9, **args)
+    # one undecided position left, sure enough: stop now
+    assert policies.early_stop_due(scores(0.8), progress=0.9, passes=3, **args)
 
 
 def test_keep_undecided_drops_the_worst_scored_commits_to_leave_room():
@@ -106,6 +108,8 @@ def test_keep_undecided_drops_the_worst_scored_commits_to_leave_room():
     assert positions(policies.keep_undecided(commit, score, undecided, 1)) == [0, 1, 2, 3]
     assert positions(policies.keep_undecided(commit, score, undecided, 0)) == [0, 1, 2, 3]
     assert positions(policies.keep_undecided(commit, score, undecided, -3)) == [0, 1, 2, 3]
+    # nothing owed: even a commit of every undecided position stands (the last pass)
+    assert positions(policies.keep_undecided(undecided, score, undecided, 0)) == [0, 1, 2, 3, 4]
     # more owed than undecided: nothing is committed
     assert positions(policies.keep_undecided(commit, score, undecided, 7)) == []
     assert positions(policies.keep_undecided(commit, score, undecided, 5)) == []

@@ -89,7 +89,8 @@ def test_a_draft_rides_on_the_last_chunk_or_alone_and_never_on_the_final_one():
     seq.emit([1], exhausted=False)
     seq.attach_draft("sky")
     chunks = seq.drain()
-    assert [(c.new_text, c.draft, c.is_first) for c in chunks] == [("", "guess", True), ("The", "sky", False)]
+    assert [(c.new_text, c.new_tokens, c.total_tokens, c.draft, c.is_first) for c in chunks] == \
+        [("", 0, 0, "guess", True), ("The", 1, 1, "sky", False)]
     seq.emit([2], exhausted=True)
     seq.attach_draft("x")
     assert [(c.new_text, c.draft) for c in seq.drain()] == [(" sky", "")]

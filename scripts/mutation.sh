@@ -53,7 +53,7 @@ for meta in sorted(Path("mutants").rglob("*.py.meta")):
         module = name.split(".x")[0]
         status = status_by_exit_code[code]
         by_module[module][status] += 1
-        if status not in ("killed", "caught by type check"):
+        if status not in ("killed", "caught by type check", "not checked", "timeout"):
             survivors.append(f"{status:12} {name}")
 total = Counter()
 print(f"| module | killed / total | % | survived | no tests | timeout | not checked |")
@@ -64,12 +64,17 @@ for module, c in sorted(by_module.items()):
     print(f"| `{module}` | {k} / {n} | {100 * k / n:.1f} | {c['survived']} | {c['no tests']} | {c['timeout']} | {c['not checked']} |")
 n = sum(total.values()); k = total["killed"] + total["timeout"]
 print(f"| **all** | **{k} / {n}** | **{100 * k / max(n, 1):.1f}** | {total['survived']} | {total['no tests']} | {total['timeout']} | {total['not checked']} |")
-print("\nnot killed:")
+print("\nnot killed (timeouts count as killed: the mutant never finished its tests):")
 print("\n".join(survivors) or "none")
 EOF
 }
 
 if [[ "${1:-}" == "--summary" ]]; then summary; exit; fi
+if [[ "${1:-}" == "--survivors" ]]; then  # each survivor's diff, to kill or argue
+  summary | awk '$1 == "survived" || $1 == "no" || $1 == "suspicious" || $1 == "segfault" {print $NF}' |
+    while read -r name; do echo "== $name"; "$PY" -m mutmut show "$name" | grep '^[-+][^-+]'; done
+  exit
+fi
 names=("$@")
 (( ${#names[@]} )) || names=("${SCOPE[@]}")
 "$PY" -m mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "${names[@]}"

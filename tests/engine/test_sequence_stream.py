@@ -235,3 +235,30 @@ def test_random_remasking_ranks_at_random_not_by_confidence():
     p = propose(logits, 0, 64, SamplingParams(temperature=0.0), options, make_generator(0, torch.device("cpu")))
     assert not torch.equal(p.score, p.certainty)
     assert bool(((p.score >= 0) & (p.score < 1)).all())
+
+
+def test_the_repetition_penalty_applies_to_a_single_seen_token_and_to_small_positive_logits():
+    assert penalize_repetition(torch.tensor([[0.5, 0.5]]), torch.tensor([1]), 2.0).tolist() == [[0.5, 0.25]]
+    assert penalize_repetition(torch.tensor([0.0, -0.5]), torch.tensor([0, 1]), 2.0).tolist() == [0.0, -1.0]
+
+
+def sampled_proposal(seed: int, **params):
+    logits = torch.tensor([[1.0, 0.9, 0.8, 0.7, -3.0]]).repeat(200, 1)
+    options = DiffusionOptions(remasking=params.pop("remasking", "low_confidence"))
+    return propose(logits, 0, 200, SamplingParams(temperature=1.0, **params), options,
+                   make_generator(seed, torch.device("cpu")))
+
+
+def test_a_sampled_proposal_follows_the_requests_seed():
+    a, b, c = sampled_proposal(11), sampled_proposal(11), sampled_proposal(12)
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
+    assert len(set(a.tokens.tolist())) >= 4  # it really samples
+    a, b = sampled_proposal(11, remasking="random"), sampled_proposal(11, remasking="random")
+    assert torch.equal(a.score, b.score)
+
+
+def test_a_sampled_proposal_honours_top_k_and_top_p():
+    assert set(sampled_proposal(1, top_k=1).tokens.tolist()) == {0}
+    assert set(sampled_proposal(1, top_k=2).tokens.tolist()) == {0, 1}
+    assert set(sampled_proposal(1, top_p=0.01).tokens.tolist()) == {0}
+    assert set(sampled_proposal(1, top_k=3, top_p=0.01).tokens.tolist()) == {0}

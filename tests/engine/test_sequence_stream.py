@@ -9,6 +9,7 @@ import torch
 
 from dfast_serve.engine.detokenize import StreamingDetokenizer
 from dfast_serve.engine.masked.confidence import confidence_of
+from dfast_serve.engine.masked.policies import everything
 from dfast_serve.engine.masked.proposal import propose
 from dfast_serve.engine.request import GenerationRequest
 from dfast_serve.engine.sampling import (apply_min_p, choose_tokens, filter_logits, make_generator,
@@ -119,6 +120,8 @@ def test_ignore_eos_bans_eos_everywhere():
     seq = sequence(ignore_eos=True)
     rows = seq.shape_logits(torch.zeros(3, 4), first_position=100)
     assert rows[:, EOS].tolist() == [-math.inf] * 3
+    rows = seq.shape_logits(torch.zeros(6, 4), first_position=0)  # more positions than the vocabulary
+    assert rows[:, EOS].tolist() == [-math.inf] * 6
 
 
 def test_the_repetition_penalty_counts_the_prompt_and_the_answer_so_far():
@@ -192,6 +195,8 @@ def test_min_p_keeps_tokens_at_the_cut_and_is_off_when_greedy_or_zero():
     assert out.isinf().tolist() == [False, False, False]
     assert not apply_min_p(logits.clone(), 0.5, 0.0).isinf().any()
     assert not apply_min_p(logits.clone(), 0.0, 1.0).isinf().any()
+    rows = torch.tensor([[0.0, math.log(0.4), -9.0], [-9.0, 5.0, 5.0 + math.log(0.6)]])  # each row its own max
+    assert apply_min_p(rows, 0.5, 1.0).isinf().tolist() == [[False, True, True], [True, False, False]]
 
 
 # ---- proposal and confidence -----------------------------------------------------------------------
@@ -210,6 +215,7 @@ def test_a_proposal_spreads_the_window_over_the_answer():
                 make_generator(0, torch.device("cpu")))
     assert p.tokens.tolist() == [0, 1, 0, 0]
     assert p.known.tolist() == [False, True, True, False]
+    assert everything(torch.ones(4, dtype=torch.bool), p.known).tolist() == [False, True, True, False]
     first = math.exp(2) / (math.exp(2) + 2)
     second = math.exp(3) / (math.exp(3) + 2)
     assert p.confidence.tolist() == pytest.approx([0.0, first, second, 0.0])

@@ -3,6 +3,7 @@ diffusion proposal, confidences), on tokens and logits the test chooses: the exa
 usage at EOS, at a stop string and at ``max_tokens``; which logits are banned or cut."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -268,3 +269,18 @@ def test_a_sampled_proposal_honours_top_k_and_top_p():
     assert set(sampled_proposal(1, top_k=2).tokens.tolist()) == {0, 1}
     assert set(sampled_proposal(1, top_p=0.01).tokens.tolist()) == {0}
     assert set(sampled_proposal(1, top_k=3, top_p=0.01).tokens.tolist()) == {0}
+
+
+def test_only_the_very_first_chunk_is_first_and_chunks_carry_nfe_and_time():
+    seq = sequence(max_tokens=5)
+    seq.started = time.perf_counter() - 1000.0  # started 1000 s ago
+    seq.nfe = 3
+    seq.emit([1], exhausted=False)
+    first = seq.drain()
+    seq.nfe = 4
+    seq.emit([2], exhausted=False)
+    seq.emit([3], exhausted=False)
+    later = seq.drain()
+    assert [c.is_first for c in first + later] == [True, False, False]
+    assert [c.nfe for c in first + later] == [3, 4, 4]
+    assert all(1_000_000 <= c.time_ms < 1_000_500 for c in first + later)

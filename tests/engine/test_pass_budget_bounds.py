@@ -95,6 +95,7 @@ def test_passes_still_owed_count_down_to_zero():
     (3, 8, [1, 1, 1]),      # more steps than tokens: one token a step
     (5, 0, [5]),            # no steps: one step takes all
     (5, 1, [5]),
+    (1, 4, [1]),
     (0, 4, []),
     (-1, 4, []),
 ])

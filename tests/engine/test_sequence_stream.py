@@ -284,3 +284,14 @@ def test_only_the_very_first_chunk_is_first_and_chunks_carry_nfe_and_time():
     assert [c.is_first for c in first + later] == [True, False, False]
     assert [c.nfe for c in first + later] == [3, 4, 4]
     assert all(1_000_000 <= c.time_ms < 1_000_500 for c in first + later)
+
+
+def test_the_requests_skip_special_tokens_reaches_the_detokenizer_the_engine_built():
+    """A special token that is not an EOS (here id 0, with no EOS id) is left out of the text by
+    default, and kept when the request asks, whatever the detokenizer was built with."""
+    for skip, built_with, text in ((True, False, "Thesky"), (False, True, "The<|endoftext|>sky")):
+        request = GenerationRequest([7], SamplingParams(max_tokens=5, skip_special_tokens=skip))
+        seq = Seq(request, StreamingDetokenizer(ByteTokenizer([b"The", b"sky"]), [], built_with), frozenset(),
+                  make_generator(0, torch.device("cpu")))
+        seq.emit([1, 0, 2], exhausted=True)
+        assert "".join(c.new_text for c in seq.drain()) == text

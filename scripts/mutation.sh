@@ -69,7 +69,39 @@ print("\n".join(survivors) or "none")
 EOF
 }
 
+# Mutants in scope with a given status, one name a line (globs optional).
+names_with_status() {
+  local status="$1"; shift
+  "$PY" - "$status" "$@" <<'PYEOF'
+import fnmatch, json, sys
+from pathlib import Path
+from mutmut.stats import status_by_exit_code
+status, patterns = sys.argv[1], sys.argv[2:]
+for meta in sorted(Path("mutants").rglob("*.py.meta")):
+    for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+        if any(fnmatch.fnmatch(name, p) for p in patterns) and status_by_exit_code[code] == status:
+            print(name)
+PYEOF
+}
+
 if [[ "${1:-}" == "--summary" ]]; then summary; exit; fi
+if [[ "${1:-}" == "--resume" || "${1:-}" == "--rerun-survivors" ]]; then
+  # mutmut re-runs every mutant named on its command line, so a resumed run names only these:
+  # --resume [globs]: the unchecked mutants (of these globs, default the whole scope), in that order;
+  # --rerun-survivors [globs]: the survivors again, after tests were added.
+  mode="$1"; shift
+  patterns=("$@"); (( ${#patterns[@]} )) || patterns=("${SCOPE[@]}")
+  status="survived"; [[ $mode == --resume ]] && status="not checked"
+  names=()
+  for p in "${patterns[@]}"; do
+    mapfile -t found < <(names_with_status "$status" "$p")
+    names+=("${found[@]}")
+  done
+  (( ${#names[@]} )) || { echo "nothing to run"; summary; exit; }
+  "$PY" -m mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "${names[@]}"
+  summary
+  exit
+fi
 if [[ "${1:-}" == "--survivors" ]]; then  # each survivor's diff, to kill or argue
   summary | awk '$1 == "survived" || $1 == "no" || $1 == "suspicious" || $1 == "segfault" {print $NF}' |
     while read -r name; do echo "== $name"; "$PY" -m mutmut show "$name" | grep '^[-+][^-+]'; done

@@ -32,6 +32,9 @@ def test_a_number_beyond_a_double_is_named():
     err = refusal(b'{"temperature": 1e999}')
     assert err.message.startswith("The body is not valid JSON: 1e999 is out of the range of a double")
     assert parse_json(b'{"t": -2.5e-3, "u": 0.0}') == {"t": -2.5e-3, "u": 0.0}
+    long = "1" * 400 + ".5"  # a double overflows; the message quotes its first 32 characters
+    err = refusal(b'{"temperature": ' + long.encode() + b"}")
+    assert err.message == f"The body is not valid JSON: {long[:32]} is out of the range of a double"
 
 
 def test_invalid_utf8_and_invalid_json_and_non_objects():

@@ -14,7 +14,9 @@ class ByteTokenizer:
     def ids(self) -> list[int]:
         return list(range(1, len(self.pieces)))
 
-    def decode(self, ids, skip_special_tokens=True, clean_up_tokenization_spaces=False):
+    def decode(self, ids, skip_special_tokens=True, clean_up_tokenization_spaces=True):
+        """``clean_up_tokenization_spaces`` defaults to True, as it does for many Hugging Face tokenizers."""
         self.calls.append((skip_special_tokens, clean_up_tokenization_spaces))
-        return b"".join(self.pieces[i] for i in ids if not (skip_special_tokens and i == EOS)).decode(
+        text = b"".join(self.pieces[i] for i in ids if not (skip_special_tokens and i == EOS)).decode(
             "utf-8", errors="replace")
+        return text.replace(" .", ".").replace(" ,", ",") if clean_up_tokenization_spaces else text

@@ -100,3 +100,14 @@ def test_several_tokens_at_once_release_their_text_together():
     detok = StreamingDetokenizer(ByteTokenizer([b"a", b"b", b"c"]), [])
     assert detok.add([1, 2, 3]) == "abc" and detok.token_count == 3
     assert detok.finish() == ""
+
+
+def test_a_dangling_half_character_does_not_take_the_text_before_it():
+    detok, out = stream([b"ok", b"x" + "é".encode()[:1]])
+    assert out == ["ok", "", "x"]
+    assert detok.token_count == 2  # every generated token is counted once the stream ends
+
+
+def test_the_text_is_the_tokens_as_they_are_without_cleaning_up_spaces():
+    detok, out = stream([b"Hi", b" .", b" ,"])
+    assert "".join(out) == "Hi . ,"

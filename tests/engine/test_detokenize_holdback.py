@@ -111,3 +111,21 @@ def test_a_dangling_half_character_does_not_take_the_text_before_it():
 def test_the_text_is_the_tokens_as_they_are_without_cleaning_up_spaces():
     detok, out = stream([b"Hi", b" .", b" ,"])
     assert "".join(out) == "Hi . ,"
+
+
+def test_a_token_counts_once_its_text_is_released_even_when_part_of_it_is_held():
+    """Usage mid-stream counts the tokens whose text reached the client: "aS" and "bS" each end
+    in what may begin the stop string "ST", so each is counted once the text after it arrives."""
+    tok = ByteTokenizer([b"aS", b"bS"])
+    detok = StreamingDetokenizer(tok, ["ST"])
+    assert (detok.add([1]), detok.token_count) == ("a", 0)
+    assert (detok.add([2]), detok.token_count) == ("Sb", 1)
+    assert (detok.finish(), detok.token_count) == ("S", 2)
+
+
+def test_a_token_without_text_is_counted_with_the_text_that_follows():
+    tok = ByteTokenizer([b"a", b"b"])
+    detok = StreamingDetokenizer(tok, [])
+    assert (detok.add([1]), detok.token_count) == ("a", 1)
+    assert (detok.add([EOS]), detok.token_count) == ("", 1)  # a skipped special token: no text yet
+    assert (detok.add([2]), detok.token_count) == ("b", 3)

@@ -237,3 +237,11 @@ def test_tokenize_takes_exactly_one_of_prompt_and_messages():
     parsed = TokenizeRequest.model_validate({"messages": [{"role": "developer", "content": "x"},
                                                           {"role": "user", "content": [{"type": "text", "text": "y"}]}]})
     assert parsed.message_dicts() == [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]
+
+
+def test_the_replica_request_carries_the_arrival_in_wall_clock_seconds():
+    serving, _ = make()
+    parsed = CompletionRequest.model_validate({"model": DIFFUSION, "prompt": "p", "max_tokens": 4})
+    _, request = serving.plan(parsed, "cmpl-1", time.monotonic() - 100.0)  # arrived 100 s ago
+    assert abs(request.arrived - (time.time() - 100.0)) < 5.0
+    assert request.request_id == "cmpl-1"

@@ -295,3 +295,12 @@ def test_the_requests_skip_special_tokens_reaches_the_detokenizer_the_engine_bui
                   make_generator(0, torch.device("cpu")))
         seq.emit([1, 0, 2], exhausted=True)
         assert "".join(c.new_text for c in seq.drain()) == text
+
+
+def test_filter_logits_keeps_the_k_best_and_k_at_or_over_the_vocabulary_keeps_all():
+    logits = torch.tensor([[0.1, 0.4, 0.3, 0.2], [0.4, 0.3, 0.2, 0.1]])
+    assert filter_logits(logits, 1).isinf().tolist() == [[True, False, True, True], [False, True, True, True]]
+    assert filter_logits(logits, 3).isinf().tolist() == [[True, False, False, False], [False, False, False, True]]
+    assert not filter_logits(logits, 4).isinf().any()
+    assert not filter_logits(logits, 5).isinf().any()
+    assert not filter_logits(logits).isinf().any()

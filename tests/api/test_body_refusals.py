@@ -128,3 +128,11 @@ def test_validate_names_the_field_with_its_prefix():
         validate(CompletionRequest, {"model": "m", "prompt": "p", "max_tokens": "5"})
     assert info.value.param == "max_tokens"
     assert validate(CompletionRequest, {"model": "m", "prompt": "p", "max_tokens": 5}).max_tokens == 5
+
+
+def test_dfast_options_are_strict_too():
+    """DiffusionOptions itself is lax (configs may say "8"); a request's dfast is not."""
+    for field, value in (("steps", "5"), ("ultra_fast", "yes"), ("threshold", "0.5")):
+        with pytest.raises(APIError) as info:
+            validate(DiffusionOptions, {field: value}, "dfast")
+        assert (info.value.status, info.value.param) == (400, f"dfast.{field}")

@@ -52,6 +52,8 @@ def test_a_repeated_key_is_named_with_its_path():
     err = refusal(b'{"dfast": {"steps": 1, "steps": 2}}')
     assert (err.param, err.code) == ("dfast.steps", "invalid_json")
     assert err.message == "dfast.steps appears more than once in its object"
+    err = refusal(b'{"model": "a", "stop": "x", "n": 1, "stop": "y"}')
+    assert (err.param, err.message) == ("stop", "stop appears more than once in its object")
     err = refusal(b'{"model": "a", "model": "b"}')
     assert err.message == "model appears more than once in its object" and err.param == "model"
 

@@ -117,3 +117,9 @@ def test_keep_undecided_drops_the_worst_scored_commits_to_leave_room():
 
 def test_everything_is_every_undecided_position_the_pass_scored():
     assert positions(policies.everything(mask(1, 1, 0, 1), mask(1, 0, 1, 1))) == [0, 3]
+
+
+def test_at_least_one_does_not_modify_its_input():
+    empty = mask(0, 0, 0)
+    policies.at_least_one(empty, mask(1, 1, 1), scores(0.1, 0.2, 0.3))
+    assert positions(empty) == []

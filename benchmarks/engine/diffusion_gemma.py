@@ -3,7 +3,7 @@
 On the tiny random DiffusionGemma (``tests/gemma.py``; the canvas length and denoising steps
 are arguments), for each seed:
 
-* **ours, in-process**: the engine stepped alone (``DiffusionGemmaEngine``), ``draft=True``: time and
+* **ours, in-process**: the engine stepped alone (``build_engine`` → the block-diffusion family), ``draft=True``: time and
   decoder passes to the first chunk with committed text, and to the first chunk with a draft;
   standard mode and ultra-fast (random weights never get under the entropy bound, so ultra-fast's
   policies do not fire here: its row shows their bookkeeping cost, not their gain);

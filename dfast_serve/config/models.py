@@ -22,7 +22,7 @@ class ModelConfig(StrictModel):
       (``trust_remote_code``): uncached, equal-length batching only;
     * ``diffusion_gemma``: a DiffusionGemma checkpoint (directory or hub id) on transformers' own
       ``DiffusionGemmaForBlockDiffusion`` (no remote code), with this project's block-diffusion
-      scheduler (``engine/diffusion_gemma.py``); text only;
+      scheduler (``engine/block/``); text only;
     * ``hf``: any Hugging Face causal LM (``path``), AR engine only.
     """
 

@@ -4,7 +4,7 @@ The model is an encoder over everything final (the prompt, then each finished ca
 writes a KV cache, and a decoder that denoises one ``canvas_length`` canvas against that cache
 (read-only), with self-conditioning on the previous step's logits. Both forwards are
 transformers' own modules, called the way its ``generate`` calls them; the scheduler, sampler and
-streaming are ours (``engine/diffusion_gemma.py``). The sampler's defaults come from the
+streaming are ours (``engine/block/``). The sampler's defaults come from the
 checkpoint's ``generation_config.json`` (``GemmaSampling``). Text only: an image in a request is
 refused before it gets here.
 """

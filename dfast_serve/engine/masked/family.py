@@ -2,7 +2,7 @@
 
 The answer starts as ``max_tokens`` mask tokens after the prompt; each step runs one forward pass,
 proposes a token for every masked position it scored, and *commits* some of them; a committed
-token never changes (``diffusion_sequence``: the per-request state and decisions).
+token never changes (``sequence.py``: the per-request state and decisions).
 
 ``MaskedDiffusion`` is the family the engine core runs (``core.py``): ``schedule`` = plan (each
 sequence's canvas slice: whole, or part of it against the block-wise KV cache, ``kv_cache``), fair

@@ -5,7 +5,7 @@ length ``max_tokens``) and plain numbers; none reads the detokenizer or any text
 judged by the *cursor*, the first undecided answer position (everything before it is decided and
 can stream), so a stop string or half a UTF-8 character can never change what gets decided.
 
-``DiffusionSequence`` (diffusion_sequence.py) combines them: the standard path uses ``scheduled`` or
+``DiffusionSequence`` (``masked/sequence.py``) combines them: the standard path uses ``scheduled`` or
 ``above_threshold`` plus ``at_least_one``; ultra-fast adds ``leading_run`` (instant reveal and
 confidence streaming), ``stall_fallback``, ``early_stop_due``, and the pass bounds
 ``keep_undecided`` (min_steps) and ``everything`` (the last allowed pass).

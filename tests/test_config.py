@@ -120,3 +120,18 @@ def test_the_shipped_configs_batch_every_dtype(name):
     args = application(load_serve_config(Path(__file__).resolve().parents[1] / name))["args"]
     assert [m["replica"]["batch_invariance"] for m in args["models"]] == ["off"] * len(args["models"])
     assert all(ReplicaConfig.model_validate(m["replica"]).batch_invariance == "off" for m in args["models"])
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_remote_code_from_the_hub_must_be_pinned_to_a_commit():
+    remote = {"name": "llada", "engine": "diffusion", "source": "llada-remote", "path": "GSAI-ML/LLaDA-8B-Instruct"}
+    with pytest.raises(ValidationError, match="pin the hub id"):
+        ServerConfig(models=[remote])
+    assert ServerConfig(models=[{**remote, "revision": COMMIT}]).models[0].revision == COMMIT
+    with pytest.raises(ValidationError, match="revision"):
+        ServerConfig(models=[{**remote, "revision": "main"}])  # a branch moves: only a commit pins the code
+    for local in ("/models/LLaDA", "./ckpt", "~/ckpt"):  # a directory on the node is what was put there
+        ServerConfig(models=[{**remote, "path": local}])
+    ServerConfig(models=[{**remote, "source": "llada"}])  # native code runs no remote code: no pin required

@@ -24,7 +24,7 @@ def load_server_config(args: Mapping[str, Any], environ: Mapping[str, str] | Non
     if data.get("api_key") is None:
         data["api_key"] = _api_key_from(data.get("api_key_file"), env)
     config = ServerConfig.model_validate(data)
-    if config.require_api_key and not config.api_key:
+    if config.require_api_key and not config.key_sha256:
         raise ValueError(
             f"require_api_key is true but no API key reached the application: set args.api_key_file, or "
             f"{ENV_PREFIX}API_KEY(_FILE) in the application's runtime_env.env_vars (a variable exported in the shell "

@@ -30,6 +30,11 @@ class ModelConfig(StrictModel):
     engine: Literal["diffusion", "ar"]
     source: Literal["embedded", "llada", "dream", "llada-remote", "dream-remote", "diffusion_gemma", "hf"] = "embedded"
     path: str | None = None
+    revision: str | None = Field(None, pattern=r"^[0-9a-f]{40}$")
+    """The hub commit (40 hex digits) to load. Required for llada-remote / dream-remote from a hub id: their
+    modelling code runs in the replica (trust_remote_code), so it must be code someone has read, not whatever
+    the repository's default branch holds when a replica starts. Other hub sources use it when set.
+    """
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: cuda when the replica has a GPU."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -43,7 +48,16 @@ class ModelConfig(StrictModel):
             raise ValueError("source 'hf' loads causal LMs; set engine: ar")
         if self.source != "embedded" and not self.path:
             raise ValueError(f"source {self.source!r} needs a path (checkpoint directory or hub id)")
+        if self.source.endswith("-remote") and self.revision is None and not is_local_path(self.path or ""):
+            raise ValueError(f"source {self.source!r} runs the checkpoint's own code: pin the hub id {self.path!r} to "
+                             f"a commit with revision: <40-hex commit> (or use the native source "
+                             f"{self.source.removesuffix('-remote')!r}, which runs no remote code)")
         return self
+
+
+def is_local_path(path: str) -> bool:
+    """A checkpoint directory rather than a hub id (``org/name``): absolute, relative with ./ or ../, or ~."""
+    return path.startswith(("/", "./", "../", "~"))
 
 
 class ReplicaConfig(StrictModel):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+import hashlib
+import ipaddress
+from typing import Any, Mapping
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -83,6 +85,16 @@ class ServerConfig(StrictModel):
     """
     api_key_file: str | None = None
     """File holding the API key (env DFASTLLM_API_KEY_FILE); read at start, never shown."""
+    api_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """The API key's SHA-256 in lowercase hex, instead of the key (`printf %s "$KEY" | sha256sum`): a config that
+    holds only this never carries the secret. Whatever the key's source, the router receives only this digest.
+    """
+    allowed_hosts: list[str] | None = Field(None, max_length=256)
+    """Host header names (no port) the router answers; others get 403. Default: with no API key (and not
+    allow_unauthenticated), the loopback names only (localhost, 127.x.y.z, ::1), so that a web page whose
+    name an attacker points at 127.0.0.1 (DNS rebinding) cannot use a keyless server through the visitor's
+    browser; with a key, any host. ["*"] answers any host.
+    """
     allow_unauthenticated: bool = False
     """Serve without an API key although the HTTP proxies listen beyond loopback (http_options.host 0.0.0.0);
     without it such a server refuses to start.
@@ -91,6 +103,27 @@ class ServerConfig(StrictModel):
     """With an API key set, also answer /ready and /metrics without it (a load balancer or a Prometheus
     scraper on a private network). /health, the playground page and /version are always open.
     """
+
+    @model_validator(mode="after")
+    def _one_key(self) -> "ServerConfig":
+        if self.api_key is not None and self.api_key_sha256 not in (None, key_digest(self.api_key)):
+            raise ValueError("api_key and api_key_sha256 name different keys")
+        return self
+
+    @property
+    def key_sha256(self) -> str | None:
+        """The digest the router checks keys against (None: no key)."""
+        return key_digest(self.api_key) if self.api_key is not None else self.api_key_sha256
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether the router answers a request whose Host header names ``host`` (port removed)."""
+        if self.allowed_hosts is not None:
+            return "*" in self.allowed_hosts or host.lower() in (h.lower() for h in self.allowed_hosts)
+        return self.key_sha256 is not None or self.allow_unauthenticated or is_loopback(host.lower())
+
+    def for_router(self) -> dict[str, Any]:
+        """This config as the router's deployment argument: the key only as its digest, no key file path."""
+        return {**self.model_dump(exclude={"api_key", "api_key_file"}), "api_key_sha256": self.key_sha256}
 
     @field_validator("api_key")
     @classmethod
@@ -128,7 +161,7 @@ class ServerConfig(StrictModel):
         ``proxy_host`` is Serve's ``http_options.host`` (None when no Serve is running, e.g. under
         ``serve build``: nothing is exposed yet, the check runs again when the app is deployed).
         """
-        if self.api_key or self.allow_unauthenticated or proxy_host is None or is_loopback(proxy_host):
+        if self.key_sha256 or self.allow_unauthenticated or proxy_host is None or is_loopback(proxy_host):
             return
         raise ValueError(
             f"the HTTP proxies listen on {proxy_host} (not loopback) and no API key is configured: set "
@@ -138,4 +171,16 @@ class ServerConfig(StrictModel):
 
 
 def is_loopback(host: str) -> bool:
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1; IPv6 in brackets too). A name such as
+    ``127.0.0.1.example.com`` is not: it can resolve anywhere."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
+
+
+def key_digest(key: str | bytes) -> str:
+    """The SHA-256 (hex) of a key: of its UTF-8 bytes for a ``str``."""
+    return hashlib.sha256(key.encode("utf-8") if isinstance(key, str) else key).hexdigest()

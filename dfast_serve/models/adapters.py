@@ -131,22 +131,27 @@ def wrap_dream(network: nn.Module, tokenizer: Any, name: str = "dream") -> Diffu
 
 
 def load_hub_diffusion(
-    path: str, kind: DiffusionKind, name: str, device: str = "cpu", dtype: str = "bfloat16"
+    path: str, kind: DiffusionKind, name: str, device: str = "cpu", dtype: str = "bfloat16",
+    revision: str | None = None,
 ) -> DiffusionLM:
-    """LLaDA / Dream checkpoints, as their model cards load them (remote code, ``AutoModel``)."""
+    """LLaDA / Dream checkpoints, as their model cards load them (remote code, ``AutoModel``), at the hub
+    commit ``revision`` (the config requires one for a hub id: the code it pins is what runs here)."""
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-    network = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=_dtype(dtype)).to(device).eval()
+    pinned = {"revision": revision} if revision else {}
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True, **pinned)
+    network = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=_dtype(dtype), **pinned).to(device).eval()
     return (wrap_llada if kind == "llada" else wrap_dream)(network, tokenizer, name)
 
 
-def load_causal_lm(path: str, name: str, device: str = "cpu", dtype: str = "bfloat16") -> CausalLM:
-    """Any Hugging Face causal LM directory or hub id."""
+def load_causal_lm(path: str, name: str, device: str = "cpu", dtype: str = "bfloat16",
+                   revision: str | None = None) -> CausalLM:
+    """Any Hugging Face causal LM directory or hub id (at ``revision`` when given)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    network = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(dtype)).to(device).eval()
+    pinned = {"revision": revision} if revision else {}
+    tokenizer = AutoTokenizer.from_pretrained(path, **pinned)
+    network = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(dtype), **pinned).to(device).eval()
     return CausalLM(
         tokenizer=tokenizer, network=network, name=name, eos_token_ids=_eos_ids(tokenizer, network.config),
         max_context=int(getattr(network.config, "max_position_embeddings", 2048) or 2048),

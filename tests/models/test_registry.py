@@ -28,3 +28,29 @@ def test_importing_every_models_module_loads_no_higher_layer():
 def test_a_source_other_than_embedded_needs_a_path():
     with pytest.raises(ValueError, match="needs a path"):
         load_model(name="m", engine="diffusion", source="llada")
+
+
+class Loaded(Exception):
+    """Raised by the recording stand-in once it has seen a call (nothing can be downloaded here)."""
+
+
+@pytest.mark.parametrize("source", ["llada-remote", "dream-remote", "hf"])
+def test_the_pinned_revision_reaches_every_hub_download(monkeypatch, source):
+    """A fake ``from_pretrained`` (the hub is unreachable here) records what the loader asks for."""
+    import transformers
+
+    calls = []
+
+    def recording(cls, path, **kwargs):
+        calls.append((cls.__name__, path, kwargs))
+        if "Tokenizer" not in cls.__name__:
+            raise Loaded
+        return object()
+
+    for name in ("AutoTokenizer", "AutoModel", "AutoModelForCausalLM"):
+        monkeypatch.setattr(getattr(transformers, name), "from_pretrained", classmethod(recording))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    with pytest.raises(Loaded):
+        load_model(name="m", engine="ar" if source == "hf" else "diffusion", source=source, path="org/model",
+                   revision=commit)
+    assert [kwargs.get("revision") for _, _, kwargs in calls] == [commit, commit], calls

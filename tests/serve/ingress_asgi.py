@@ -30,8 +30,9 @@ def ingress_app(script: list[Any] | None = None, **config: Any) -> tuple[Starlet
 
 
 async def call(app: Starlette, path: str, body: list[Any], method: str = "POST",
-               headers: dict[str, str] = JSON) -> tuple[int, dict[str, str], bytes]:
-    """Send ``body`` (bytes parts, ``HANG`` or ``DISCONNECT``) as one request; the response."""
+               headers: dict[str, str] = JSON, host: str = "127.0.0.2:9") -> tuple[int, dict[str, str], bytes]:
+    """Send ``body`` (bytes parts, ``HANG`` or ``DISCONNECT``) as one request; the response. ``host``: the
+    Host header (by default an unusual loopback name, so a redirect built from it would show)."""
     parts = list(body)
 
     async def receive() -> dict[str, Any]:
@@ -51,7 +52,7 @@ async def call(app: Starlette, path: str, body: list[Any], method: str = "POST",
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
              "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(k.encode(), v.encode()) for k, v in {**headers, "host": "evil.example"}.items()],
+             "headers": [(k.encode(), v.encode()) for k, v in {**headers, "host": host}.items()],
              "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
     raised: Exception | None = None
     try:

@@ -128,7 +128,11 @@ CASES = [
          path="/v1/dfast/stream"),
     Case("GET on a POST route", 405, method="GET", code="method_not_allowed"),
     Case("trailing slash: no redirect", 404, GOOD, path="/v1/completions/", code="not_found",
-         headers={**JSON, "host": "evil.example"}),
+         headers={**JSON, "host": "127.0.0.2:9"}),
+    # DNS rebinding: a web page's own name, resolved to 127.0.0.1, reaching this keyless loopback server.
+    Case("keyless server, a page's Host", 403, GOOD, code="host_not_allowed", headers={**JSON, "host": "evil.example"}),
+    Case("keyless server, a name that starts like loopback", 403, GOOD, code="host_not_allowed",
+         headers={**JSON, "host": "127.0.0.1.evil.example:8000"}),
     Case("unknown route", 404, GOOD, path="/v1/embeddings", code="not_found"),
 ]
 

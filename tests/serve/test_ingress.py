@@ -147,3 +147,17 @@ def test_the_ingress_refuses_to_start_keyless_on_proxies_beyond_loopback(monkeyp
     IngressClass({**config, "api_key": "sekrit"}, {DIFFUSION: _Handle()}, {DIFFUSION: DiffusionOptions()})
     monkeypatch.setattr(ingress_module, "proxy_host", lambda: "127.0.0.1")
     IngressClass(config, {DIFFUSION: _Handle()}, {DIFFUSION: DiffusionOptions()})
+
+
+# ---- Host check (DNS rebinding) -----------------------------------------------------------------------
+def test_the_router_refuses_a_foreign_host_before_any_route_and_in_the_error_shape():
+    app, clients = ingress_app()
+    status, headers, raw = run(app, "/v1/models", [], method="GET", host="evil.example:8000")
+    assert error(status, headers, raw, 403)["code"] == "host_not_allowed"
+    status, headers, raw = run(app, "/v1/completions", [b'{"model": "tiny-mdlm", "prompt": "x"}'], host="evil.example")
+    assert error(status, headers, raw, 403)["code"] == "host_not_allowed"
+    assert not any(c.calls for c in clients.values())  # nothing reached a replica
+    assert run(app, "/v1/models", [], method="GET", host="localhost:8000")[0] == 200
+    app, _ = ingress_app(api_key="sekrit")
+    assert run(app, "/v1/models", [], method="GET", host="evil.example",
+               headers={"authorization": "Bearer sekrit"})[0] == 200

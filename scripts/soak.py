@@ -8,6 +8,16 @@ over time, so that a leak shows as steady growth. Not part of the test suite::
     .venv/bin/python scripts/soak.py --url http://127.0.0.1:8000 --concurrency 32 --duration 60 \\
         --output soak.json
 
+Fault injection (``--kill-replica-every S``): every S seconds a model replica actor is killed
+(``ray.kill``, as a crashed process or a lost node would end it; the script joins the Ray cluster
+with ``--ray-address``) while clients stream; ``--stalled-clients N`` adds N clients that send a
+streaming request and never read a byte. The report counts every request's ending: complete,
+error event + ``[DONE]``, 503 (shed), or hung (no ending before the client's timeout), so that
+"nothing lost, nothing hung" is a number::
+
+    .venv/bin/python scripts/soak.py --concurrency 8 --duration 90 --kill-replica-every 30 \
+        --stalled-clients 4 --output faults.json
+
 A server with an API key: set ``DFASTLLM_API_KEY_FILE`` (or ``DFASTLLM_API_KEY``) in the environment.
 Each client loops: one streamed completion (models taken in turn), read to ``[DONE]``. A 503
 with Retry-After (the server shedding load) is counted as ``rejected``, not as an error.
@@ -27,6 +37,8 @@ from typing import Any
 
 import psutil
 import requests
+import socket
+from urllib.parse import urlsplit
 
 PROMPTS = ["In the beginning", "And God said", "Recite Genesis 1:1.", "Why is the sky blue?",
            "The LORD is my shepherd", "Write one sentence about rivers."]
@@ -110,6 +122,47 @@ def client(args: argparse.Namespace, index: int, deadline: float, tally: Tally) 
             turn += 1
 
 
+def kill_replicas(args: argparse.Namespace, deadline: float, killed: list[dict[str, Any]]) -> None:
+    """Every ``kill_replica_every`` seconds, kill one model replica (the models' deployments in turn)."""
+    import ray
+
+    ray.init(address=args.ray_address, namespace="serve", logging_level="ERROR", log_to_driver=False)
+    turn = 0
+    while time.monotonic() + args.kill_replica_every < deadline:
+        time.sleep(args.kill_replica_every)
+        names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                       if a["name"].startswith("SERVE_REPLICA::") and "#Ingress#" not in a["name"])
+        if not names:
+            continue
+        name = names[turn % len(names)]
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        killed.append({"t_s": round(time.monotonic() - (deadline - args.duration), 1), "replica": name})
+        turn += 1
+
+
+def stalled_client(args: argparse.Namespace, headers: dict[str, str], deadline: float) -> dict[str, Any]:
+    """A streaming request whose client never reads: the server must neither hang nor hold it past
+    ``request_timeout_s``; whether the connection was ended by the server by the deadline is reported."""
+    url = urlsplit(args.url)
+    body = json.dumps({"model": args.models[0], "prompt": PROMPTS[0], "max_tokens": args.max_tokens,
+                       "stream": True}).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock = socket.create_connection((url.hostname, url.port or 80))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server feels the stall
+    sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {url.hostname}\r\nContent-Type: application/json\r\n"
+                 f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    time.sleep(max(0.0, deadline - time.monotonic()))
+    sock.setblocking(False)
+    received = b""
+    try:  # what the server sent meanwhile, now read at once (it ends with [DONE] if the request ended)
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    except BlockingIOError:
+        pass
+    sock.close()
+    return {"bytes": len(received), "ended": received.rstrip().endswith(b"[DONE]")}
+
+
 def serve_processes() -> dict[int, str]:
     """pid → Ray actor name, for the Serve actors on this machine.
 
@@ -188,6 +241,10 @@ def main() -> None:
     parser.add_argument("--request-timeout", type=float, default=120.0, help="client read timeout, seconds")
     parser.add_argument("--sample-interval", type=float, default=5.0)
     parser.add_argument("--output", default="soak.json")
+    parser.add_argument("--kill-replica-every", type=float, default=0.0,
+                        help="seconds between model replica kills (0: none)")
+    parser.add_argument("--ray-address", default="auto", help="the cluster to kill replicas in")
+    parser.add_argument("--stalled-clients", type=int, default=0, help="clients that never read their stream")
     args = parser.parse_args()
 
     tally, samples = Tally(), []
@@ -197,6 +254,13 @@ def main() -> None:
     threads = [threading.Thread(target=client, args=(args, i, deadline, tally), daemon=True)
                for i in range(args.concurrency)]
     samples.append(sample(args.url, started, probe_headers))
+    killed: list[dict[str, Any]] = []
+    if args.kill_replica_every > 0:
+        threads.append(threading.Thread(target=kill_replicas, args=(args, deadline, killed), daemon=True))
+    stalled: list[dict[str, Any]] = []
+    stall_until = deadline + args.request_timeout
+    threads += [threading.Thread(target=lambda: stalled.append(stalled_client(args, probe_headers, stall_until)),
+                                 daemon=True) for _ in range(args.stalled_clients)]
     for thread in threads:
         thread.start()
     while (left := deadline - time.monotonic()) > 0:
@@ -208,9 +272,12 @@ def main() -> None:
     hung = sum(thread.is_alive() for thread in threads)
     report = summarize(args, tally, samples, time.monotonic() - started)
     report["hung_clients"] = hung
+    report["replicas_killed"] = killed
+    report["stalled_clients"] = stalled
     with open(args.output, "w") as f:
         json.dump(report, f, indent=2)
     brief = {k: report[k] for k in ("elapsed_s", "requests", "outcomes", "rejected", "errors", "hung_clients",
+                                    "replicas_killed", "stalled_clients",
                                     "requests_per_s", "ttft_s", "e2e_s", "hung", "health_codes", "ready_codes", "memory")}
     print(json.dumps(brief, indent=2))
 

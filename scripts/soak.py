@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import json
+import re
 import statistics
 import threading
 import time
@@ -85,7 +86,9 @@ def one_request(session: requests.Session, url: str, model: str, prompt: str, ma
                     break
                 event = json.loads(data)
                 if "error" in event:
-                    return Outcome(model, 200, "stream_error", detail=json.dumps(event["error"])[:200])
+                    error = event["error"]
+                    detail = json.dumps({"code": error.get("code"), "message": error.get("message")})[:200]
+                    return Outcome(model, 200, "stream_error", detail=detail)
                 if ttft is None:
                     ttft = time.monotonic() - started
             if not done:
@@ -101,6 +104,12 @@ def _error_code(response: requests.Response) -> str:
         return str(response.json()["error"]["code"])
     except (ValueError, KeyError, TypeError):
         return response.text[:200]
+
+
+def _code_of(detail: str) -> str:
+    """The ``code`` of an error event's JSON (cut at 200 characters), else the detail's start."""
+    found = re.search(r'"code": "([^"]+)"', detail)
+    return found.group(1) if found else detail[:60]
 
 
 def auth_headers() -> dict[str, str]:
@@ -160,7 +169,7 @@ def stalled_client(args: argparse.Namespace, headers: dict[str, str], deadline: 
     except BlockingIOError:
         pass
     sock.close()
-    return {"bytes": len(received), "ended": received.rstrip().endswith(b"[DONE]")}
+    return {"bytes": len(received), "ended": b"data: [DONE]" in received}
 
 
 def serve_processes() -> dict[int, str]:
@@ -217,6 +226,8 @@ def summarize(args: argparse.Namespace, tally: Tally, samples: list[dict], elaps
         "errors": sum(n for kind, n in kinds.items() if kind not in ("ok", "rejected")),
         "per_model": {m: dict(Counter(o.kind for o in outcomes if o.model == m)) for m in args.models},
         "rejected": dict(Counter(f"{o.model}: {o.detail}" for o in outcomes if o.kind == "rejected")),
+        "error_codes": dict(Counter(f"{o.model}: {_code_of(o.detail)}" for o in outcomes
+                                    if o.kind not in ("ok", "rejected"))),
         "requests_per_s": round(len(ok) / elapsed, 2),
         "ttft_s": {"p50": percentile([o.ttft_s for o in ok if o.ttft_s is not None], 0.5),
                    "p99": percentile([o.ttft_s for o in ok if o.ttft_s is not None], 0.99)},
@@ -276,7 +287,7 @@ def main() -> None:
     report["stalled_clients"] = stalled
     with open(args.output, "w") as f:
         json.dump(report, f, indent=2)
-    brief = {k: report[k] for k in ("elapsed_s", "requests", "outcomes", "rejected", "errors", "hung_clients",
+    brief = {k: report[k] for k in ("elapsed_s", "requests", "outcomes", "rejected", "errors", "error_codes", "hung_clients",
                                     "replicas_killed", "stalled_clients",
                                     "requests_per_s", "ttft_s", "e2e_s", "hung", "health_codes", "ready_codes", "memory")}
     print(json.dumps(brief, indent=2))

@@ -10,7 +10,7 @@ over time, so that a leak shows as steady growth. Not part of the test suite::
 
 Fault injection (``--kill-replica-every S``): every S seconds a model replica actor is killed
 (``ray.kill``, as a crashed process or a lost node would end it; the script joins the Ray cluster
-with ``--ray-address``) while clients stream; ``--stalled-clients N`` adds N clients that send a
+with ``--ray-address``; ``--kill routers`` kills router replicas instead) while clients stream; ``--stalled-clients N`` adds N clients that send a
 streaming request and never read a byte. The report counts every request's ending: complete,
 error event + ``[DONE]``, 503 (shed), or hung (no ending before the client's timeout), so that
 "nothing lost, nothing hung" is a number::
@@ -132,7 +132,8 @@ def client(args: argparse.Namespace, index: int, deadline: float, tally: Tally) 
 
 
 def kill_replicas(args: argparse.Namespace, deadline: float, killed: list[dict[str, Any]]) -> None:
-    """Every ``kill_replica_every`` seconds, kill one model replica (the models' deployments in turn)."""
+    """Every ``kill_replica_every`` seconds, kill one replica of ``--kill`` (model replicas, the routers
+    (``Ingress``), or both), in turn."""
     import ray
 
     ray.init(address=args.ray_address, namespace="serve", logging_level="ERROR", log_to_driver=False)
@@ -140,7 +141,9 @@ def kill_replicas(args: argparse.Namespace, deadline: float, killed: list[dict[s
     while time.monotonic() + args.kill_replica_every < deadline:
         time.sleep(args.kill_replica_every)
         names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                       if a["name"].startswith("SERVE_REPLICA::") and "#Ingress#" not in a["name"])
+                       if a["name"].startswith("SERVE_REPLICA::")
+                       and {"models": "#Ingress#" not in a["name"], "routers": "#Ingress#" in a["name"],
+                            "both": True}[args.kill])
         if not names:
             continue
         name = names[turn % len(names)]
@@ -255,6 +258,8 @@ def main() -> None:
     parser.add_argument("--kill-replica-every", type=float, default=0.0,
                         help="seconds between model replica kills (0: none)")
     parser.add_argument("--ray-address", default="auto", help="the cluster to kill replicas in")
+    parser.add_argument("--kill", choices=("models", "routers", "both"), default="models",
+                        help="which replicas --kill-replica-every kills (routers: run two, router.num_replicas: 2)")
     parser.add_argument("--stalled-clients", type=int, default=0, help="clients that never read their stream")
     args = parser.parse_args()
 

@@ -120,3 +120,15 @@ def test_the_shipped_configs_batch_every_dtype(name):
     args = application(load_serve_config(Path(__file__).resolve().parents[1] / name))["args"]
     assert [m["replica"]["batch_invariance"] for m in args["models"]] == ["off"] * len(args["models"])
     assert all(ReplicaConfig.model_validate(m["replica"]).batch_invariance == "off" for m in args["models"])
+
+
+def test_an_ar_budget_must_exceed_the_running_decodes():
+    from dfast_serve.config.models import ServedModelConfig
+
+    replica = {"step_token_budget": 64, "max_ongoing_requests": 64, "max_canvas_tokens": 64}
+    with pytest.raises(ValidationError, match="must exceed replica.max_ongoing_requests"):
+        ServedModelConfig.model_validate({**AR, "replica": replica})
+    ServedModelConfig.model_validate({**DIFFUSION, "replica": replica})  # canvas tokens: no such rule
+    ServedModelConfig.model_validate({**AR, "replica": {**replica, "max_ongoing_requests": 63}})
+    assert ReplicaConfig().max_running_tokens == 8 * 8192
+    assert ReplicaConfig.model_validate({"max_running_tokens": None}).max_running_tokens is None

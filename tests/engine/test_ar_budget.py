@@ -1,0 +1,190 @@
+"""The AR engine's token budget (issue #24, Medium 3): chunked prefill within ``step_token_budget``,
+decodes never padded to a prompt, admission by reserved tokens. Counted in positions per forward
+call (a pre-hook on the network records each call's input shape), never in time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from dfast_serve.engine import EngineCore, GenerationRequest, SamplingParams, build_engine
+from dfast_serve.wire import APIError
+
+LONG = ("Summarize the following passage in one sentence. In the beginning God created the heaven and the earth. "
+        "And the earth was without form, and void; and darkness was upon the face of the deep. And the Spirit of God "
+        "moved upon the face of the waters. And God said, Let there be light: and there was light. And God saw the "
+        "light, that it was good: and God divided the light from the darkness.")
+
+
+@pytest.fixture(scope="module")
+def smollm2_fp32():
+    """float32: chunked and whole prefill differ only by rounding there, so greedy tokens agree."""
+    from dfast_serve.models.embedded import load_smollm2
+
+    return load_smollm2(dtype="float32")
+
+
+class Calls:
+    """Every forward call's (rows, input columns) on ``model``'s network, while in a ``with`` block."""
+
+    def __init__(self, model) -> None:
+        self.model, self.shapes = model, []
+
+    def __enter__(self) -> "Calls":
+        def record(module, args, kwargs):
+            self.shapes.append(tuple(kwargs["input_ids"].shape))
+
+        self.handle = self.model.network.register_forward_pre_hook(record, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+    def take(self) -> list[tuple[int, int]]:
+        shapes, self.shapes = self.shapes, []
+        return shapes
+
+
+def request(model, text, max_tokens, **params):
+    return GenerationRequest(model.encode_chat([{"role": "user", "content": text}]),
+                             SamplingParams(max_tokens=max_tokens, **params))
+
+
+def tokens_of(engine, req) -> list[int]:
+    seq = engine.start(req)
+    while not seq.finished:
+        engine.step_sequences([seq])
+    assert seq.error is None, seq.error
+    return list(seq.detokenizer.token_ids)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_greedy_answer(smollm2_fp32):
+    model = smollm2_fp32
+    req = request(model, LONG, 16, ignore_eos=True)
+    prompt = len(req.prompt_ids)
+    budget = 40
+    assert prompt > 2 * budget
+    whole = build_engine(model)  # no budget: one prefill pass
+    chunked = build_engine(model, max_batch_size=2, step_token_budget=budget)
+    with Calls(model) as calls:
+        expected = tokens_of(whole, req)
+        assert calls.take()[0] == (1, prompt)
+        seq = chunked.start(req)
+        steps = 0
+        while seq.prefilling:
+            chunked.step_sequences([seq])
+            steps += 1
+            assert seq.drain() == [] or not seq.prefilling  # no token before the last chunk
+        shapes = calls.take()
+    # a lone sequence takes the whole budget a step: ceil(prompt / budget) chunks, one pass each
+    assert steps == -(-prompt // budget) and [n for _, n in shapes] == [budget] * (steps - 1) + [prompt - budget * (steps - 1)]
+    assert seq.generated == 1 and seq.nfe == steps  # the first token is sampled after the last chunk
+    while not seq.finished:
+        chunked.step_sequences([seq])
+    assert list(seq.detokenizer.token_ids) == expected  # token for token
+
+
+def test_decodes_are_never_padded_to_a_prompt_and_a_step_keeps_its_budget(smollm2):
+    budget = 24
+    engine = build_engine(smollm2, max_batch_size=4, step_token_budget=budget)
+    short = [engine.start(request(smollm2, q, 40, ignore_eos=True)) for q in ("Why?", "Hi.")]
+    while any(s.prefilling for s in short):
+        engine.step_sequences(short)
+    long = engine.start(request(smollm2, LONG, 4))
+    with Calls(smollm2) as calls:
+        engine.step_sequences(short + [long])  # the step right after it arrives
+        first = calls.take()
+        assert long.cached > 0  # the new prompt's first chunk is in that step
+        steps = 1
+        while long.prefilling:
+            before = [s.generated for s in short]
+            engine.step_sequences(short + [long])
+            steps += 1
+            assert [s.generated for s in short] == [b + 1 for b in before]  # decodes advance every step
+            shapes = calls.take()
+            assert sorted(shapes) == sorted([(2, 1), (1, shapes[-1][1])])  # one decode pass, one chunk pass
+            assert sum(rows * columns for rows, columns in shapes) <= budget
+    assert first == [(2, 1), (1, budget - 2)]
+    assert steps > 2
+
+
+def test_strict_prefill_runs_in_one_row_with_fixed_chunks(smollm2):
+    """Strict batch invariance: decode passes keep their dummy rows, a prefill pass has one row (its shape
+    depends on its own prompt only) and chunks of budget - max_running whatever runs beside it."""
+    engine = build_engine(smollm2, max_batch_size=4, step_token_budget=36, batch_invariance="strict")
+    decode = engine.start(request(smollm2, "Why?", 20, ignore_eos=True))
+    engine.step_sequences([decode])
+    long = engine.start(request(smollm2, LONG, 2))
+    with Calls(smollm2) as calls:
+        while long.prefilling:
+            engine.step_sequences([decode, long])
+        shapes = calls.take()
+    prefill = [s for s in shapes if s[1] > 1]
+    assert all(rows == 1 for rows, _ in prefill) and len(prefill) > 1
+    assert all(s == (4, 1) for s in shapes if s[1] == 1)
+    assert long.cached == len(long.request.prompt_ids) and engine.family.chunk_tokens == 32
+
+
+# ---- admission by tokens: the core alone, with a family that runs nothing ----------------------------------
+@dataclass(eq=False)
+class Idle:
+    request: GenerationRequest
+    finished: bool = False
+    error: Exception | None = None
+    chunks: list = field(default_factory=list)
+
+    def drain(self):
+        return []
+
+
+class NoModel:
+    kind, max_batch_size = "test", 8
+
+    def validate(self, request):
+        pass
+
+    def start(self, request):
+        return Idle(request)
+
+    def schedule(self, sequences):
+        return []
+
+
+def sized(prompt: int, max_tokens: int) -> GenerationRequest:
+    return GenerationRequest(list(range(1, prompt + 1)), SamplingParams(max_tokens=max_tokens))
+
+
+def test_admission_holds_a_request_back_while_its_tokens_would_exceed_the_cap():
+    core = EngineCore(NoModel(), max_running=8, max_running_tokens=1000)
+    for owner, (prompt, answer) in enumerate([(300, 200), (200, 100), (400, 100), (10, 10)]):
+        core.add(sized(prompt, answer), owner)
+    core.step()
+    assert (core.running, core.waiting, core.running_tokens) == (2, 2, 800)  # 500 + 300; the third (500) waits
+    core.step()
+    assert core.running == 2  # and the small fourth does not overtake it
+    core.abort(0)
+    core.step()
+    assert (core.running, core.waiting, core.running_tokens) == (3, 0, 820)
+    unbounded = EngineCore(NoModel(), max_running=8)
+    for owner in range(3):
+        unbounded.add(sized(900, 900), owner)
+    unbounded.step()
+    assert unbounded.running == 3
+
+
+def test_a_request_larger_than_the_cap_is_refused_up_front(smollm2):
+    core = build_engine(smollm2, max_running_tokens=100)
+    core.validate(sized(50, 50))
+    with pytest.raises(APIError) as refused:
+        core.validate(sized(50, 51))
+    assert refused.value.status == 400 and refused.value.param == "max_tokens"
+    with pytest.raises(APIError) as refused:
+        core.validate(sized(100, 1))
+    assert refused.value.param == "prompt"
+
+
+def test_the_budget_must_leave_room_for_a_prefill_token(smollm2):
+    with pytest.raises(ValueError):
+        build_engine(smollm2, max_batch_size=4, step_token_budget=4)
+    assert build_engine(smollm2, max_batch_size=4, step_token_budget=5).family.chunk_tokens == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+import torch
 
 from dfast_serve.engine import EngineCore, GenerationRequest, SamplingParams, build_engine
 from dfast_serve.wire import APIError
@@ -188,3 +189,68 @@ def test_the_budget_must_leave_room_for_a_prefill_token(smollm2):
     with pytest.raises(ValueError):
         build_engine(smollm2, max_batch_size=4, step_token_budget=4)
     assert build_engine(smollm2, max_batch_size=4, step_token_budget=5).family.chunk_tokens == 1
+
+
+# ---- the KV cache is appended in place, not copied every step ----------------------------------------------
+class Stacks:
+    """Counts ``model.stack_caches`` calls (each copies every cache it is given into a new batch cache)."""
+
+    def __init__(self, model, monkeypatch) -> None:
+        self.count, stack = 0, model.stack_caches
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return stack(*args, **kwargs)
+
+        monkeypatch.setattr(model, "stack_caches", counted)
+
+
+def buffers(seq) -> set[int]:
+    """Where a sequence's cache lives: its layers' key buffers."""
+    cache = seq.past_key_values
+    cache = getattr(cache, "cache", cache)  # a row of a batch cache
+    return {layer._keys.data_ptr() for layer in cache.layers}
+
+
+def test_a_stable_decode_group_appends_to_one_batch_cache(smollm2, monkeypatch):
+    stacks = Stacks(smollm2, monkeypatch)
+    engine = build_engine(smollm2, max_batch_size=4)
+    group = [engine.start(request(smollm2, q, n, ignore_eos=True)) for q, n in (("Why?", 12), ("Hi.", 12), ("Say yes.", 5))]
+    engine.step_sequences(group)  # the prefills, each on a cache of its own
+    assert stacks.count == 0 and not any(s.prefilling for s in group)
+    engine.step_sequences(group)  # the decode group forms: one stack
+    assert stacks.count == 1
+    where = buffers(group[0])
+    while not group[2].finished:
+        engine.step_sequences([s for s in group if not s.finished])
+        assert buffers(group[0]) == where == buffers(group[1])  # the same buffers, written in place
+    assert stacks.count == 1  # no copy while the members stay
+    engine.step_sequences([s for s in group if not s.finished])  # one ended: the others regroup once
+    engine.step_sequences([s for s in group if not s.finished])
+    assert stacks.count == 2 and buffers(group[0]) != where
+
+
+def test_a_lone_request_never_copies_its_cache(smollm2, monkeypatch):
+    stacks = Stacks(smollm2, monkeypatch)
+    engine = build_engine(smollm2, max_batch_size=4, step_token_budget=64)
+    seq = engine.start(request(smollm2, LONG, 24, ignore_eos=True))
+    engine.step_sequences([seq])
+    where = buffers(seq)
+    while not seq.finished:
+        engine.step_sequences([seq])
+        assert buffers(seq) == where  # chunks and decodes extend the one cache sized for the request
+    assert stacks.count == 0 and seq.cached == len(seq.request.prompt_ids) + 23
+
+
+def test_a_growing_layer_writes_in_place_and_doubles_when_full(smollm2):
+    from dfast_serve.models.causal_lm import growing_layer
+
+    layer = growing_layer()(4)
+    k = torch.arange(2 * 3 * 3 * 2, dtype=torch.float32).reshape(2, 3, 3, 2)
+    keys, _ = layer.update(k, -k)
+    buffer = layer._keys.data_ptr()
+    keys, values = layer.update(k[:, :, :1], -k[:, :, :1])  # fits: in place
+    assert layer._keys.data_ptr() == buffer and keys.shape == (2, 3, 4, 2) and layer.get_seq_length() == 4
+    keys, values = layer.update(k, -k)  # full: doubled, contents kept
+    assert layer._keys.shape[-2] == 8 and layer.get_seq_length() == 7
+    assert torch.equal(keys, torch.cat([k, k[:, :, :1], k], dim=2)) and torch.equal(values, -keys)

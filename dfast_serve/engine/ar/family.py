@@ -14,9 +14,12 @@ stop-string hold-back): the first chunk leaves right after the pass that ends th
   extending the sequence's cache; its first token is sampled after the last chunk. Prompts that
   have not had a pass yet go first, so a newly arrived request's first pass is in the next step.
 
-``forward`` lays a decode pass's tokens out left-padded with an attention mask and explicit position
-ids; the model adapter (``models/causal_lm.py``) holds the caches. A model whose cache cannot be
-stacked runs its sequences one per pass.
+A decode pass runs on its group's batch cache (``_DecodeGroup``), rows left-padded to the longest with
+an attention mask and explicit position ids; the cache is kept from step to step and appended in
+place (``models/causal_lm.py``: ``GrowingLayer``), so a step copies no cache; the group's cache is
+stacked anew (each member's copied once) only when its members change (one joins after its prefill,
+one ends). A lone prefill or decode runs on the sequence's own cache, sized for its whole request.
+A model whose cache cannot be stacked runs its sequences one per pass.
 """
 
 from __future__ import annotations
@@ -27,14 +30,14 @@ from typing import Any, Callable, Iterator
 import torch
 
 from dfast_serve.engine.ar.shape import ArShape, layout
-from dfast_serve.engine.batching import left_pad, split_into
+from dfast_serve.engine.batching import split_into
 from dfast_serve.engine.core import Pass
 from dfast_serve.engine.detokenize import StreamingDetokenizer
 from dfast_serve.engine.limits import check_context, check_prompt
 from dfast_serve.engine.request import GenerationRequest
 from dfast_serve.engine.sampling import choose_tokens, make_generator
 from dfast_serve.engine.sequence import Sequence
-from dfast_serve.models.causal_lm import CausalLM
+from dfast_serve.models.causal_lm import BATCH_ROOM, CausalLM
 from dfast_serve.wire import BatchInvariance
 
 PassOutput = tuple[torch.Tensor, Callable[[int], Any]]  # rows' last logits (rows, vocab), row -> its cache
@@ -77,6 +80,16 @@ class ARSequence(Sequence):
         self.emit([token], exhausted=self.generated >= params.max_tokens)
 
 
+@dataclass(eq=False)
+class _DecodeGroup:
+    """Decoding sequences that share passes step after step, and their batch cache: row i is
+    ``sequences[i]``'s, left-padded to the longest (``mask``: (rows, columns), 1 on real keys)."""
+
+    sequences: list[ARSequence]
+    cache: Any
+    mask: torch.Tensor
+
+
 class Autoregressive:
     """The AR family on one causal LM. ``max_batch_size`` bounds how many decodes share a pass;
     ``step_token_budget`` (None: no bound, every prompt prefilled whole) the new tokens one step computes,
@@ -106,6 +119,7 @@ class Autoregressive:
         self.step_token_budget = step_token_budget
         self.chunk_tokens = None if step_token_budget is None else step_token_budget - max_running
         self._fixed = batch_invariance == "strict" and model.merges_caches
+        self._groups: dict[tuple[int, ...], _DecodeGroup] = {}  # decode passes' groups, kept while their members are
 
     def validate(self, request: GenerationRequest) -> None:
         check_prompt(request)
@@ -157,31 +171,69 @@ class Autoregressive:
                     yield Pass(batch, phase=DECODE, shape=shape)
             return
         size = self.max_batch_size if self.model.merges_caches else 1
-        for batch in split_into(decodes, size):
+        batches = split_into(decodes, size)
+        keys = {tuple(id(s) for s in batch) for batch in batches}
+        self._groups = {key: group for key, group in self._groups.items() if key in keys}  # release the others
+        for batch in batches:
             yield Pass(batch, phase=DECODE)
 
     def forward(self, pass_: Pass[ARSequence]) -> PassOutput:
         batch, shape = pass_.sequences, pass_.shape
-        inputs = [s.next_input[0, : self._new_tokens(pass_, row)] for row, s in enumerate(batch)]
-        if shape is None and len(batch) == 1:
+        if shape is not None:
+            return self._forward_fixed(pass_)
+        if pass_.phase == PREFILL or not self.model.merges_caches:
             seq = batch[0]
-            logits, cache = self.model.forward_alone(inputs[0][None], seq.past_key_values)
+            ids = seq.next_input[:, : self._new_tokens(pass_, 0)]
+            logits, cache = self.model.forward_alone(ids, seq.past_key_values, self._reserve(seq))
             return logits[None], lambda row: cache
+        return self._forward_decodes(batch)
+
+    def _forward_decodes(self, batch: list[ARSequence]) -> PassOutput:
+        """One token for each of ``batch`` on their decode group's batch cache, appended in place; the group
+        (and its cache: a copy of each member's) is formed anew only when its members change."""
+        key = tuple(id(s) for s in batch)  # the group holds its members: their ids are not reused meanwhile
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = self._group_of(batch)
+        device = self.model.device
+        ids = torch.cat([s.next_input for s in batch])
+        positions = torch.tensor([s.cached for s in batch], device=device)[:, None]
+        mask = torch.cat([group.mask, torch.ones((len(batch), 1), dtype=torch.long, device=device)], dim=1)
+        try:
+            logits, cache = self.model.forward_batch(ids, positions, mask, group.cache)
+        except Exception:
+            del self._groups[key]  # its cache may hold half a pass; members keep their rows as they were
+            raise
+        group.cache, group.mask = cache, mask
+        end, lengths = mask.shape[1], [s.cached + 1 for s in batch]
+        return logits, lambda row: self.model.row_of(cache, row, end, lengths[row])
+
+    def _group_of(self, batch: list[ARSequence]) -> "_DecodeGroup":
         device = self.model.device
         past_lens = [s.cached for s in batch]
-        if shape is not None:  # [cache padding | cache | input padding | input], fixed columns and rows
-            ids, positions, mask = layout(inputs, past_lens, shape, device)
-            columns, rows = shape.past, shape.rows
-        else:  # decodes: one new token each, their caches padded to the longest
-            ids, input_mask = left_pad(inputs)
-            positions = torch.tensor(past_lens, device=device)[:, None]
-            columns, rows = max(past_lens), len(batch)
-            past_mask = torch.zeros((rows, columns), dtype=torch.long, device=device)
-            for i, past in enumerate(past_lens):
-                past_mask[i, columns - past :] = 1
-            mask = torch.cat([past_mask, input_mask], dim=1)
-        cache = self.model.stack_caches([s.past_key_values for s in batch], past_lens, columns, rows)
-        return self.model.forward_batch(ids, positions, mask, cache)
+        columns = max(past_lens)
+        mask = torch.zeros((len(batch), columns), dtype=torch.long, device=device)
+        for i, past in enumerate(past_lens):
+            mask[i, columns - past :] = 1
+        if len(batch) == 1 and self.model.owns(batch[0].past_key_values):  # its own cache: take it over as is
+            return _DecodeGroup(batch, batch[0].past_key_values, mask)
+        cache = self.model.stack_caches([s.past_key_values for s in batch], past_lens, columns, len(batch), BATCH_ROOM)
+        return _DecodeGroup(batch, cache, mask)
+
+    def _forward_fixed(self, pass_: Pass[ARSequence]) -> PassOutput:
+        """Strict batch invariance: [cache padding | cache | input padding | input], fixed columns and rows;
+        each row's cache is copied back out of the pass's batch cache."""
+        batch, shape = pass_.sequences, pass_.shape
+        inputs = [s.next_input[0, : self._new_tokens(pass_, row)] for row, s in enumerate(batch)]
+        past_lens = [s.cached for s in batch]
+        ids, positions, mask = layout(inputs, past_lens, shape, self.model.device)
+        cache = self.model.stack_caches([s.past_key_values for s in batch], past_lens, shape.past, shape.rows)
+        logits, merged = self.model.forward_batch(ids, positions, mask, cache)
+        return logits, lambda row: self.model.copy_row(merged, row, mask[row])
+
+    def _reserve(self, seq: ARSequence) -> int:
+        """The positions a sequence's own cache is sized for: its whole request (no reallocation alone)."""
+        return min(len(seq.request.prompt_ids) + seq.request.params.max_tokens, self.model.max_context)
 
     @torch.inference_mode()  # the logits are inference tensors: their processors work on them in place
     def advance(self, seq: ARSequence, row: int, output: PassOutput, pass_: Pass[ARSequence]) -> None:

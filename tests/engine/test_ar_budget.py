@@ -254,3 +254,30 @@ def test_a_growing_layer_writes_in_place_and_doubles_when_full(smollm2):
     keys, values = layer.update(k, -k)  # full: doubled, contents kept
     assert layer._keys.shape[-2] == 8 and layer.get_seq_length() == 7
     assert torch.equal(keys, torch.cat([k, k[:, :, :1], k], dim=2)) and torch.equal(values, -keys)
+
+
+def test_a_failed_group_pass_is_retried_alone_on_the_caches_it_had(smollm2_fp32):
+    """A decode group's pass fails midway (after writing some layers' columns): each member is run alone
+    from the columns it had, and every answer is what it is without the failure."""
+    model = smollm2_fp32
+    reqs = [request(model, q, 6, ignore_eos=True) for q in ("Why?", "Hi.", "Say yes.")]
+    expected = [tokens_of(build_engine(model), r) for r in reqs]
+    engine = build_engine(model, max_batch_size=4)
+    seqs = [engine.start(r) for r in reqs]
+    state = {"passes": 0}
+
+    def fail_third_group_pass(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[0] > 1:
+            state["passes"] += 1
+            if state["passes"] == 3:  # the third group pass, at layer 5: layers 0-4 have written their columns
+                raise RuntimeError("out of memory (simulated)")
+
+    handle = model.network.model.layers[5].register_forward_pre_hook(fail_third_group_pass, with_kwargs=True)
+    try:
+        while any(not s.finished for s in seqs):
+            engine.step_sequences([s for s in seqs if not s.finished])
+    finally:
+        handle.remove()
+    assert state["passes"] == 5 and engine.forward_passes == 3 + 5 + 3  # prefills, group passes (one failed), 3 alone
+    assert [list(s.detokenizer.token_ids) for s in seqs] == expected and all(s.error is None for s in seqs)

@@ -87,7 +87,7 @@ class ReplicaConfig(StrictModel):
     """New tokens one step's forward passes compute. Diffusion: canvas tokens; each step runs the requests that
     have had the fewest canvas tokens so far, as many as fit, so a short request never waits on more than this much
     other work between two of its passes (a long canvas runs alone). AR: every running decode takes one token, and
-    prompts are prefilled with the rest, in chunks over several steps when longer (chunked prefill), new prompts
+    prompts are prefilled with the rest, in chunks over several steps when longer (chunked prefill), the shortest
     first; so it must exceed max_ongoing_requests.
     """
     max_running_tokens: int | None = Field(65536, ge=64, le=100_000_000)

@@ -110,6 +110,19 @@ def test_decodes_are_never_padded_to_a_prompt_and_a_step_keeps_its_budget(smollm
     assert steps > 2
 
 
+def test_a_new_short_prompt_goes_before_a_long_one_halfway_through_its_chunks(smollm2):
+    budget = 40
+    engine = build_engine(smollm2, max_batch_size=4, step_token_budget=budget)
+    long = engine.start(request(smollm2, LONG, 4))
+    engine.step_sequences([long])
+    short = engine.start(request(smollm2, "Why?", 4))
+    n = len(short.request.prompt_ids)
+    with Calls(smollm2) as calls:
+        engine.step_sequences([long, short])  # the long one arrived first and is running
+    assert calls.take() == [(1, n), (1, budget - n)]  # the new short prompt whole, the long one the rest
+    assert not short.prefilling and short.generated == 1 and long.cached == budget + budget - n
+
+
 def test_strict_prefill_runs_in_one_row_with_fixed_chunks(smollm2):
     """Strict batch invariance: decode passes keep their dummy rows, a prefill pass has one row (its shape
     depends on its own prompt only) and chunks of budget - max_running whatever runs beside it."""

@@ -11,8 +11,9 @@ stop-string hold-back): the first chunk leaves right after the pass that ends th
 * prompts are prefilled in their own passes, one sequence a pass, with what is left of
   ``step_token_budget`` after the decodes (each counts 1): a prompt longer than that is prefilled in
   chunks over several steps (chunked prefill, vLLM's ``max_num_batched_tokens``), each chunk
-  extending the sequence's cache; its first token is sampled after the last chunk. Prompts that
-  have not had a pass yet go first, so a newly arrived request's first pass is in the next step.
+  extending the sequence's cache; its first token is sampled after the last chunk. The shortest
+  remaining prompt goes first, so a newly arrived short request is prefilled in the next step even
+  beside a long prompt halfway through its chunks (which gets the rest of the budget).
 
 A decode pass runs on its group's batch cache (``_DecodeGroup``), rows left-padded to the longest with
 an attention mask and explicit position ids; the cache is kept from step to step and appended in
@@ -137,11 +138,11 @@ class Autoregressive:
 
     def schedule(self, sequences: list[ARSequence]) -> Iterator[Pass[ARSequence]]:
         """Decode passes (one token for every decoding sequence), then prefill passes (one sequence each,
-        new prompts first) with what is left of the budget."""
+        the shortest remaining prompt first, ties in arrival order) with what is left of the budget."""
         decodes = [s for s in sequences if not s.prefilling]
         yield from self._decode_passes(decodes)
         left = None if self.step_token_budget is None else self.step_token_budget - len(decodes)
-        prompts = sorted((s for s in sequences if s.prefilling), key=lambda s: s.cached > 0)  # stable: arrival order
+        prompts = sorted((s for s in sequences if s.prefilling), key=lambda s: s.next_input.shape[1])  # stable
         for seq in prompts:
             remaining = seq.next_input.shape[1]
             if left is None:

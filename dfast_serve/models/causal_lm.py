@@ -10,8 +10,8 @@ so such a model runs its sequences one per pass.
 
 Stackable caches are ``GrowingLayer``s: preallocated key/value buffers that a pass writes its new
 columns into in place (transformers' ``DynamicLayer`` concatenates, copying the whole layer every
-pass). A sequence's own cache is sized for its whole request up front; a batch cache keeps room to
-grow and, when full, doubles (amortized: a constant number of copies per token). So a batch cache
+pass). A sequence's own cache is sized for its prompt and a first part of its answer; a batch cache
+keeps room to grow; either, when full, doubles (amortized: a constant number of copies per token). So a batch cache
 kept across steps is appended to, not copied, every decode step.
 """
 

@@ -19,7 +19,8 @@ A decode pass runs on its group's batch cache (``_DecodeGroup``), rows left-padd
 an attention mask and explicit position ids; the cache is kept from step to step and appended in
 place (``models/causal_lm.py``: ``GrowingLayer``), so a step copies no cache; the group's cache is
 stacked anew (each member's copied once) only when its members change (one joins after its prefill,
-one ends). A lone prefill or decode runs on the sequence's own cache, sized for its whole request.
+one ends). A lone prefill or decode runs on the sequence's own cache, sized for its prompt and a
+first part of its answer, doubling when full.
 A model whose cache cannot be stacked runs its sequences one per pass.
 """
 
@@ -233,8 +234,10 @@ class Autoregressive:
         return logits, lambda row: self.model.copy_row(merged, row, mask[row])
 
     def _reserve(self, seq: ARSequence) -> int:
-        """The positions a sequence's own cache is sized for: its whole request (no reallocation alone)."""
-        return min(len(seq.request.prompt_ids) + seq.request.params.max_tokens, self.model.max_context)
+        """The positions a sequence's own cache is first sized for: its prompt and up to ``BATCH_ROOM`` answer
+        tokens (it doubles when full; sizing it for ``max_tokens`` up front would hold memory that an answer
+        ending early never uses)."""
+        return len(seq.request.prompt_ids) + min(seq.request.params.max_tokens, BATCH_ROOM)
 
     @torch.inference_mode()  # the logits are inference tensors: their processors work on them in place
     def advance(self, seq: ARSequence, row: int, output: PassOutput, pass_: Pass[ARSequence]) -> None:

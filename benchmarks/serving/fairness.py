@@ -93,11 +93,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--ar-context", type=int, default=None,
                     help="cap on the AR worst request's prompt + max_tokens (default: the model's context)")
     ap.add_argument("--ar-worst-answer", type=int, default=256, help="the AR worst request's max_tokens")
+    ap.add_argument("--budgets", default=None,
+                    help="comma-separated step_token_budget values to compare, 'none' for no budget "
+                         "(default: the replica default and none)")
     add_save_result(ap, "fairness")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     defaults = ReplicaConfig()
-    budgets = {f"step_token_budget {defaults.step_token_budget}": defaults.step_token_budget, "no budget": None}
+    chosen = args.budgets.split(",") if args.budgets else [str(defaults.step_token_budget), "none"]
+    budgets = {"no budget" if b == "none" else f"step_token_budget {b}": None if b == "none" else int(b) for b in chosen}
     engines = args.engines.split(",")
     cases: dict[tuple[str, str], tuple[StepLoop, GenerationRequest, GenerationRequest, bool]] = {}
     config: dict[str, Any] = {**vars(args), "normal_max_tokens": NORMAL_TOKENS}

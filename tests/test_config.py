@@ -135,3 +135,15 @@ def test_remote_code_from_the_hub_must_be_pinned_to_a_commit():
     for local in ("/models/LLaDA", "./ckpt", "~/ckpt"):  # a directory on the node is what was put there
         ServerConfig(models=[{**remote, "path": local}])
     ServerConfig(models=[{**remote, "source": "llada"}])  # native code runs no remote code: no pin required
+
+
+def test_an_ar_budget_must_exceed_the_running_decodes():
+    from dfast_serve.config.models import ServedModelConfig
+
+    replica = {"step_token_budget": 64, "max_ongoing_requests": 64, "max_canvas_tokens": 64}
+    with pytest.raises(ValidationError, match="must exceed replica.max_ongoing_requests"):
+        ServedModelConfig.model_validate({**AR, "replica": replica})
+    ServedModelConfig.model_validate({**DIFFUSION, "replica": replica})  # canvas tokens: no such rule
+    ServedModelConfig.model_validate({**AR, "replica": {**replica, "max_ongoing_requests": 63}})
+    assert ReplicaConfig().max_running_tokens == 8 * 8192
+    assert ReplicaConfig.model_validate({"max_running_tokens": None}).max_running_tokens is None

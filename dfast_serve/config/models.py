@@ -98,9 +98,17 @@ class ReplicaConfig(StrictModel):
     """
 
     step_token_budget: int = Field(2048, ge=64, le=1_000_000)
-    """Diffusion: canvas tokens one step's forward passes compute. Each step runs the requests that have had the
-    fewest canvas tokens so far, as many as fit, so a short request never waits on more than this much other
-    work between two of its passes (a long canvas runs alone).
+    """New tokens one step's forward passes compute. Diffusion: canvas tokens; each step runs the requests that
+    have had the fewest canvas tokens so far, as many as fit, so a short request never waits on more than this much
+    other work between two of its passes (a long canvas runs alone). AR: every running decode takes one token, and
+    prompts are prefilled with the rest, in chunks over several steps when longer (chunked prefill), the shortest
+    first; so it must exceed max_ongoing_requests.
+    """
+    max_running_tokens: int | None = Field(65536, ge=64, le=100_000_000)
+    """Prompt + max_tokens of the requests a replica runs at once, together (what their KV caches or canvases may
+    come to hold); a request waits in the replica's queue until it fits, and one that alone exceeds it gets 400
+    context_length_exceeded. None: only max_ongoing_requests counts. The default, 8 x 8192, changes nothing for the
+    embedded models at the default max_ongoing_requests; it bounds a long-context model's memory.
     """
     max_canvas_tokens: int = Field(2048, ge=16, le=1_000_000)
     """Diffusion: prompt + max_tokens of one request at most (also capped by the model's context); at most
@@ -163,3 +171,12 @@ class ServedModelConfig(ModelConfig):
     replica: ReplicaConfig = Field(default_factory=ReplicaConfig)
     diffusion: dict[str, Any] = Field(default_factory=dict)
     """Partial DiffusionOptions for this model (serve_config.yaml layer)."""
+
+    @model_validator(mode="after")
+    def _ar_budget_fits_decodes(self) -> "ServedModelConfig":
+        replica = self.replica
+        if self.engine == "ar" and replica.step_token_budget <= replica.max_ongoing_requests:
+            raise ValueError(f"replica.step_token_budget ({replica.step_token_budget}) must exceed "
+                             f"replica.max_ongoing_requests ({replica.max_ongoing_requests}) for an AR model: each "
+                             "running decode takes one token of a step, and a prompt needs at least one")
+        return self

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dfast_serve.engine.ar.family import Autoregressive
 from dfast_serve.engine.block.family import BlockDiffusion
-from dfast_serve.engine.core import EngineCore, Family, Pass, StepOutput
+from dfast_serve.engine.core import EngineCore, Family, Pass, StepOutput, reserved_tokens
 from dfast_serve.engine.limits import EngineLimits
 from dfast_serve.engine.masked.family import MaskedDiffusion
 from dfast_serve.engine.request import GenerationRequest
@@ -24,25 +24,28 @@ Engine = EngineCore
 
 def build_engine(model: DiffusionLM | DiffusionGemmaLM | CausalLM, max_batch_size: int = 8,
                  step_token_budget: int | None = None, batch_invariance: BatchInvariance = "off", *,
-                 max_running: int | None = None, limits: EngineLimits = EngineLimits(),
-                 diffusion_defaults: DiffusionOptions | None = None) -> EngineCore:
+                 max_running: int | None = None, max_running_tokens: int | None = None,
+                 limits: EngineLimits = EngineLimits(), diffusion_defaults: DiffusionOptions | None = None) -> EngineCore:
     """The engine for ``model``. ``max_batch_size`` bounds how many sequences share a forward pass,
-    ``max_running`` how many requests run at once (default ``max_batch_size``), ``step_token_budget``
-    (masked diffusion) the canvas tokens one step computes, ``batch_invariance`` whether a request's
+    ``max_running`` how many requests run at once (default ``max_batch_size``), ``max_running_tokens``
+    (None: no cap) their reserved tokens together (prompt + ``max_tokens`` each), ``step_token_budget``
+    the new tokens one step computes (masked diffusion: canvas tokens; AR: decodes and prefill chunks;
+    None: no bound), ``batch_invariance`` whether a request's
     output may depend on its batch mates (see ``wire.options.BatchInvariance``), ``limits`` what a
     request may ask for beyond the model's context. ``diffusion_defaults`` are the model's resolved
     options (DiffusionGemma compares a request's with them); a diffusion request without options runs
     with them (callers resolve a model's defaults into each request: ``config.resolve_diffusion_options``).
     """
     family: Family
+    max_running = max_running or max_batch_size
     if isinstance(model, DiffusionLM):
         family = MaskedDiffusion(model, max_batch_size, step_token_budget, batch_invariance, limits)
     elif isinstance(model, DiffusionGemmaLM):
         # Its decoder passes share rows of equal cache length, with no fixed shape: strict runs one a pass.
         family = BlockDiffusion(model, 1 if batch_invariance == "strict" else max_batch_size, diffusion_defaults)
     else:
-        family = Autoregressive(model, max_batch_size, batch_invariance)
-    return EngineCore(family, max_running or max_batch_size)
+        family = Autoregressive(model, max_batch_size, batch_invariance, step_token_budget, max_running)
+    return EngineCore(family, max_running, max_running_tokens, getattr(family, "reserved_tokens", reserved_tokens))
 
 
 __all__ = ["Autoregressive", "BlockDiffusion", "Engine", "EngineCore", "EngineLimits", "Family", "GenerationRequest",

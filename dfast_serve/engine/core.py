@@ -1,7 +1,8 @@
 """The engine core: one step = schedule → run → advance, the same for every model family.
 
-``EngineCore.step`` admits waiting requests (up to ``max_running``), drops aborted ones, then runs
-the running sequences' step and returns each request's output:
+``EngineCore.step`` admits waiting requests in arrival order (up to ``max_running`` requests, and
+while the running requests' reserved tokens stay within ``max_running_tokens``), then runs the
+running sequences' step and returns each request's output:
 
 * **schedule** — the family says which sequences run and how they share forward passes
   (``Family.schedule`` yields ``Pass``es; masked diffusion's fair turns within its token budget and
@@ -26,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generic, Iterable, Iterator, Protocol, TypeVar
 
+from dfast_serve.engine.limits import check_context
 from dfast_serve.engine.request import GenerationRequest
 from dfast_serve.engine.sequence import Sequence
 from dfast_serve.wire import StreamingChunk
@@ -74,6 +76,12 @@ class Family(Protocol[S]):
     def advance(self, seq: S, row: int, output: Any, pass_: Pass[S]) -> None: ...
 
 
+def reserved_tokens(request: GenerationRequest) -> int:
+    """What a request counts against ``max_running_tokens``: its prompt and every answer token it may
+    produce (the positions its cache or canvas may come to hold). A family may count otherwise."""
+    return len(request.prompt_ids) + request.params.max_tokens
+
+
 @dataclass
 class StepOutput:
     """What one step did for one request: its new chunks and, once it ended, how."""
@@ -94,10 +102,17 @@ class _Entry:
 @dataclass
 class EngineCore:
     """Runs one model family's requests: ``add`` / ``abort`` / ``step`` for a serving loop, or
-    ``generate`` for one request alone. ``forward_passes`` counts every pass run (retries included)."""
+    ``generate`` for one request alone. ``forward_passes`` counts every pass run (retries included).
+
+    Admission: at most ``max_running`` requests run at once, and (unless it is None) their ``cost``
+    (default ``reserved_tokens``: prompt + ``max_tokens``) sums to at most ``max_running_tokens``; the
+    queue's head waits until both hold (later requests wait behind it: no overtaking), and a request
+    whose own cost exceeds the cap is refused by ``validate`` (400), as it could never start."""
 
     family: Family
     max_running: int = 8
+    max_running_tokens: int | None = None
+    cost: Callable[[GenerationRequest], int] = reserved_tokens
     forward_passes: int = 0
     failed_in_a_row: int = 0  # passes that failed even for one sequence alone, since the last that ran
     _waiting: deque[_Entry] = field(default_factory=deque, repr=False)
@@ -120,6 +135,11 @@ class EngineCore:
         return len(self._running)
 
     @property
+    def running_tokens(self) -> int:
+        """The running requests' reserved tokens (what ``max_running_tokens`` caps)."""
+        return sum(self.cost(e.request) for e in self._running)
+
+    @property
     def has_work(self) -> bool:
         return bool(self._waiting or self._running)
 
@@ -127,6 +147,9 @@ class EngineCore:
     def validate(self, request: GenerationRequest) -> None:
         """Raise ``APIError`` (400 naming the field) for a request this model cannot run."""
         self.family.validate(request)
+        if self.max_running_tokens is not None:
+            check_context(request, self.max_running_tokens, self.cost(request) - len(request.prompt_ids),
+                          why="the replica's max_running_tokens")
 
     def add(self, request: GenerationRequest, owner: Any) -> None:
         """Queue a validated request; its outputs carry ``owner``."""
@@ -153,7 +176,11 @@ class EngineCore:
 
     def _admit(self) -> list[StepOutput]:
         refused = []
+        tokens = self.running_tokens
         while self._waiting and len(self._running) < self.max_running:
+            cost = self.cost(self._waiting[0].request)
+            if self.max_running_tokens is not None and self._running and tokens + cost > self.max_running_tokens:
+                break  # the head waits for running requests to end; no later one overtakes it
             entry = self._waiting.popleft()
             try:
                 entry.sequence = self.family.start(entry.request)
@@ -161,6 +188,7 @@ class EngineCore:
                 refused.append(StepOutput(entry.owner, [], exc, True))
                 continue
             self._running.append(entry)
+            tokens += cost
         return refused
 
     def step_sequences(self, sequences: list[Sequence]) -> None:

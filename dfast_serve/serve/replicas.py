@@ -192,9 +192,10 @@ class ModelReplica:
 
 def engine_for(model: Any, replica: ReplicaConfig, diffusion: DiffusionOptions | None = None) -> EngineCore:
     """The replica's engine: step-level batching up to ``replica.max_batch_size`` for every dtype, at most
-    ``replica.max_ongoing_requests`` running, with ``replica.batch_invariance`` deciding whether a request's
-    output may depend on its batch mates and the replica's caps on what one request may ask for."""
+    ``replica.max_ongoing_requests`` running and ``replica.max_running_tokens`` reserved by them, the step's
+    ``replica.step_token_budget``, with ``replica.batch_invariance`` deciding whether a request's output may
+    depend on its batch mates and the replica's caps on what one request may ask for."""
     return build_engine(model, replica.max_batch_size, replica.step_token_budget, replica.batch_invariance,
-                        max_running=replica.max_ongoing_requests,
+                        max_running=replica.max_ongoing_requests, max_running_tokens=replica.max_running_tokens,
                         limits=EngineLimits(replica.max_canvas_tokens, replica.max_block_length),
                         diffusion_defaults=diffusion)

@@ -113,9 +113,9 @@ def ar_alone_and_batched(model, mode, monkeypatch):
     seen: dict[str, list[torch.Tensor]] = {}
     advance = ar.ARSequence.advance
 
-    def recording(seq, logits, cache):
+    def recording(seq, logits):
         seen.setdefault(seq.request.request_id, []).append(logits.clone())
-        advance(seq, logits, cache)
+        advance(seq, logits)
 
     monkeypatch.setattr(ar.ARSequence, "advance", recording)
     requests = [GenerationRequest(model.encode_chat([{"role": "user", "content": p}]),

@@ -12,7 +12,8 @@ from dfast_serve.engine.batching import bucket
 
 @dataclass(frozen=True)
 class ArShape:
-    """An AR pass's fixed shape: input columns and cached key columns per row, and rows.
+    """An AR pass's fixed shape: input columns and cached key columns per row, and rows (a decode pass:
+    ``max_batch_size``, dummy rows filling it; a prefill pass: 1, as a prompt always runs alone).
 
     A prefill row's input pads to ``bucket(prompt + 1)``; a decode row (one new token) attends to
     ``bucket(past + 2)`` keys, its cache padded to one less. The ``+ 1``: every row keeps at least one

@@ -12,8 +12,10 @@ Cost is bounded whatever the number of positions (a diffusion pass may sample a 
 * rows are sampled in chunks of at most ``CHUNK_ELEMENTS`` logits (``row_chunks``), so no temporary
   is larger than a chunk's, and none is float64 over the vocabulary;
 * with top-k or top-p the draw runs over a candidate pre-selection taken by ``topk`` on the logits in
-  their own dtype: the user's top-k, else (top-p) the best ``NUCLEUS_CANDIDATES``, doubled while their
-  mass (against the float32 log-sum-exp of the whole row) falls short of ``top_p``. The nucleus is then
+  their own dtype: the user's top-k, else (top-p) the best ``NUCLEUS_CANDIDATES``, and for the rows whose
+  candidates' mass falls short of ``top_p`` (a flat distribution) ``NUCLEUS_GROWTH`` times as many, up
+  to the whole row (a sort, in the logits' dtype). The mass is against the row's total: the candidates'
+  in float64 plus the rest's in float32. The nucleus is then
   cut and the draw made in float64 on the candidates only. Exact: the nucleus is a prefix of the
   descending order, and the candidates are that prefix (up to ties in the last logit, as any sort);
 * plain temperature sampling draws over the whole vocabulary, exactly, in float32: softmax, cumulative
@@ -33,7 +35,8 @@ from typing import Iterator
 import torch
 
 CHUNK_ELEMENTS = 1 << 22  # logits sampled at once (rows × vocab): 16 MB per float32 temporary
-NUCLEUS_CANDIDATES = 256  # top-p looks at this many best tokens first, doubling while their mass falls short
+NUCLEUS_CANDIDATES = 256  # top-p looks at this many best tokens first
+NUCLEUS_GROWTH = 8  # then, for the rows whose candidates fall short of top_p, this many times more, and so on
 
 
 def row_chunks(rows: int, vocab: int) -> Iterator[slice]:
@@ -80,25 +83,38 @@ def _sample(logits: torch.Tensor, temperature: float, generator: torch.Generator
             top_p: float) -> torch.Tensor:
     """Tokens for a chunk of rows (rows, vocab)."""
     vocab = logits.shape[-1]
-    has_top_k = 0 < top_k < vocab
-    if not has_top_k and top_p >= 1.0:
+    if 0 < top_k < vocab:
+        return _from_candidates(logits, top_k, temperature, top_p, None, generator)[0]
+    if top_p >= 1.0:
         return _inverse_cdf((logits.float() / temperature).softmax(-1), generator)
-    k = top_k if has_top_k else min(vocab, NUCLEUS_CANDIDATES)
-    scaled = None if has_top_k else logits.float() / temperature
-    while True:
-        values, indices = torch.topk(logits, k, dim=-1)  # descending, in the logits' own dtype
-        tempered = values.double() / temperature
-        if top_p < 1.0:
-            # top-k renormalises before top-p (as Hugging Face); without top-k the mass is the whole row's
-            total = torch.logsumexp(tempered, -1, keepdim=True)
-            if scaled is not None and k < vocab:
-                total = _with_rest(total, scaled, indices)
-            probs = (tempered - total).exp()
-            if scaled is not None and k < vocab and bool((probs.sum(-1) < top_p).any()):
-                k = min(vocab, 2 * k)  # the candidates' mass falls short of the nucleus
-                continue
-            tempered = tempered.masked_fill(probs.cumsum(-1) - probs >= top_p, float("-inf"))  # keep the one crossing
-        return indices.gather(-1, _inverse_cdf(tempered.softmax(-1), generator)[:, None])[:, 0]
+    scaled = logits.float() / temperature
+    tokens = torch.empty(len(logits), dtype=torch.long, device=logits.device)
+    pending = torch.arange(len(logits), device=logits.device)
+    k = min(vocab, NUCLEUS_CANDIDATES)
+    while len(pending):  # rows whose candidates' mass fell short retry with NUCLEUS_GROWTH times as many
+        drawn, short = _from_candidates(logits[pending], k, temperature, top_p, scaled[pending], generator)
+        tokens[pending[~short]] = drawn[~short]
+        pending, k = pending[short], min(vocab, NUCLEUS_GROWTH * k)
+    return tokens
+
+
+def _from_candidates(logits: torch.Tensor, k: int, temperature: float, top_p: float, scaled: torch.Tensor | None,
+                     generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens drawn among each row's ``k`` best, and which rows' candidates fell short of ``top_p``
+    (their token is not valid). ``scaled`` (the float32 tempered rows): top-p is over the whole row's
+    mass, as without top-k; None: over the candidates' (top-k renormalises before top-p, as Hugging Face)."""
+    values, indices = torch.topk(logits, k, dim=-1)  # descending, in the logits' own dtype
+    tempered = values.double() / temperature
+    short = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+    if top_p < 1.0:
+        total = torch.logsumexp(tempered, -1, keepdim=True)
+        if scaled is not None and k < logits.shape[-1]:
+            total = _with_rest(total, scaled, indices)
+        probs = (tempered - total).exp()
+        if scaled is not None and k < logits.shape[-1]:
+            short = probs.sum(-1) < top_p
+        tempered = tempered.masked_fill(probs.cumsum(-1) - probs >= top_p, float("-inf"))  # keep the one crossing
+    return indices.gather(-1, _inverse_cdf(tempered.softmax(-1), generator)[:, None])[:, 0], short
 
 
 def _with_rest(candidates_total: torch.Tensor, scaled: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

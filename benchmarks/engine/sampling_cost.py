@@ -9,7 +9,7 @@ tokens) and records the largest tensor it allocates (a torch dispatch mode sees 
 views are not counted): sampling runs in row chunks of ``sampling.CHUNK_ELEMENTS`` logits, so this
 stays bounded whatever the number of positions. The last table sets the sampling rate against
 tiny-mdlm's forward pass: how many sampled logits cost as much as one canvas token
-(``masked.family.SAMPLED_LOGITS_PER_TOKEN`` is chosen from it).
+(``masked.family.FILTERED_LOGITS_PER_TOKEN`` and ``PLAIN_LOGITS_PER_TOKEN`` are chosen from it).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.harness.results import add_save_result, finish, markdown_table
 from dfast_serve.engine import sampling
-from dfast_serve.engine.masked.family import SAMPLED_LOGITS_PER_TOKEN
+from dfast_serve.engine.masked.family import FILTERED_LOGITS_PER_TOKEN, PLAIN_LOGITS_PER_TOKEN
 from dfast_serve.engine.masked.proposal import propose
 from dfast_serve.wire import SamplingParams
 from dfast_serve.wire.options import DiffusionOptions
@@ -117,9 +117,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              round(c["largest_tensor_mb"], 1), round(c["logits_per_canvas_token"])] for label, c in cases.items()]
     table = (markdown_table(header, rows)
              + f"\ntiny-mdlm forward: {forward['seconds_per_token'] * 1e6:.0f} µs per canvas token "
-               f"({forward['canvas_tokens']}-token canvas); the engine counts {SAMPLED_LOGITS_PER_TOKEN} sampled "
-               f"logits as one canvas token; chunks of {sampling.CHUNK_ELEMENTS} logits\n")
-    return finish({"cases": cases, "forward": forward, "sampled_logits_per_token": SAMPLED_LOGITS_PER_TOKEN,
+               f"({forward['canvas_tokens']}-token canvas); the engine counts {FILTERED_LOGITS_PER_TOKEN} logits sampled "
+               f"with top-k/top-p, {PLAIN_LOGITS_PER_TOKEN} otherwise, as one canvas token; chunks of "
+               f"{sampling.CHUNK_ELEMENTS} logits\n")
+    return finish({"cases": cases, "forward": forward, "filtered_logits_per_token": FILTERED_LOGITS_PER_TOKEN,
+                   "plain_logits_per_token": PLAIN_LOGITS_PER_TOKEN,
                    "chunk_elements": sampling.CHUNK_ELEMENTS}, "sampling_cost", args, table=table,
                   out=args.save_result)
 

@@ -158,10 +158,10 @@ def test_samples_next_predicts_what_the_pass_samples(tiny_mdlm):
 
 def test_a_request_sampling_every_position_gets_fewer_turns(tiny_mdlm):
     """Same canvas, same passes' canvas tokens: the one sampling all 64 positions a pass (a block as
-    long as the answer) against one sampling its 8-position block. Counting canvas tokens alone they
-    would share every step; counting the sampling, the light one runs more often."""
+    long as the answer) against one sampling its 8-position block, both with top-p. Counting canvas
+    tokens alone they would share every step; counting the sampling, the light one runs more often."""
     ids = tiny_mdlm.encode_chat([{"role": "user", "content": "Recite Psalms 23:1."}])
-    params = SamplingParams(max_tokens=64, ignore_eos=True, temperature=1.0, seed=0)
+    params = SamplingParams(max_tokens=64, ignore_eos=True, temperature=1.0, top_p=0.9, seed=0)
     heavy = GenerationRequest(ids, params, DiffusionOptions(ultra_fast=False, block_length=64))
     light = GenerationRequest(ids, params, DiffusionOptions(ultra_fast=False, block_length=8))
     engine = build_engine(tiny_mdlm, max_batch_size=8, step_token_budget=4096)
@@ -169,7 +169,19 @@ def test_a_request_sampling_every_position_gets_fewer_turns(tiny_mdlm):
     for _ in range(12):
         engine.step_sequences([a, b])
     assert b.nfe >= 2 * a.nfe > 0
-    assert engine.family.sampling_work(64) == 64 * 8192 // 2048
-    # each pass's work: its canvas tokens and 4 per sampled position (8192 / 2048); the heavy one's first
+    # each pass's work: its canvas tokens and 8 per sampled position (8192 / 1024); the heavy one's first
     # pass samples all 64, the light one's at most its block of 8
-    assert a.work >= a.nfe * len(a.canvas) + 4 * 64 and b.work <= b.nfe * (len(b.canvas) + 4 * 8)
+    assert a.work >= a.nfe * len(a.canvas) + 8 * 64 and b.work <= b.nfe * (len(b.canvas) + 8 * 8)
+
+
+def test_greedy_and_plain_sampling_count_less_than_top_k_or_top_p(tiny_mdlm):
+    engine = build_engine(tiny_mdlm)
+    engine.family.vocab = 8192
+    work = {}
+    for label, params in {"greedy": SamplingParams(temperature=0.0, top_p=0.5), "plain": SamplingParams(temperature=1.0),
+                          "top_p": SamplingParams(temperature=1.0, top_p=0.9),
+                          "top_k": SamplingParams(temperature=1.0, top_k=20),
+                          "top_k = vocab": SamplingParams(temperature=1.0, top_k=8192)}.items():
+        seq = engine.start(GenerationRequest([5, 6], params))
+        work[label] = engine.family.sampling_work(seq, 100)
+    assert work == {"greedy": 25, "plain": 25, "top_p": 800, "top_k": 800, "top_k = vocab": 25}

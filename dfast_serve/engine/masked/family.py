@@ -34,16 +34,15 @@ from dfast_serve.models.adapters import DiffusionLM
 from dfast_serve.wire.tensors import KeyValues
 
 
-SAMPLED_LOGITS_PER_TOKEN = 2048
-"""The work of one canvas token's forward pass, in sampled logits: a pass that samples ``n`` positions over a
-``vocab`` counts ``n * vocab // SAMPLED_LOGITS_PER_TOKEN`` canvas tokens beside the ones it computes.
-Measured (``benchmarks/engine/sampling_cost.py``): on a CPU thread, tiny-mdlm's forward costs as much per
-canvas token as top-p sampling (with its confidence) does over ~2,000-2,500 logits; plain temperature
-~14,000, greedy ~90,000. On a GPU the forward is compute-bound and sampling memory-bound: reading and
-writing a 126k-vocabulary row some ten times (~10 MB, ~2 µs on an H200) against ~16 GFLOP for one
-LLaDA-8B token (~30 ns) gives the same order. Every request pays the top-p rate, a greedy one included:
-a sampled position costs the same whoever samples it, so only the mix of sampled to computed positions
-moves a request's share."""
+FILTERED_LOGITS_PER_TOKEN = 1024
+"""The work of one canvas token's forward pass, in logits sampled with top-k or top-p: a pass that samples
+``n`` positions over a ``vocab`` counts ``n * vocab // FILTERED_LOGITS_PER_TOKEN`` canvas tokens beside the
+ones it computes. Measured on one CPU thread (``benchmarks/engine/sampling_cost.py``): tiny-mdlm's forward
+costs as much per canvas token as top-p sampling and its confidence over ~900-1,300 logits (flat rows, whose
+nucleus needs a sort)."""
+PLAIN_LOGITS_PER_TOKEN = 32768
+"""The same for greedy or plain-temperature sampling (a few passes over each row, no selection): measured
+~42,000-85,000 logits per canvas token; counted a little dearer, rounded to a power of two."""
 
 
 class MaskedDiffusion:
@@ -127,7 +126,7 @@ class MaskedDiffusion:
         for seq in sequences:
             if seq.nfe == 0:
                 seq.work = max(seq.work, floor)  # a newcomer does not get the backlog of everyone's past passes
-        cost = {id(seq): plans[id(seq)].tokens + self.sampling_work(seq.samples_next(plans[id(seq)]))
+        cost = {id(seq): plans[id(seq)].tokens + self.sampling_work(seq, seq.samples_next(plans[id(seq)]))
                 for seq in sequences}
 
         def finish(seq: DiffusionSequence) -> int:
@@ -143,9 +142,12 @@ class MaskedDiffusion:
             used += cost[id(seq)]
         return chosen
 
-    def sampling_work(self, positions: int) -> int:
-        """Sampling ``positions`` over the vocabulary, in canvas tokens (``SAMPLED_LOGITS_PER_TOKEN``)."""
-        return positions * self.vocab // SAMPLED_LOGITS_PER_TOKEN
+    def sampling_work(self, seq: DiffusionSequence, positions: int) -> int:
+        """``seq`` sampling ``positions`` over the vocabulary, in canvas tokens: at ``FILTERED_LOGITS_PER_TOKEN``
+        with top-k or top-p at a temperature above 0, else at ``PLAIN_LOGITS_PER_TOKEN``."""
+        params = seq.request.params
+        filtered = params.temperature > 0 and (0 < params.top_k < self.vocab or params.top_p < 1.0)
+        return positions * self.vocab // (FILTERED_LOGITS_PER_TOKEN if filtered else PLAIN_LOGITS_PER_TOKEN)
 
     def _passes(self, chosen: list[DiffusionSequence], plans: dict[int, ForwardPlan]) -> list[list[DiffusionSequence]]:
         """Forward passes for the step, shortest slices first: up to ``max_batch_size`` rows, and (with a
@@ -224,7 +226,7 @@ class MaskedDiffusion:
         window = logits[row, logits.shape[1] - (plan.end - first) :]
         window[:, self.model.mask_token_id] = -torch.inf  # the mask is never a valid answer token
         seq.advance(window, first - seq.prompt_len)
-        seq.work += plan.tokens + self.sampling_work(seq.sampled)
+        seq.work += plan.tokens + self.sampling_work(seq, seq.sampled)
 
     def _cached_forward(
         self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, plans: list[ForwardPlan], keep: int

@@ -10,18 +10,19 @@ so that it acts on the tempered distribution as in vLLM.
 Cost is bounded whatever the number of positions (a diffusion pass may sample a whole canvas):
 
 * rows are sampled in chunks of at most ``CHUNK_ELEMENTS`` logits (``row_chunks``), so no temporary
-  is larger than a chunk's, and none is float64 over the vocabulary;
+  is larger than a chunk's, whatever the number of rows;
 * with top-k or top-p the draw runs over a candidate pre-selection taken by ``topk`` on the logits in
-  their own dtype: the user's top-k, else (top-p) the best ``NUCLEUS_CANDIDATES``, and for the rows whose
-  candidates' mass falls short of ``top_p`` (a flat distribution) ``NUCLEUS_GROWTH`` times as many, up
-  to the whole row (a sort, in the logits' dtype). The mass is against the row's total: the candidates'
-  in float64 plus the rest's in float32. The nucleus is then
-  cut and the draw made in float64 on the candidates only. Exact: the nucleus is a prefix of the
-  descending order, and the candidates are that prefix (up to ties in the last logit, as any sort);
+  their own dtype: the user's top-k, else (top-p) the best ``NUCLEUS_CANDIDATES``, and for the rows
+  whose candidates' mass falls short of ``top_p`` (a flat distribution) ``NUCLEUS_GROWTH`` times as
+  many, up to the whole row (a sort). The mass is against the row's total: the candidates' in float64
+  plus the rest's in float32. The nucleus is then cut and the draw made in float64 on the candidates
+  only (so over whole rows only for flat ones, and within a chunk). Exact: the nucleus is a prefix of
+  the descending order, and the candidates hold that prefix (up to ties in the last logit, as any sort);
 * plain temperature sampling draws over the whole vocabulary, exactly, in float32: softmax, cumulative
   sum and one uniform per row (inverse CDF). Each token's interval in the cumulative sum is its
   probability up to one float32 rounding (~6e-8 absolute), so only tokens rarer than that are
-  mis-weighted. A candidate pre-selection would instead drop the tail outright.
+  mis-weighted; a candidate pre-selection would instead drop the tail outright. Greedy (temperature 0)
+  is an argmax, as before.
 
 The draw itself is by inverse CDF (one uniform per row, from the request's generator): the same
 seed gives the same tokens.

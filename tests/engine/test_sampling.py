@@ -105,15 +105,16 @@ def test_top_k_then_top_p_draws_the_exact_filtered_distribution():
 
 
 def test_rows_whose_candidates_fall_short_grow_them_and_still_draw_the_exact_nucleus(monkeypatch):
-    """Flat rows need more than NUCLEUS_CANDIDATES; peaked rows in the same call do not."""
+    """Flat rows need more than NUCLEUS_CANDIDATES; peaked rows in the same call do not. At a
+    temperature other than 1, so that the rest of the row's mass is tempered too."""
     monkeypatch.setattr(sampling, "NUCLEUS_CANDIDATES", 2)
     monkeypatch.setattr(sampling, "NUCLEUS_GROWTH", 2)
-    flat = torch.linspace(0.0, 1.0, 30)[None]
+    flat = torch.linspace(0.0, 3.0, 30)[None]
     peaked = torch.zeros(1, 30)
     peaked[0, 5] = 10.0
     rows = torch.cat([flat.repeat(30000, 1), peaked.repeat(10, 1)])
-    drawn = choose_tokens(rows, 1.0, torch.Generator().manual_seed(5), top_p=0.7)
-    expected = filter_logits(flat.double(), 0, 0.7)[0].softmax(-1)
+    drawn = choose_tokens(rows, 1.5, torch.Generator().manual_seed(5), top_p=0.7)
+    expected = filter_logits(flat.double() / 1.5, 0, 0.7)[0].softmax(-1)
     assert (frequencies(drawn[:30000], 30) - expected).abs().max() < 0.008
     assert set(drawn[:30000].tolist()) == set(torch.nonzero(expected > 0)[:, 0].tolist())
     assert set(drawn[30000:].tolist()) == {5}
@@ -135,10 +136,10 @@ def test_sampling_a_large_vocabulary_makes_no_float64_row_and_no_temporary_beyon
     rows, vocab = 64, 126_464
     logits = peaked_logits(rows, vocab, torch.bfloat16)
     assert logits.numel() > 1.9 * sampling.CHUNK_ELEMENTS
-    for kwargs in ({"top_p": 0.95}, {"top_k": 50}, {}):
+    for kwargs in ({"top_p": 0.95}, {"top_k": 50}, {}, {"top_k": vocab}):  # top_k = vocab: no filter
         with TensorSizes() as sizes:
             drawn = choose_tokens(logits, 2.0, torch.Generator().manual_seed(0), **kwargs)
-        assert drawn.shape == (rows,) and bool((drawn < 8).all()) == bool(kwargs)
+        assert drawn.shape == (rows,) and bool((drawn < 8).all()) == (kwargs in ({"top_p": 0.95}, {"top_k": 50}))
         assert sizes.largest(torch.float64) <= rows * sampling.NUCLEUS_CANDIDATES, kwargs
         assert sizes.largest() <= sampling.CHUNK_ELEMENTS, kwargs
 
@@ -154,3 +155,31 @@ def test_propose_reads_confidence_chunk_by_chunk():
         assert bool(p.known.all()) and bool((p.tokens < 8).all()) and bool((p.confidence > 0).all())
     # the chunked confidence is the whole-row softmax's
     assert torch.allclose(p.confidence, logits.float().softmax(-1).gather(-1, p.tokens[:, None])[:, 0])
+
+
+def test_a_single_row_whose_candidates_fall_short_is_not_renormalised_over_them(monkeypatch):
+    """One row at a time (fewer rows than candidates): top-p is still over the whole row's mass, so
+    when the first candidates fall short the nucleus reaches past them."""
+    monkeypatch.setattr(sampling, "NUCLEUS_CANDIDATES", 2)
+    flat = torch.linspace(0.0, 2.0, 30)[None]
+    generator = torch.Generator().manual_seed(6)
+    drawn = [int(choose_tokens(flat, 2.0, generator, top_p=0.7)) for _ in range(2000)]
+    nucleus = set(torch.nonzero(filter_logits(flat / 2.0, 0, 0.7)[0] > -torch.inf)[:, 0].tolist())
+    assert len(nucleus) > 2 and set(drawn) == nucleus
+
+
+def test_row_chunks_hold_at_most_chunk_elements_and_at_least_one_row():
+    chunk = sampling.CHUNK_ELEMENTS
+    assert list(sampling.row_chunks(10, chunk // 4)) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert list(sampling.row_chunks(3, 3 * chunk)) == [slice(0, 1), slice(1, 2), slice(2, 3)]  # a row beyond a chunk
+    assert list(sampling.row_chunks(chunk, 1)) == [slice(0, chunk)]
+    assert list(sampling.row_chunks(0, 8)) == []
+
+
+def test_one_row_of_logits_gives_one_token_as_a_0_d_tensor():
+    """The AR engine passes the last position's logits, 1-D (vocab,)."""
+    logits = torch.tensor([0.0, 3.0, 1.0, -1.0])
+    assert choose_tokens(logits, 0.0, None).shape == () and int(choose_tokens(logits, 0.0, None)) == 1
+    for kwargs in ({}, {"top_k": 2}, {"top_p": 0.9}):
+        token = choose_tokens(logits, 1.0, torch.Generator().manual_seed(0), **kwargs)
+        assert token.shape == () and 0 <= int(token) < 4

@@ -163,9 +163,10 @@ def test_a_single_row_whose_candidates_fall_short_is_not_renormalised_over_them(
     monkeypatch.setattr(sampling, "NUCLEUS_CANDIDATES", 2)
     flat = torch.linspace(0.0, 2.0, 30)[None]
     generator = torch.Generator().manual_seed(6)
-    drawn = [int(choose_tokens(flat, 2.0, generator, top_p=0.7)) for _ in range(2000)]
-    nucleus = set(torch.nonzero(filter_logits(flat / 2.0, 0, 0.7)[0] > -torch.inf)[:, 0].tolist())
-    assert len(nucleus) > 2 and set(drawn) == nucleus
+    for temperature in (2.0, 0.5):  # the rest of the row's mass tempered as the candidates are
+        drawn = [int(choose_tokens(flat, temperature, generator, top_p=0.7)) for _ in range(2000)]
+        nucleus = set(torch.nonzero(filter_logits(flat / temperature, 0, 0.7)[0] > -torch.inf)[:, 0].tolist())
+        assert len(nucleus) > 2 and set(drawn) == nucleus, temperature
 
 
 def test_row_chunks_hold_at_most_chunk_elements_and_at_least_one_row():

@@ -118,6 +118,11 @@ class ReplicaConfig(StrictModel):
     """Diffusion: largest dfast.block_length a request may ask for (a block is what every pass samples over);
     larger gets 400 naming dfast.block_length.
     """
+    max_draft_tokens: int = Field(64, ge=1, le=1_000_000)
+    """Diffusion: positions past the stream's cursor that a request's draft (native API draft: true) samples at
+    each pass and shows; the draft text ends there. Sampling reads a position's whole vocabulary, so an uncapped
+    draft would sample every undecided position of the canvas at every pass.
+    """
 
     @field_validator("batch_invariance", mode="before")
     @classmethod

@@ -17,11 +17,14 @@ class EngineLimits:
     """Caps a server puts on one request beyond the model's context (None: no cap).
 
     ``max_canvas_tokens``: prompt + answer positions of a diffusion canvas (every pass computes them all);
-    ``max_block_length``: a masked-diffusion block (the positions one block's passes score).
+    ``max_block_length``: a masked-diffusion block (the positions one block's passes score);
+    ``max_draft_tokens``: the positions past the stream's cursor a masked-diffusion ``draft`` samples
+    and shows (a draft would otherwise sample every undecided position at every pass).
     """
 
     max_canvas_tokens: int | None = None
     max_block_length: int | None = None
+    max_draft_tokens: int | None = None
 
 
 def check_prompt(request: GenerationRequest) -> None:

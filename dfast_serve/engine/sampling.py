@@ -6,17 +6,50 @@ temperature would keep a different nucleus: a low temperature sharpens the distr
 tokens reach ``top_p``.) The repetition penalty and min-p are applied to the logits before this
 (``Sequence.shape_logits``); min-p is expressed there on the raw logits, scaled by the temperature,
 so that it acts on the tempered distribution as in vLLM.
+
+Cost is bounded whatever the number of positions (a diffusion pass may sample a whole canvas):
+
+* rows are sampled in chunks of at most ``CHUNK_ELEMENTS`` logits (``row_chunks``), so no temporary
+  is larger than a chunk's, whatever the number of rows;
+* with top-k or top-p the draw runs over a candidate pre-selection taken by ``topk`` on the logits in
+  their own dtype: the user's top-k, else (top-p) the best ``NUCLEUS_CANDIDATES``, and for the rows
+  whose candidates' mass falls short of ``top_p`` (a flat distribution) ``NUCLEUS_GROWTH`` times as
+  many, up to the whole row (a sort). The mass is against the row's total: the candidates' in float64
+  plus the rest's in float32. The nucleus is then cut and the draw made in float64 on the candidates
+  only (so over whole rows only for flat ones, and within a chunk). Exact: the nucleus is a prefix of
+  the descending order, and the candidates hold that prefix (up to ties in the last logit, as any sort);
+* plain temperature sampling draws over the whole vocabulary, exactly, in float32: softmax, cumulative
+  sum and one uniform per row (inverse CDF). Each token's interval in the cumulative sum is its
+  probability up to one float32 rounding (~6e-8 absolute), so only tokens rarer than that are
+  mis-weighted; a candidate pre-selection would instead drop the tail outright. Greedy (temperature 0)
+  is an argmax, as before.
+
+The draw itself is by inverse CDF (one uniform per row, from the request's generator): the same
+seed gives the same tokens.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import torch
 
+CHUNK_ELEMENTS = 1 << 22  # logits sampled at once (rows × vocab): 16 MB per float32 temporary
+NUCLEUS_CANDIDATES = 256  # top-p looks at this many best tokens first
+NUCLEUS_GROWTH = 8  # then, for the rows whose candidates fall short of top_p, this many times more, and so on
+
+
+def row_chunks(rows: int, vocab: int) -> Iterator[slice]:
+    """Slices of ``rows`` holding at most ``CHUNK_ELEMENTS`` logits each (at least one row)."""
+    step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
+    for start in range(0, rows, step):
+        yield slice(start, min(start + step, rows))
+
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set logits outside the top-k / nucleus (top-p) to -inf, along the last dimension."""
+    """Set logits outside the top-k / nucleus (top-p) to -inf, along the last dimension (a full sort:
+    the reference the sampler's candidate pre-selection is tested against)."""
     if top_k and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -29,41 +62,79 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-NUCLEUS_CANDIDATES = 256  # top-p looks at this many best tokens first; the full sort only if they fall short
-
-
 def choose_tokens(
     logits: torch.Tensor, temperature: float, generator: torch.Generator | None, top_k: int = 0, top_p: float = 1.0
 ) -> torch.Tensor:
-    """Greedy at temperature 0 (top-k/top-p always keep the argmax); otherwise Gumbel-max sampling
-    (float64, as LLaDA does) from ``softmax(logits / temperature)`` restricted by top-k/top-p.
-
-    With top-k or top-p the draw runs over the best candidates only (top-p: the best
-    ``NUCLEUS_CANDIDATES``, whose probability mass almost always covers ``top_p``; where it does not,
-    the whole vocabulary is sorted): exact, without sorting the vocabulary at every position."""
+    """One token per row of ``logits`` (..., vocab): greedy at temperature 0 (top-k/top-p always keep
+    the argmax); otherwise drawn from ``softmax(logits / temperature)`` restricted by top-k/top-p,
+    chunk by chunk (see the module docstring)."""
     if temperature <= 0:
         # max(-1) picks the first maximal index as argmax does, and is 1.4x (float32) to 4x (bf16) faster on a
         # CPU over a 126k vocabulary (benchmarks/peers/vs_dlmserve.py's op profile)
         return logits.max(-1).indices
-    tempered = logits.double() / temperature
-    vocab = tempered.shape[-1]
-    if not (0 < top_k < vocab) and top_p >= 1.0:
-        return _gumbel_argmax(tempered, generator)
-    k = top_k if 0 < top_k < vocab else min(vocab, NUCLEUS_CANDIDATES)
-    values, indices = torch.topk(tempered, k, dim=-1)
+    vocab = logits.shape[-1]
+    rows = logits.reshape(-1, vocab)
+    out = torch.empty(rows.shape[0], dtype=torch.long, device=logits.device)
+    for part in row_chunks(rows.shape[0], vocab):
+        out[part] = _sample(rows[part], temperature, generator, top_k, top_p)
+    return out.reshape(logits.shape[:-1])
+
+
+def _sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None, top_k: int,
+            top_p: float) -> torch.Tensor:
+    """Tokens for a chunk of rows (rows, vocab)."""
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        return _from_candidates(logits, top_k, temperature, top_p, None, generator)[0]
+    if top_p >= 1.0:
+        return _inverse_cdf((logits.float() / temperature).softmax(-1), generator)
+    scaled = logits.float() / temperature
+    tokens = torch.empty(len(logits), dtype=torch.long, device=logits.device)
+    pending = torch.arange(len(logits), device=logits.device)
+    k = min(vocab, NUCLEUS_CANDIDATES)
+    while len(pending):  # rows whose candidates' mass fell short retry with NUCLEUS_GROWTH times as many
+        drawn, short = _from_candidates(logits[pending], k, temperature, top_p, scaled[pending], generator)
+        tokens[pending[~short]] = drawn[~short]
+        pending, k = pending[short], min(vocab, NUCLEUS_GROWTH * k)
+    return tokens
+
+
+def _from_candidates(logits: torch.Tensor, k: int, temperature: float, top_p: float, scaled: torch.Tensor | None,
+                     generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens drawn among each row's ``k`` best, and which rows' candidates fell short of ``top_p``
+    (their token is not valid). ``scaled`` (the float32 tempered rows): top-p is over the whole row's
+    mass, as without top-k; None: over the candidates' (top-k renormalises before top-p, as Hugging Face)."""
+    values, indices = torch.topk(logits, k, dim=-1)  # descending, in the logits' own dtype
+    tempered = values.double() / temperature
+    short = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
     if top_p < 1.0:
-        # top-k renormalises before top-p (as Hugging Face); without top-k the mass is the whole vocabulary's
-        total = torch.logsumexp(values if 0 < top_k < vocab else tempered, dim=-1, keepdim=True)
-        probs = (values - total).exp()
-        if not 0 < top_k < vocab and bool((probs.sum(-1) < top_p).any()):
-            return _gumbel_argmax(filter_logits(tempered, 0, top_p), generator)
-        values = values.masked_fill(probs.cumsum(-1) - probs >= top_p, float("-inf"))  # keep the one crossing top_p
-    return indices.gather(-1, _gumbel_argmax(values, generator)[..., None])[..., 0]
+        total = torch.logsumexp(tempered, -1, keepdim=True)
+        if scaled is not None and k < logits.shape[-1]:
+            total = _with_rest(total, scaled, indices)
+        probs = (tempered - total).exp()
+        if scaled is not None and k < logits.shape[-1]:
+            short = probs.sum(-1) < top_p
+        tempered = tempered.masked_fill(probs.cumsum(-1) - probs >= top_p, float("-inf"))  # keep the one crossing
+    return indices.gather(-1, _inverse_cdf(tempered.softmax(-1), generator)[:, None])[:, 0], short
 
 
-def _gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
-    return (logits - torch.log(-torch.log(uniform.clamp_min(1e-20)))).argmax(-1)
+def _with_rest(candidates_total: torch.Tensor, scaled: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """The log-sum-exp of whole rows: the candidates' (float64, exact) plus the rest's, summed in float32
+    (a small mass when the candidates cover the nucleus, so its rounding hardly moves the total)."""
+    top = candidates_total.float()
+    rest = (scaled - top).exp_().scatter_(-1, indices, 0.0).sum(-1, keepdim=True).double()
+    return candidates_total + torch.log1p(rest)
+
+
+def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of ``probs`` (rows, n; each row sums to ~1), drawn with one uniform per row:
+    the first index whose cumulative probability exceeds it. Zero-probability indices are never drawn."""
+    cdf = probs.cumsum(-1)
+    total = cdf[:, -1:]
+    uniform = torch.rand((len(probs), 1), generator=generator, device=probs.device, dtype=probs.dtype)
+    # below the row's total, so that some index with positive probability is above it
+    point = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, point, right=True)[:, 0]
 
 
 def penalize_repetition(logits: torch.Tensor, context_ids: torch.Tensor, penalty: float) -> torch.Tensor:

@@ -34,6 +34,17 @@ from dfast_serve.models.adapters import DiffusionLM
 from dfast_serve.wire.tensors import KeyValues
 
 
+FILTERED_LOGITS_PER_TOKEN = 1024
+"""The work of one canvas token's forward pass, in logits sampled with top-k or top-p: a pass that samples
+``n`` positions over a ``vocab`` counts ``n * vocab // FILTERED_LOGITS_PER_TOKEN`` canvas tokens beside the
+ones it computes. Measured on one CPU thread (``benchmarks/engine/sampling_cost.py``): tiny-mdlm's forward
+costs as much per canvas token as top-p sampling and its confidence over ~900-1,300 logits (flat rows, whose
+nucleus needs a sort)."""
+PLAIN_LOGITS_PER_TOKEN = 32768
+"""The same for greedy or plain-temperature sampling (a few passes over each row, no selection): measured
+~42,000-85,000 logits per canvas token; counted a little dearer, rounded to a power of two."""
+
+
 class MaskedDiffusion:
     """The masked-diffusion family on one model. ``max_batch_size`` bounds how many sequences share a
     pass, ``step_token_budget`` the canvas tokens one step computes (a canvas longer than it runs alone),
@@ -56,6 +67,7 @@ class MaskedDiffusion:
         self.step_token_budget = step_token_budget  # None: every sequence runs every step
         self.batch_invariance = batch_invariance
         self.limits = limits
+        self.vocab = 0  # logits per position, learned from the first pass (before it sampling counts nothing)
 
     def validate(self, request: GenerationRequest) -> None:
         check_prompt(request)
@@ -86,6 +98,7 @@ class MaskedDiffusion:
             prompt_len=len(request.prompt_ids),
             budget=PassBudget.for_request(options, gen_len),
             kv=BlockCache(dual=options.cache == "dual", lead=int(self.model.shift_logits)) if use_cache else None,
+            max_draft_tokens=self.limits.max_draft_tokens,
         )
 
     def schedule(self, sequences: list[DiffusionSequence]) -> Iterator[Pass[DiffusionSequence]]:
@@ -100,32 +113,41 @@ class MaskedDiffusion:
         return None
 
     def _turns(self, sequences: list[DiffusionSequence], plans: dict[int, ForwardPlan]) -> list[DiffusionSequence]:
-        """Who runs this step: fair by canvas tokens (weighted fair queueing). Each sequence counts the
-        canvas tokens its passes computed (``work``); a step runs the one whose next pass would finish
-        first (work + cost), and with it those that would finish within one short pass of it, as many
-        as fit ``step_token_budget``. Requests of similar size thus batch every step, while a long
-        canvas runs about once per its length's worth of a short request's passes, and a short request
-        never waits on more than one budget of other work between two of its passes."""
+        """Who runs this step: fair by work (weighted fair queueing). A pass's work is the canvas tokens it
+        computes plus the positions it samples (``sampling_work``); each sequence counts its passes' work
+        (``work``); a step runs the one whose next pass would finish first (work + cost), and with it those
+        that would finish within one short pass of it, as many as fit ``step_token_budget``. Requests of
+        similar size thus batch every step, while a long canvas (or one sampling every position) runs
+        about once per its cost's worth of a short request's passes, and a short request never waits on
+        more than one budget of other work between two of its passes."""
         if self.step_token_budget is None or len(sequences) == 1:
             return sequences
         floor = min((seq.work for seq in sequences if seq.nfe > 0), default=0)
         for seq in sequences:
             if seq.nfe == 0:
                 seq.work = max(seq.work, floor)  # a newcomer does not get the backlog of everyone's past passes
+        cost = {id(seq): plans[id(seq)].tokens + self.sampling_work(seq, seq.samples_next(plans[id(seq)]))
+                for seq in sequences}
 
         def finish(seq: DiffusionSequence) -> int:
-            return seq.work + plans[id(seq)].tokens
+            return seq.work + cost[id(seq)]
 
         ordered = sorted(sequences, key=finish)
-        horizon = finish(ordered[0]) + min(plans[id(s)].tokens for s in sequences)
+        horizon = finish(ordered[0]) + min(cost.values())
         chosen, used = [], 0
         for seq in ordered:
-            cost = plans[id(seq)].tokens
-            if chosen and (finish(seq) > horizon or used + cost > self.step_token_budget):
+            if chosen and (finish(seq) > horizon or used + cost[id(seq)] > self.step_token_budget):
                 continue
             chosen.append(seq)
-            used += cost
+            used += cost[id(seq)]
         return chosen
+
+    def sampling_work(self, seq: DiffusionSequence, positions: int) -> int:
+        """``seq`` sampling ``positions`` over the vocabulary, in canvas tokens: at ``FILTERED_LOGITS_PER_TOKEN``
+        with top-k or top-p at a temperature above 0, else at ``PLAIN_LOGITS_PER_TOKEN``."""
+        params = seq.request.params
+        filtered = params.temperature > 0 and (0 < params.top_k < self.vocab or params.top_p < 1.0)
+        return positions * self.vocab // (FILTERED_LOGITS_PER_TOKEN if filtered else PLAIN_LOGITS_PER_TOKEN)
 
     def _passes(self, chosen: list[DiffusionSequence], plans: dict[int, ForwardPlan]) -> list[list[DiffusionSequence]]:
         """Forward passes for the step, shortest slices first: up to ``max_batch_size`` rows, and (with a
@@ -196,7 +218,7 @@ class MaskedDiffusion:
         the cache, then propose, commit and stream on the answer positions the pass scored."""
         logits, kv = output
         plan: ForwardPlan = pass_.plan(row)
-        seq.work += plan.tokens
+        self.vocab = logits.shape[-1]
         if plan.refresh:
             n = plan.end - plan.start
             seq.keep_kv([(k[row, :, -n:], v[row, :, -n:]) for k, v in kv])
@@ -204,6 +226,7 @@ class MaskedDiffusion:
         window = logits[row, logits.shape[1] - (plan.end - first) :]
         window[:, self.model.mask_token_id] = -torch.inf  # the mask is never a valid answer token
         seq.advance(window, first - seq.prompt_len)
+        seq.work += plan.tokens + self.sampling_work(seq, seq.sampled)
 
     def _cached_forward(
         self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, plans: list[ForwardPlan], keep: int

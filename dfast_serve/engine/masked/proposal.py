@@ -8,7 +8,7 @@ import torch
 
 from dfast_serve.engine.masked.confidence import confidence_of
 from dfast_serve.wire.options import DiffusionOptions
-from dfast_serve.engine.sampling import choose_tokens
+from dfast_serve.engine.sampling import choose_tokens, row_chunks
 from dfast_serve.wire import SamplingParams
 
 
@@ -29,17 +29,21 @@ def propose(window_logits: torch.Tensor, offset: int, gen_len: int, params: Samp
     """The proposal from logits scoring answer positions ``offset .. offset + len(window_logits)``.
 
     Only ``eligible`` positions (those a commit policy may decide at this pass; default all) are
-    sampled and count as scored: sampling is float64 over the vocabulary (and a sort for top-p), so
-    a long canvas must not pay it for positions no policy can decide now."""
+    sampled and count as scored: sampling and the confidence read every position's whole vocabulary,
+    so a long canvas must not pay it for positions no policy can decide now. Both run in row chunks
+    (``sampling.row_chunks``): no float32 softmax over all rows at once."""
     rows = torch.arange(offset, offset + len(window_logits), device=window_logits.device)
     if eligible is not None:
         keep = eligible[offset : offset + len(window_logits)]
         if not bool(keep.all()):  # a copy of the window's logits only when some rows drop out
             rows, window_logits = rows[keep], window_logits[keep]
     proposed = choose_tokens(window_logits, params.temperature, generator, params.top_k, params.top_p)
-    probs = window_logits.float().softmax(-1)
-    confidence = probs.gather(-1, proposed[:, None])[:, 0]
-    certainty = confidence_of(probs, confidence, options.confidence)
+    confidence = torch.empty(len(proposed), dtype=torch.float32, device=proposed.device)
+    certainty = torch.empty_like(confidence)
+    for part in row_chunks(len(proposed), window_logits.shape[-1]):
+        probs = window_logits[part].float().softmax(-1)
+        confidence[part] = probs.gather(-1, proposed[part, None])[:, 0]
+        certainty[part] = confidence_of(probs, confidence[part], options.confidence)
     if options.remasking == "random":
         score = torch.rand(confidence.shape, generator=generator, device=confidence.device)
     else:

@@ -45,7 +45,9 @@ class DiffusionSequence(Sequence):
     passes_per_block: list[int] = field(default_factory=list)
     revealed: bool = False
     decided_without_progress: int = 0
-    work: int = 0  # canvas tokens its passes computed: the engine's fairness clock
+    work: int = 0  # canvas tokens its passes computed, sampling included: the engine's fairness clock
+    sampled: int = 0  # positions the latest pass sampled
+    max_draft_tokens: int | None = None  # a draft samples at most this many positions from the cursor
     guess: torch.Tensor = field(init=False)  # latest proposal per answer position (-1: never scored)
 
     def __post_init__(self) -> None:
@@ -103,11 +105,9 @@ class DiffusionSequence(Sequence):
         """Apply one pass's logits for answer positions ``offset ..``: decide, then stream."""
         self.nfe += 1
         self.shape_logits(window_logits, offset)
-        # A draft shows a guess for every undecided position the pass scored, not only the eligible ones
-        # (same decisions: the policies still look only where they may commit).
-        eligible = ~self.decided if self.request.params.draft else self._eligible()
         proposal = propose(window_logits, offset, self.gen_len, self.request.params, self.options, self.generator,
-                           eligible)
+                           self._to_sample(self.nfe))
+        self.sampled = int(proposal.known.sum())
         undecided = ~self.decided
         if self.budget.is_last_pass(self.nfe) or self._early_stop_due(proposal):
             commit = policies.everything(undecided, proposal.known)
@@ -129,14 +129,31 @@ class DiffusionSequence(Sequence):
         positions = torch.arange(self.gen_len, device=score.device, dtype=score.dtype)
         return torch.where(run, 2.0 + (self.gen_len - positions) / self.gen_len, score)
 
-    def _eligible(self) -> torch.Tensor:
-        """Positions some policy may decide at this pass: the current block's undecided ones, or every
+    def samples_next(self, plan: ForwardPlan) -> int:
+        """How many positions the next pass, computing ``plan``, will sample (``advance``)."""
+        first, end = max(plan.start - self.prompt_len, 0), max(plan.end - self.prompt_len, 0)
+        return int(self._to_sample(self.nfe + 1)[first:end].sum())
+
+    def _to_sample(self, nfe: int) -> torch.Tensor:
+        """Positions pass ``nfe`` samples: those some policy may decide (``_eligible``) and, for a draft,
+        the undecided ones among the ``max_draft_tokens`` from the cursor, whose guesses the draft shows
+        (same decisions: the policies still look only where they may commit)."""
+        eligible = self._eligible(nfe)
+        if not self.request.params.draft:
+            return eligible
+        ahead = ~self.decided
+        if self.max_draft_tokens is not None:
+            ahead[self.cursor + self.max_draft_tokens :] = False
+        return eligible | ahead
+
+    def _eligible(self, nfe: int) -> torch.Tensor:
+        """Positions some policy may decide at pass ``nfe``: the current block's undecided ones, or every
         undecided one when the instant reveal, early stop or the budget's last pass may look beyond it."""
         undecided = ~self.decided
         ultra = self.ultra
-        beyond_block = self.budget.is_last_pass(self.nfe) or (ultra is not None and (
-            (ultra.enable_instant_first_token and not self.revealed and self.nfe >= ultra.first_token_steps)
-            or (ultra.enable_early_stop and self.nfe >= ultra.min_steps
+        beyond_block = self.budget.is_last_pass(nfe) or (ultra is not None and (
+            (ultra.enable_instant_first_token and not self.revealed and nfe >= ultra.first_token_steps)
+            or (ultra.enable_early_stop and nfe >= ultra.min_steps
                 and self.progress() >= ultra.early_stop_min_progress)))
         if beyond_block:
             return undecided
@@ -237,10 +254,13 @@ class DiffusionSequence(Sequence):
     def draft_text(self) -> str:
         """The best guess of the text after what the stream has released: the answer with every
         undecided position filled by its latest proposal (a position no pass has scored yet, or
-        the first EOS, ends it), decoded whole, minus the released prefix."""
+        the first EOS, ends it; so does ``max_draft_tokens`` past the cursor), decoded whole, minus the
+        released prefix."""
         ids = torch.where(self.decided, self.answer, self.guess)
         unknown = (ids < 0).nonzero()
         end = int(unknown[0]) if len(unknown) else self.gen_len
+        if self.max_draft_tokens is not None:
+            end = min(end, self.cursor + self.max_draft_tokens)
         ids = ids[:end].tolist()
         eos = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
         if eos is not None:

@@ -87,8 +87,13 @@ def test_native_stream_sends_streaming_chunks(server):
 def test_request_extension_switches_ultra_fast_off(server):
     on = _completion(server, DIFFUSION, stream=True, max_tokens=32)
     off = _completion(server, DIFFUSION, stream=True, max_tokens=32, dfast={"ultra_fast": False})
-    assert on[0]["dfast"]["nfe"] == 1
-    assert off[0]["dfast"]["nfe"] > 1
+    assert on[0]["dfast"]["nfe"] == 1  # the instant first token
+    # Off, the standard path: one pass per answer token (steps = max_tokens, one 32-token block), so every
+    # chunk before the last has decided exactly nfe of the 32 positions. (Whether its first chunk needs
+    # more than one pass depends on where the first pass commits: not asserted.)
+    steps = [(e["dfast"]["nfe"], e["dfast"]["progress"]) for e in off
+             if "dfast" in e and e["choices"] and e["choices"][0]["finish_reason"] is None]
+    assert steps and all(progress == nfe / 32 for nfe, progress in steps), steps
 
 
 def test_auto_routes_short_outputs_to_ar_and_long_to_diffusion(server):

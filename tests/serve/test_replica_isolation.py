@@ -23,6 +23,7 @@ from dfast_serve.engine import SamplingParams
 from dfast_serve.wire import StreamingChunk, APIError, ReplicaRequest
 from dfast_serve.serve.replicas import ModelReplica
 from tests.serve.faulty_replica import FAIL_MARK, FailingReplica
+from tests.serve.sse import assert_error_shape
 
 # 64 forward passes and ~27 chunks: a neighbour that keeps streaming while a test watches.
 STEADY = DiffusionOptions(ultra_fast=False, block_length=8, steps=64)
@@ -200,3 +201,64 @@ def test_through_ray_a_request_that_fails_mid_stream_ends_with_an_error_event_an
     assert any("choices" in json.loads(e) for e in doomed["events"][:-2])  # it failed mid-stream
     assert mate["status"] == 200 and mate["events"][-1] == "[DONE]"
     assert json.loads(mate["events"][-2])["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+# ---- a replica whose device broke is replaced ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def breaking_app(server) -> str:
+    """A fourth app whose only model replica is the test-only ``BreakingReplica``; its URL root."""
+    from ray import cloudpickle, serve
+
+    from dfast_serve.serve.app import compose_app
+    from tests.serve import faulty_replica
+
+    cloudpickle.register_pickle_by_value(faulty_replica)
+    args = {"models": [{**MODEL, "replica": {"num_cpus": 0.5, "max_ongoing_requests": 2}}],
+            "router": {"num_cpus": 0.25, "on_head": False}}
+    serve.run(compose_app(args, faulty_replica.BreakingReplicaDeployment), name="breaking", route_prefix="/breaking")
+    url = server.base_url + "/breaking"
+    deadline = time.monotonic() + 240
+    while requests.get(url + "/ready", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, "the breaking app did not become ready"
+        time.sleep(1)
+    yield url
+    serve.delete("breaking")
+
+
+def _model_replicas(app: str) -> list[str]:
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#DiffusionReplica#"
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
+
+
+def test_through_ray_a_replica_whose_every_pass_fails_is_replaced_by_a_whole_one(breaking_app):
+    """Every pass failing (a sticky device error) fails each request with an error, turns the replica's health
+    check bad after ``UNHEALTHY_AFTER_FAILED_PASSES`` failed passes, and Serve replaces it; the new one serves."""
+    from tests.serve.faulty_replica import BREAK_MARK
+
+    (broken,) = _model_replicas("breaking")
+    body = {"model": MODEL["name"], "max_tokens": 4, "temperature": 0}
+    url = breaking_app + "/v1/completions"
+    failed = 0
+    deadline = time.monotonic() + 180
+    prompt = BREAK_MARK + "In the beginning"
+    while broken in _model_replicas("breaking"):  # until Serve has replaced it
+        assert time.monotonic() < deadline, f"the broken replica was not replaced ({failed} requests failed on it)"
+        response = requests.post(url, json={**body, "prompt": prompt}, timeout=60)
+        if response.status_code != 200:  # the broken replica's answer (or 503 while it is being replaced)
+            assert response.json()["error"]["code"] in ("generation_failed", "replica_failed",
+                                                         "replica_unavailable"), response.text
+            failed += 1
+        prompt = "In the beginning"
+        time.sleep(0.2)
+    assert failed >= 1
+    while True:  # the replacement starts whole and serves
+        response = requests.post(url, json={**body, "prompt": "And God said"}, timeout=60)
+        if response.status_code == 200:
+            break
+        assert_error_shape(response, 503)
+        assert time.monotonic() < deadline, "no whole replica came back"
+        time.sleep(1)
+    assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    assert _model_replicas("breaking") and broken not in _model_replicas("breaking")

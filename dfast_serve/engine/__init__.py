@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dfast_serve.engine.ar.family import Autoregressive
 from dfast_serve.engine.block.family import BlockDiffusion
-from dfast_serve.engine.core import EngineCore, Family, Pass, StepOutput, reserved_tokens
+from dfast_serve.engine.core import EngineCore, Family, Pass, StepOutput
 from dfast_serve.engine.limits import EngineLimits
 from dfast_serve.engine.masked.family import MaskedDiffusion
 from dfast_serve.engine.request import GenerationRequest
@@ -45,7 +45,7 @@ def build_engine(model: DiffusionLM | DiffusionGemmaLM | CausalLM, max_batch_siz
         family = BlockDiffusion(model, 1 if batch_invariance == "strict" else max_batch_size, diffusion_defaults)
     else:
         family = Autoregressive(model, max_batch_size, batch_invariance, step_token_budget, max_running)
-    return EngineCore(family, max_running, max_running_tokens, getattr(family, "reserved_tokens", reserved_tokens))
+    return EngineCore(family, max_running, max_running_tokens)
 
 
 __all__ = ["Autoregressive", "BlockDiffusion", "Engine", "EngineCore", "EngineLimits", "Family", "GenerationRequest",

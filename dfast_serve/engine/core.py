@@ -78,7 +78,7 @@ class Family(Protocol[S]):
 
 def reserved_tokens(request: GenerationRequest) -> int:
     """What a request counts against ``max_running_tokens``: its prompt and every answer token it may
-    produce (the positions its cache or canvas may come to hold). A family may count otherwise."""
+    produce (the positions its cache or canvas may come to hold)."""
     return len(request.prompt_ids) + request.params.max_tokens
 
 
@@ -104,15 +104,14 @@ class EngineCore:
     """Runs one model family's requests: ``add`` / ``abort`` / ``step`` for a serving loop, or
     ``generate`` for one request alone. ``forward_passes`` counts every pass run (retries included).
 
-    Admission: at most ``max_running`` requests run at once, and (unless it is None) their ``cost``
-    (default ``reserved_tokens``: prompt + ``max_tokens``) sums to at most ``max_running_tokens``; the
+    Admission: at most ``max_running`` requests run at once, and (unless it is None) their
+    ``reserved_tokens`` (prompt + ``max_tokens``) sum to at most ``max_running_tokens``; the
     queue's head waits until both hold (later requests wait behind it: no overtaking), and a request
     whose own cost exceeds the cap is refused by ``validate`` (400), as it could never start."""
 
     family: Family
     max_running: int = 8
     max_running_tokens: int | None = None
-    cost: Callable[[GenerationRequest], int] = reserved_tokens
     forward_passes: int = 0
     failed_in_a_row: int = 0  # passes that failed even for one sequence alone, since the last that ran
     _waiting: deque[_Entry] = field(default_factory=deque, repr=False)
@@ -137,7 +136,7 @@ class EngineCore:
     @property
     def running_tokens(self) -> int:
         """The running requests' reserved tokens (what ``max_running_tokens`` caps)."""
-        return sum(self.cost(e.request) for e in self._running)
+        return sum(reserved_tokens(e.request) for e in self._running)
 
     @property
     def has_work(self) -> bool:
@@ -148,8 +147,7 @@ class EngineCore:
         """Raise ``APIError`` (400 naming the field) for a request this model cannot run."""
         self.family.validate(request)
         if self.max_running_tokens is not None:
-            check_context(request, self.max_running_tokens, self.cost(request) - len(request.prompt_ids),
-                          why="the replica's max_running_tokens")
+            check_context(request, self.max_running_tokens, why="the replica's max_running_tokens")
 
     def add(self, request: GenerationRequest, owner: Any) -> None:
         """Queue a validated request; its outputs carry ``owner``."""
@@ -178,7 +176,7 @@ class EngineCore:
         refused = []
         tokens = self.running_tokens
         while self._waiting and len(self._running) < self.max_running:
-            cost = self.cost(self._waiting[0].request)
+            cost = reserved_tokens(self._waiting[0].request)
             if self.max_running_tokens is not None and self._running and tokens + cost > self.max_running_tokens:
                 break  # the head waits for running requests to end; no later one overtakes it
             entry = self._waiting.popleft()

@@ -20,8 +20,8 @@ import time
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.harness.allocations import TensorSizes
 from benchmarks.harness.results import add_save_result, finish, markdown_table
 from dfast_serve.engine import sampling
 from dfast_serve.engine.masked.family import FILTERED_LOGITS_PER_TOKEN, PLAIN_LOGITS_PER_TOKEN
@@ -42,23 +42,6 @@ CASES = [
 ]
 
 
-class LargestTensor(TorchDispatchMode):
-    """The largest tensor (bytes) an op allocates while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {a.untyped_storage().data_ptr() for a in list(args) + list((kwargs or {}).values())
-                  if isinstance(a, torch.Tensor)}
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.bytes = max(self.bytes, t.numel() * t.element_size())
-        return out
-
-
 def time_case(positions: int, vocab: int, dtype: torch.dtype, temperature: float, top_p: float, confidence: str,
               repeats: int, spread: float) -> dict[str, Any]:
     logits = (torch.randn(positions, vocab, generator=torch.Generator().manual_seed(0)) * spread).to(dtype)
@@ -70,12 +53,12 @@ def time_case(positions: int, vocab: int, dtype: torch.dtype, temperature: float
         start = time.perf_counter()
         propose(logits, 0, positions, params, options, generator)
         times.append(time.perf_counter() - start)
-    with LargestTensor() as largest:
+    with TensorSizes() as allocated:
         propose(logits, 0, positions, params, options, generator)
     return {"positions": positions, "vocab": vocab, "dtype": str(dtype).removeprefix("torch."),
             "temperature": temperature, "top_p": top_p, "confidence": confidence,
             "seconds_p50": statistics.median(times), "input_mb": logits.numel() * logits.element_size() / 2**20,
-            "largest_tensor_mb": largest.bytes / 2**20}
+            "largest_tensor_mb": allocated.largest_bytes() / 2**20}
 
 
 def forward_rate(repeats: int, tokens: int) -> dict[str, Any]:

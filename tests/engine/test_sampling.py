@@ -8,8 +8,8 @@ larger than a chunk, and the draws are those of the exact distributions.
 from __future__ import annotations
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.harness.allocations import TensorSizes
 from dfast_serve.engine import sampling
 from dfast_serve.engine.masked.proposal import propose
 from dfast_serve.engine.sampling import choose_tokens, filter_logits
@@ -37,8 +37,6 @@ def test_top_k_keeps_the_k_best_at_any_temperature():
 def test_the_nucleus_shortcut_samples_like_the_full_sort():
     """Top-p over the best candidates only, and the full-vocabulary fallback when they fall short,
     draw from the same distribution: frequencies agree with the exact nucleus probabilities."""
-    from dfast_serve.engine import sampling
-
     torch.manual_seed(0)
     logits = torch.randn(1, 2000) * 2
     for candidates in (sampling.NUCLEUS_CANDIDATES, 3):  # 3 candidates never cover 0.9: the fallback runs
@@ -53,26 +51,6 @@ def test_the_nucleus_shortcut_samples_like_the_full_sort():
         assert set(drawn.tolist()) <= set(torch.nonzero(kept > -torch.inf)[:, 0].tolist())
         top = expected.topk(5).indices
         assert torch.allclose(frequency[top], expected[top].double(), atol=0.015)
-
-
-class TensorSizes(TorchDispatchMode):
-    """Records (dtype, numel) of every tensor an op allocates (views of its inputs are not counted)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[tuple[torch.dtype, int]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {a.untyped_storage().data_ptr() for a in list(args) + list((kwargs or {}).values())
-                  if isinstance(a, torch.Tensor)}
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.seen.append((t.dtype, t.numel()))
-        return out
-
-    def largest(self, dtype: torch.dtype | None = None) -> int:
-        return max((n for d, n in self.seen if dtype is None or d == dtype), default=0)
 
 
 def peaked_logits(rows: int, vocab: int, dtype: torch.dtype) -> torch.Tensor:

@@ -144,9 +144,9 @@ def test_a_dead_engine_thread_fails_the_health_check_and_every_request_gets_an_e
 
 
 # ---- through Ray and HTTP ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def failing_app(server) -> str:
-    """A third app whose only model replica is the test-only ``FailingReplica``; its URL root."""
+def _test_app(server, deployment_name: str, name: str, max_ongoing_requests: int) -> str:
+    """Deploy an app whose only model replica is the test-only ``faulty_replica.<deployment_name>`` under
+    ``/<name>``; its URL root once it is ready."""
     from ray import cloudpickle, serve
 
     from dfast_serve.serve.app import compose_app
@@ -155,15 +155,23 @@ def failing_app(server) -> str:
     # Ray's processes (the Serve controller, the replica) cannot import the tests package: send the
     # test-only class by value.
     cloudpickle.register_pickle_by_value(faulty_replica)
-    args = {"models": [{**MODEL, "replica": {"num_cpus": 0.5, "max_ongoing_requests": 4}}],
+    args = {"models": [{**MODEL, "replica": {"num_cpus": 0.5, "max_ongoing_requests": max_ongoing_requests}}],
             "router": {"num_cpus": 0.25, "on_head": False}}
-    serve.run(compose_app(args, faulty_replica.FailingReplicaDeployment), name="failing", route_prefix="/failing")
-    url = server.base_url + "/failing"
+    serve.run(compose_app(args, getattr(faulty_replica, deployment_name)), name=name, route_prefix=f"/{name}")
+    url = f"{server.base_url}/{name}"
     deadline = time.monotonic() + 240
     while requests.get(url + "/ready", timeout=30).status_code != 200:
-        assert time.monotonic() < deadline, "the failing app did not become ready"
+        assert time.monotonic() < deadline, f"the {name} app did not become ready"
         time.sleep(1)
-    yield url
+    return url
+
+
+@pytest.fixture(scope="module")
+def failing_app(server) -> str:
+    """A third app whose only model replica is the test-only ``FailingReplica``; its URL root."""
+    from ray import serve
+
+    yield _test_app(server, "FailingReplicaDeployment", "failing", 4)
     serve.delete("failing")
 
 
@@ -207,21 +215,9 @@ def test_through_ray_a_request_that_fails_mid_stream_ends_with_an_error_event_an
 @pytest.fixture(scope="module")
 def breaking_app(server) -> str:
     """A fourth app whose only model replica is the test-only ``BreakingReplica``; its URL root."""
-    from ray import cloudpickle, serve
+    from ray import serve
 
-    from dfast_serve.serve.app import compose_app
-    from tests.serve import faulty_replica
-
-    cloudpickle.register_pickle_by_value(faulty_replica)
-    args = {"models": [{**MODEL, "replica": {"num_cpus": 0.5, "max_ongoing_requests": 2}}],
-            "router": {"num_cpus": 0.25, "on_head": False}}
-    serve.run(compose_app(args, faulty_replica.BreakingReplicaDeployment), name="breaking", route_prefix="/breaking")
-    url = server.base_url + "/breaking"
-    deadline = time.monotonic() + 240
-    while requests.get(url + "/ready", timeout=30).status_code != 200:
-        assert time.monotonic() < deadline, "the breaking app did not become ready"
-        time.sleep(1)
-    yield url
+    yield _test_app(server, "BreakingReplicaDeployment", "breaking", 2)
     serve.delete("breaking")
 
 

@@ -10,7 +10,9 @@ import pytest
 from annotated_types import Le, Lt
 from pydantic import BaseModel, ValidationError
 
-from dfast_serve.config import DiffusionOptions, ReplicaConfig, RouterConfig, ServerConfig, load_server_config
+from dfast_serve.config import (DiffusionOptions, ReplicaConfig, RouterConfig, ServedModelConfig, ServerConfig,
+                                load_server_config)
+from dfast_serve.config.vllm import REPO_VLLM_PYTHON, VLLM_PYTHON_ENV, VLLMOptions
 
 DIFFUSION = {"name": "tiny-mdlm", "engine": "diffusion"}
 AR = {"name": "smollm2-135m", "engine": "ar"}
@@ -88,7 +90,7 @@ def _numeric_fields(model: type[BaseModel]):
             yield name, field
 
 
-@pytest.mark.parametrize("model", [ServerConfig, ReplicaConfig, RouterConfig])
+@pytest.mark.parametrize("model", [ServerConfig, ReplicaConfig, RouterConfig, VLLMOptions])
 def test_every_number_has_an_upper_bound_that_is_enforced(model):
     fields = dict(_numeric_fields(model))
     assert fields
@@ -118,8 +120,9 @@ def test_the_shipped_configs_batch_every_dtype(name):
     from dfast_serve.serve.config_file import application, load_serve_config
 
     args = application(load_serve_config(Path(__file__).resolve().parents[1] / name))["args"]
-    assert [m["replica"]["batch_invariance"] for m in args["models"]] == ["off"] * len(args["models"])
-    assert all(ReplicaConfig.model_validate(m["replica"]).batch_invariance == "off" for m in args["models"])
+    ours = [m for m in args["models"] if m["engine"] != "vllm"]  # vLLM batches by its own rules
+    assert ours and [m["replica"]["batch_invariance"] for m in ours] == ["off"] * len(ours)
+    assert all(ReplicaConfig.model_validate(m["replica"]).batch_invariance == "off" for m in ours)
 
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -147,3 +150,53 @@ def test_an_ar_budget_must_exceed_the_running_decodes():
     ServedModelConfig.model_validate({**AR, "replica": {**replica, "max_ongoing_requests": 63}})
     assert ReplicaConfig().max_running_tokens == 8 * 8192
     assert ReplicaConfig.model_validate({"max_running_tokens": None}).max_running_tokens is None
+
+
+VLLM = {"name": "smollm2-vllm", "engine": "vllm"}
+
+
+def test_vllm_engine_takes_causal_lms_and_its_own_options_only():
+    assert ServedModelConfig.model_validate({**VLLM, "source": "hf", "path": "org/m"}).kind == "ar"
+    assert ServedModelConfig.model_validate(VLLM).vllm == VLLMOptions()  # filled with the defaults
+    with pytest.raises(ValidationError, match="is a diffusion model"):
+        ServedModelConfig.model_validate({**VLLM, "source": "llada", "path": "/m"})
+    with pytest.raises(ValidationError, match="apply to engine: vllm"):
+        ServedModelConfig.model_validate({**AR, "vllm": {"enforce_eager": True}})
+    with pytest.raises(ValidationError, match="diffusion options apply"):
+        ServedModelConfig.model_validate({**VLLM, "diffusion": {"block_length": 8}})
+    with pytest.raises(ValidationError, match="vllm.max_model_lenn|max_model_lenn"):
+        ServedModelConfig.model_validate({**VLLM, "vllm": {"max_model_lenn": 8}})
+
+
+def test_vllm_gpus_match_the_replica():
+    gpus = {"replica": {"num_gpus": 2}}
+    assert ServedModelConfig.model_validate({**VLLM, **gpus, "vllm": {"tensor_parallel_size": 2}}).vllm.tensor_parallel_size == 2
+    with pytest.raises(ValidationError, match="must equal replica.num_gpus"):
+        ServedModelConfig.model_validate({**VLLM, **gpus})
+    with pytest.raises(ValidationError, match="must equal replica.num_gpus"):
+        ServedModelConfig.model_validate({**VLLM, "vllm": {"tensor_parallel_size": 2}})
+    shared = ServedModelConfig.model_validate({**VLLM, "replica": {"num_gpus": 0.5}})  # two replicas on one GPU
+    assert shared.vllm.tensor_parallel_size == 1
+
+
+def test_vllm_refuses_the_replica_fields_of_our_own_engines():
+    """They would be silently ignored: vLLM batches and budgets by its own options."""
+    with pytest.raises(ValidationError, match="replica.batch_invariance, replica.step_token_budget configure"):
+        ServedModelConfig.model_validate({**VLLM, "replica": {"step_token_budget": 4096, "batch_invariance": "strict"}})
+    accepted = ServedModelConfig.model_validate({**VLLM, "replica": {"max_ongoing_requests": 16}})
+    assert ServedModelConfig.model_validate(accepted.model_dump()) == accepted  # the ingress re-validates a dump
+    with pytest.raises(ValidationError, match="quantization needs a GPU"):
+        ServedModelConfig.model_validate({**VLLM, "vllm": {"quantization": "awq"}})
+
+
+def test_vllm_interpreter_is_the_config_then_the_env_then_this_tree():
+    assert VLLMOptions(python="/opt/v/bin/python").interpreter({VLLM_PYTHON_ENV: "/e/python"}) == "/opt/v/bin/python"
+    assert VLLMOptions().interpreter({VLLM_PYTHON_ENV: "/e/python"}) == "/e/python"
+    assert VLLMOptions().interpreter({}) == str(REPO_VLLM_PYTHON)
+
+
+def test_vllm_engine_args_pass_only_what_is_set():
+    args = VLLMOptions(max_num_batched_tokens=512).engine_args("/m", "name", "float32", None, 8)
+    assert args["max_num_batched_tokens"] == 512 and args["max_num_seqs"] == 8 and args["served_model_name"] == ["name"]
+    assert "enable_prefix_caching" not in args  # vLLM's default stands
+    assert VLLMOptions(enable_prefix_caching=False).engine_args("/m", "n", "auto", None, 1)["enable_prefix_caching"] is False

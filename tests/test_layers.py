@@ -19,18 +19,31 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
 def test_every_import_points_down_the_layers():
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 3 kept, 0 broken" in result.stdout
+    assert "Contracts: 4 kept, 0 broken" in result.stdout
 
 
-def test_an_upward_import_breaks_the_contract(tmp_path):
-    """The same contracts over a copy of the package with one upward import (models -> config) fail."""
+def lint_with_extra_import(tmp_path: Path, module: str, statement: str) -> subprocess.CompletedProcess:
+    """The contracts over a copy of the package where ``module`` (a path under it) has one more import."""
     import shutil
 
     package = tmp_path / "dfast_serve"
     shutil.copytree(ROOT / "dfast_serve", package, ignore=shutil.ignore_patterns("assets", "__pycache__"))
-    upward = package / "models" / "tokenizing.py"
-    upward.write_text(upward.read_text() + "\nfrom dfast_serve.config import ServerConfig  # noqa\n")
+    changed = package / module
+    changed.write_text(changed.read_text() + f"\n{statement}  # noqa\n")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    result = lint_imports(tmp_path)
+    return lint_imports(tmp_path)
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path):
+    """One upward import (models -> config) fails the contracts."""
+    result = lint_with_extra_import(tmp_path, "models/tokenizing.py", "from dfast_serve.config import ServerConfig")
     assert result.returncode != 0
     assert "dfast_serve.models.tokenizing -> dfast_serve.config" in result.stdout
+
+
+def test_the_vllm_replica_importing_model_code_breaks_the_contract(tmp_path):
+    """The vLLM replica runs in vLLM's environment (another transformers): reaching the model adapters, even
+    through a chain, fails the contracts."""
+    result = lint_with_extra_import(tmp_path, "serve/vllm_replica.py", "from dfast_serve.models import adapters")
+    assert result.returncode != 0
+    assert "dfast_serve.serve.vllm_replica -> dfast_serve.models.adapters" in result.stdout

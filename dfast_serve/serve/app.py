@@ -5,12 +5,14 @@ application's ``runtime_env``, never in the ``serve run`` process: this is the o
 ``DFASTLLM_*`` environment is read (``runtime_env.env_vars``, or the Ray cluster's own
 environment). It validates the whole config (a typo fails at start, naming the option), resolves
 each diffusion model's options once, and composes one ``ModelReplica`` deployment per served model
-plus the ``Ingress`` with ``bind()``, passing the resolved options to both as arguments.
+(``VLLMReplica`` for ``engine: vllm``, started in vLLM's own Python environment) plus the ``Ingress``
+with ``bind()``, passing the resolved options to both as arguments.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from ray.serve import Application, Deployment
@@ -18,15 +20,17 @@ from ray.serve.config import BackpressureConfig
 
 from dfast_serve.config import ServerConfig, ServedModelConfig, load_server_config
 from dfast_serve.serve.ingress import Ingress, proxy_host
+from dfast_serve.config.vllm import VLLM_SETUP
 from dfast_serve.serve.replicas import ModelReplica
+from dfast_serve.serve.vllm_replica import VLLMReplica
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 
 def replica_deployment_name(model: ServedModelConfig, config: ServerConfig) -> str:
-    """``DiffusionReplica`` / ``ARReplica``; suffixed by the model name when an engine serves several."""
-    base = "DiffusionReplica" if model.engine == "diffusion" else "ARReplica"
-    if sum(m.engine == model.engine for m in config.models) == 1:
+    """``DiffusionReplica`` / ``ARReplica``; suffixed by the model name when several models are of its kind."""
+    base = "DiffusionReplica" if model.kind == "diffusion" else "ARReplica"
+    if sum(m.kind == model.kind for m in config.models) == 1:
         return base
     return f"{base}-{re.sub(r'[^A-Za-z0-9_-]', '_', model.name)}"
 
@@ -38,6 +42,17 @@ def router_actor_options(config: ServerConfig) -> dict[str, Any]:
     if config.router.on_head:
         options["resources"] = {HEAD_NODE_RESOURCE: 0.001}
     return options
+
+
+def vllm_interpreter(model: ServedModelConfig) -> str:
+    """The vLLM environment's python for ``model``'s replicas. The default one (this tree's .venv-vllm) must
+    exist here; a path set in the config is the cluster's business (it names a path on the GPU nodes)."""
+    assert model.vllm is not None
+    python = model.vllm.interpreter()
+    if model.vllm.python is None and not Path(python).exists():
+        raise ValueError(f"model {model.name!r} has engine: vllm, but its environment {python} does not exist: run "
+                         f"{VLLM_SETUP} (or set vllm.python / DFASTLLM_VLLM_PYTHON to a vLLM environment's python)")
+    return python
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -53,8 +68,12 @@ def compose_app(args: dict[str, Any], replica_deployment: Deployment) -> Applica
     diffusion = config.resolve_diffusion()
     replicas = {}
     for model in config.models:
-        deployment = replica_deployment.options(name=replica_deployment_name(model, config),
-                                                **model.replica.deployment_options())
+        options = model.replica.deployment_options()
+        deployment = replica_deployment
+        if model.engine == "vllm":
+            deployment = VLLMReplica
+            options["ray_actor_options"]["runtime_env"] = {"py_executable": vllm_interpreter(model)}
+        deployment = deployment.options(name=replica_deployment_name(model, config), **options)
         replicas[model.name] = deployment.bind(model.model_dump(exclude={"replica", "diffusion"}),
                                                diffusion.get(model.name), model.replica.model_dump())
     ingress = Ingress.options(

@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
-from collections import deque
 from typing import Any, AsyncIterator
 
 import torch
@@ -24,10 +22,10 @@ from ray import serve
 from dfast_serve.config import DiffusionOptions, ModelConfig, ReplicaConfig
 from dfast_serve.engine import EngineCore, EngineLimits, GenerationRequest, SamplingParams, build_engine
 from dfast_serve.models.registry import load_model
+from dfast_serve.serve.replica_stats import ReplicaLoad
 from dfast_serve.serve.step_loop import StepLoop
 from dfast_serve.wire import APIError, ReplicaRequest, StreamingChunk
 
-TTFT_WINDOW_S = 30.0  # recent TTFTs the autoscaler sees
 UNHEALTHY_AFTER_FAILED_PASSES = 8  # passes in a row that failed even alone: the device is broken (a sticky CUDA error)
 logger = logging.getLogger(__name__)
 
@@ -57,9 +55,7 @@ class ModelReplica:
         self.engine = engine_for(self.model, replica_config, self.diffusion)
         self._warm_up()
         self._loop = StepLoop(self.engine, name=self.name)
-        self._in_flight = 0
-        self._requests = 0
-        self._recent_ttfts: deque[tuple[float, float]] = deque(maxlen=1024)
+        self.load = ReplicaLoad()
 
     def _warm_up(self) -> None:
         """One tiny generation so the first real request does not pay for lazy initialisation."""
@@ -99,13 +95,11 @@ class ModelReplica:
             yield encoded
             return
         subscription = self._loop.submit(encoded)
-        started = time.monotonic()
-        self._in_flight += 1
-        self._requests += 1
+        started = self.load.started()
         try:
             async for chunk in subscription.chunks():
                 if chunk.is_first:
-                    self._recent_ttfts.append((time.monotonic(), time.monotonic() - started))
+                    self.load.first_chunk(started)
                 yield chunk
         except Exception:  # noqa: BLE001 - this request's generation failed; logged, the client gets an error
             logger.exception("request %s failed", request.request_id)
@@ -113,7 +107,7 @@ class ModelReplica:
                            None, "generation_failed")
         finally:
             subscription.cancel()  # caller gone or stream done: it leaves the batch before the next step
-            self._in_flight -= 1
+            self.load.ended()
 
     # ---- tokens (vLLM's /tokenize and /detokenize run here, with the model's own tokenizer) ----------
     def model_card(self) -> dict[str, Any]:
@@ -157,22 +151,15 @@ class ModelReplica:
         """Counters the tests read (forward passes prove a cancelled request stopped), and the diffusion
         options this replica was given (they show that settings reached it)."""
         return {"model": self.name, "engine": self.engine.kind, "forward_passes": self.engine.forward_passes,
-                "in_flight": self._in_flight, "requests": self._requests, "steps": self._loop.steps,
+                "in_flight": self.load.in_flight, "requests": self.load.requests, "steps": self._loop.steps,
                 "active": self._loop.active, "waiting": self._loop.waiting,
                 "max_batch_size": self.engine.max_batch_size,
                 "batch_invariance": self.limits.batch_invariance, "diffusion": self.diffusion.model_dump(),
                 "torch_threads": torch.get_num_threads()}
 
-    def ttft_p90_s(self) -> float:
-        horizon = time.monotonic() - TTFT_WINDOW_S
-        recent = sorted(t for at, t in self._recent_ttfts if at >= horizon)
-        if not recent:
-            return 0.0
-        return recent[min(len(recent) - 1, int(0.9 * len(recent)))]
-
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom metrics for the TTFT autoscaling policy (dfast_serve.serve.autoscaling)."""
-        return {"ttft_p90_s": self.ttft_p90_s(), "in_flight": float(self._in_flight)}
+        return self.load.autoscaling_stats()
 
     def check_health(self) -> None:
         """Serve's liveness probe (every ``health_check_period_s``): a replica whose engine thread died, or

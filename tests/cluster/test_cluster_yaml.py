@@ -145,3 +145,18 @@ def test_the_api_key_file_the_app_reads_is_shipped_to_the_nodes(cfg):
     key_file = serve_cfg["applications"][0]["args"]["api_key_file"]
     remote = {path.replace("~", "/home/ray", 1): local for path, local in cfg["file_mounts"].items()}
     assert key_file in remote  # rayproject images run as the ray user, home /home/ray
+
+
+def test_gpu_nodes_build_the_vllm_environment_the_ar_model_runs_in(cfg):
+    """serve_config.cluster.yaml serves its AR model with engine: vllm from ~/vllm-venv: every GPU node builds
+    that environment, with the same Ray and the same dfast_serve tag as the app's."""
+    serve_cfg = yaml.safe_load((ROOT / "serve_config.cluster.yaml").read_text())
+    ar = [m for m in serve_cfg["applications"][0]["args"]["models"] if m["engine"] != "diffusion"]
+    assert [m["engine"] for m in ar] == ["vllm"]
+    python = ar[0]["vllm"]["python"]
+    build = next(c for c in cfg["worker_setup_commands"] if "vllm" in c)
+    venv = python.removesuffix("/bin/python").replace("/home/ray", "~", 1)
+    assert f"python -m venv {venv}" in build and f"{venv}/bin/pip install" in build
+    assert f"ray[serve]=={ray.__version__}" in build and "vllm==" in build
+    ref = re.search(r"dfast_serve @ git\+https://\S+?\.git@([^\s\"]+)", build)
+    assert ref and ref.group(1) == f"v{project_version()}" and "--no-deps" in build

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
+import pytest
+
+from dfast_serve.config.vllm import VLLM_SETUP, VLLMOptions
 from tests.serve.conftest import replica_stats
 
 DIFFUSION, AR = "tiny-mdlm", "smollm2-135m"
@@ -26,3 +31,16 @@ def replica_idle(deployment: str, app_name: str = "dfast_serve", deadline_s: flo
             return stats
         assert time.monotonic() < deadline, f"the replica never became idle: {stats}"
         time.sleep(0.05)
+
+
+VLLM_PYTHON = VLLMOptions().interpreter()  # the vLLM environment engine: vllm replicas run in
+
+
+def require_vllm_environment() -> None:
+    """Skip (fail under ``CI=1``: ``.ci/run`` builds it) when the vLLM environment is missing."""
+    if Path(VLLM_PYTHON).exists():
+        return
+    message = f"the vLLM environment {VLLM_PYTHON} is missing: run {VLLM_SETUP} to test engine: vllm"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)

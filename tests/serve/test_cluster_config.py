@@ -1,5 +1,5 @@
 """serve_config.cluster.yaml itself on the session's two-node loopback cluster (CPU head + fake-GPU
-A100-40G worker): both models healthy, the routers on the head, the model replicas on the GPU
+A100-40G worker): both models healthy (the AR one on vLLM, in its own environment), the routers on the head, the model replicas on the GPU
 worker, a stream from each model, and the API key from a secret file required.
 
 The file is loaded through the documented override mechanism (dfast_serve.serve.config_file), with
@@ -23,6 +23,7 @@ from dfast_serve.config import ServerConfig
 from dfast_serve.serve.app import build_app, replica_deployment_name
 from dfast_serve.serve.config_file import application, load_serve_config
 from tests.serve.conftest import ROOT, STARTUP_TIMEOUT_S
+from tests.serve.helpers import VLLM_PYTHON, require_vllm_environment
 
 NAME, PREFIX, KEY = "cluster", "/cluster", "cluster-test-key"
 MODELS = ("tiny-mdlm", "smollm2-135m")
@@ -33,11 +34,15 @@ def overrides(key_file) -> list[str]:
     sets = [f"{app}.args.api_key_file={key_file}", f"{app}.args.router.num_cpus=0.1"]
     for model in MODELS:
         sets += [f"{app}.args.models.{model}.replica.num_cpus=0.1", f"{app}.args.models.{model}.replica.num_gpus=0.5"]
+    # The AR model's vLLM environment is this tree's (the pool's path does not exist here); eager: starts in seconds.
+    sets += [f"{app}.args.models.smollm2-135m.vllm.python={VLLM_PYTHON}",
+             f"{app}.args.models.smollm2-135m.vllm.enforce_eager=true"]
     return sets + [f"{app}.route_prefix={PREFIX}", f"{app}.name={NAME}"]  # renamed last: later paths use the name
 
 
 @pytest.fixture(scope="module")
 def cluster_app(server, tmp_path_factory):
+    require_vllm_environment()  # the file serves its AR model with engine: vllm
     key_file = tmp_path_factory.mktemp("secrets") / "api_key"
     key_file.write_text(KEY + "\n")
     app = application(load_serve_config(ROOT / "serve_config.cluster.yaml", overrides(key_file)), NAME)

@@ -22,7 +22,8 @@ text shape (2816 hidden, 30 layers, 128 experts top-8 of 704, 262144 vocab; from
 of gemma-4-26B-A4B: check it against the DiffusionGemma checkpoint's own config.json), canvas 256,
 48 denoising steps, random weights, through ``benchmarks.engine.diffusion_gemma`` (ours, standard and
 ultra-fast, against transformers' ``generate`` + streamer: time and passes to the first text and the
-first draft). Its construction builds the encoder's and decoder's copies of the shared layers before
+first draft); then, served, ``benchmarks.peers.vllm_engine --device cuda``: SmolLM2 on engine: vllm against
+bare ``vllm serve`` and engine: ar on the same GPU, with ``vllm bench serve`` (needs ``scripts/setup_vllm.sh``). Its construction builds the encoder's and decoder's copies of the shared layers before
 tying them: about 2 x 52 GB at peak, which an H200 holds and an 80 GB card does not.
 
 Random weights make the timings real and the text meaningless: the random models decode with the
@@ -173,7 +174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--grid-tokens", type=int, help="max_tokens of the native grid (default 256, --quick 128)")
     ap.add_argument("--skip", default="",
                     help="comma-separated: tiny-mdlm, llama-8b-shaped, llada-8b-shaped, dream-7b-shaped, "
-                    "diffusiongemma-26b-shaped")
+                    "diffusiongemma-26b-shaped, vllm-engine")
     return ap.parse_args(argv)
 
 
@@ -266,6 +267,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         del model
         _free(device)
 
+    vllm_note = ""
+    if "vllm-engine" not in skip and device == "cuda":
+        # engine: vllm against bare vLLM and engine: ar, served, with vLLM's client (benchmarks.peers.vllm_engine).
+        from benchmarks.peers import vllm_engine
+
+        served = vllm_engine.main(["--device", "cuda", "--no-eager", "--concurrency", "1,8" if args.quick else "1,8,32",
+                                   "--max-seqs", "32", "--result-dir", str(out)])
+        vllm_note = "\nServed AR: engine: vllm vs bare vLLM vs engine: ar:\n\n" + (served or {}).get("table", "not run")
+
     env = environment(device)
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))} on {env.get('gpu', device)}, "
               f"torch {env['torch']}; {time.time() - started:.0f} s\n")
@@ -273,11 +283,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "TTFT/floor p50", "total time mean (ms)", "tokens/s", "forward passes / request"], rows)
     grid_table = markdown_table(GRID_HEADER, grid_rows) if grid_rows else ""
     grid_note = f"\nNative dLLM grid, {grid_tokens} tokens per answer:\n\n" + grid_table if grid_rows else ""
-    (out / "summary.md").write_text(header + "\n" + table + grid_note + gemma_note)
+    (out / "summary.md").write_text(header + "\n" + table + grid_note + gemma_note + vllm_note)
     raw = ("per_request", "generated_texts", "timeline", "table")
     figures = {label: {k: v for k, v in r.items() if k not in raw} for label, r in results.items()}
     finish({"environment": env, "header": header, "figures": figures, "grid": grid_figures,
-            "diffusion_gemma": gemma_figures}, "gpu", args, table=header + table + grid_note + gemma_note, out=out)
+            "diffusion_gemma": gemma_figures}, "gpu", args, table=header + table + grid_note + gemma_note + vllm_note,
+           out=out)
     return {**results, **grid_figures, **gemma_figures}
 
 

@@ -26,6 +26,7 @@ import json
 import os
 import statistics
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,22 @@ ECHO_APP = {"name": "echo", "route_prefix": "/echo", "import_path": "benchmarks.
 
 
 def served_models(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The same checkpoint on both of our AR engines."""
+    """The same checkpoint on both of our AR engines (on a GPU, sharing it with bare vLLM)."""
     replica = {"num_cpus": 1, "max_ongoing_requests": args.max_seqs, "max_queued_requests": 256}
     vllm = {"max_model_len": args.max_model_len, "enforce_eager": args.eager,
             "cpu_kv_cache_space_gib": args.kv_cache_gib}
-    return [{"name": "smollm2-vllm", "engine": "vllm", "source": "embedded", "replica": replica, "vllm": vllm},
+    gpu: dict[str, Any] = {}
+    if args.device == "cuda":
+        vllm["gpu_memory_utilization"] = args.gpu_memory_utilization
+        gpu = {"num_gpus": 0.4}
+    return [{"name": "smollm2-vllm", "engine": "vllm", "source": "embedded", "replica": {**replica, **gpu},
+             "vllm": vllm},
             {"name": "smollm2-135m", "engine": "ar", "source": "embedded",
-             "replica": {**replica, "max_batch_size": args.max_seqs}}]
+             "replica": {**replica, **({"num_gpus": 0.2} if gpu else {}), "max_batch_size": args.max_seqs}}]
+
+
+def device_env(args: argparse.Namespace) -> dict[str, str]:
+    return {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)} if args.device == "cpu" else {}
 
 
 def bench(vllm_bin: Path, base_url: str, model: str, tokenizer: str, concurrency: int, args: argparse.Namespace,
@@ -58,7 +68,7 @@ def bench(vllm_bin: Path, base_url: str, model: str, tokenizer: str, concurrency
                "--num-prompts", str(args.num_prompts * concurrency if concurrency > 1 else args.num_prompts),
                "--max-concurrency", str(concurrency), "--ignore-eos", "--num-warmups", "1", "--disable-tqdm",
                "--save-result", "--save-detailed", "--result-dir", str(out.parent), "--result-filename", out.name]
-    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "NO_PROXY": "127.0.0.1,localhost"}
+    env = {**os.environ, **device_env(args), "NO_PROXY": "127.0.0.1,localhost"}
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
     out.with_suffix(".log").write_text(" ".join(command) + "\n" + run.stdout + run.stderr)
     if run.returncode != 0 or not out.exists():
@@ -68,20 +78,17 @@ def bench(vllm_bin: Path, base_url: str, model: str, tokenizer: str, concurrency
 
 async def echo_ttfts(url: str, n: int) -> list[float]:
     """TTFT in ms of ``n`` sequential two-hop echo requests (after one warm-up)."""
-    import time
-
     ttfts = []
     async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
         for i in range(n + 1):
             start = time.perf_counter()
+            first = None
             async with client.stream("POST", url + "/echo/two-hop", json={"prompt": "x"}) as response:
                 async for line in response.aiter_lines():
-                    if line.startswith("data: "):
-                        if i:
-                            ttfts.append((time.perf_counter() - start) * 1000)
-                        break
-                async for _ in response.aiter_lines():
-                    pass
+                    if first is None and line.startswith("data: "):
+                        first = (time.perf_counter() - start) * 1000
+            if i and first is not None:
+                ttfts.append(first)
     return ttfts
 
 
@@ -105,7 +112,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--max-seqs", type=int, default=8, help="max_num_seqs / max_ongoing_requests of each")
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--kv-cache-gib", type=int, default=1)
-    parser.add_argument("--dtype", default="float32", help="bare vLLM's; ours is dtype auto = float32 on a CPU")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: both vLLMs and our AR replica share the one GPU (benchmarks.gpu runs it so)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="each vLLM's share of the GPU")
+    parser.add_argument("--dtype", default=None, help="bare vLLM's (default: float32 on a CPU, bfloat16 on a GPU, "
+                        "what our dtype: auto picks)")
     parser.add_argument("--eager", action=argparse.BooleanOptionalAction, default=True,
                         help="enforce_eager for both vLLMs (no compilation: start-up in seconds)")
     parser.add_argument("--echo-requests", type=int, default=40)
@@ -121,10 +132,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     out = Path(args.result_dir or run_dir()).resolve() / "vllm_engine"
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     bare_argv = [str(venv_bin / "vllm"), "serve", checkpoint, "--served-model-name", "smollm2-bare", "--host",
-                 "127.0.0.1", "--port", str(port), "--dtype", args.dtype, "--max-model-len", str(args.max_model_len),
+                 "127.0.0.1", "--port", str(port), "--dtype", dtype, "--max-model-len", str(args.max_model_len),
                  "--max-num-seqs", str(args.max_seqs), "--seed", "0"] + (["--enforce-eager"] if args.eager else [])
-    bare_env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
+    if args.device == "cuda":
+        bare_argv += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+    bare_env = device_env(args)
     targets = {"bare vLLM": ("smollm2-bare", None), "engine: vllm": ("smollm2-vllm", None),
                "engine: ar": ("smollm2-135m", None)}
     samples: dict[str, dict[int, dict[str, list[float]]]] = {

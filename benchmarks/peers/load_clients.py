@@ -118,15 +118,20 @@ def run_aiperf(venv: Path, url: str, model: str, tokenizer: str, args: argparse.
                str(args.output_tokens), "--ui-type", "none", "--artifact-dir", str(artifacts)]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
     (out / f"aiperf-{model}.log").write_text(" ".join(command) + "\n" + run.stdout + run.stderr)
-    exports = sorted(artifacts.rglob("*aiperf*.json")) if artifacts.exists() else []
-    if run.returncode != 0 or not exports:
+    export = artifacts / "profile_export_aiperf.json"
+    if run.returncode != 0 or not export.exists():
         return {"error": f"exit {run.returncode}: {(run.stderr or run.stdout)[-300:]}"}
-    data = json.loads(exports[0].read_text())
-    ttft = find(data, "time_to_first_token") or {}
-    count = find(data, "request_count") or {}
-    errors = find(data, "error_request_count") or {}
-    return {"ttft_ms_mean": ttft.get("avg"), "ttft_ms_median": ttft.get("p50"), "completed": count.get("avg"),
-            "errored": errors.get("avg", 0) if isinstance(errors, dict) else errors, "command": " ".join(command)}
+    return {**aiperf_summary(export), "command": " ".join(command)}
+
+
+def aiperf_summary(export: Path) -> dict[str, Any]:
+    """TTFT and request counts from AIPerf's ``profile_export_aiperf.json``."""
+    data = json.loads(export.read_text())
+    ttft = data.get("time_to_first_token") or {}
+    errors = data.get("error_request_count") or {}
+    return {"ttft_ms_mean": ttft.get("avg"), "ttft_ms_median": ttft.get("p50"),
+            "completed": (data.get("request_count") or {}).get("avg"),
+            "errored": errors.get("avg", 0) if isinstance(errors, dict) else errors}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:

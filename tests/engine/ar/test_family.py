@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM  # at import: mutmut's fork server preloads it
 
 from dfast_serve.engine import EngineCore, GenerationRequest, SamplingParams
 from dfast_serve.engine.ar.family import Autoregressive
@@ -20,8 +21,6 @@ PIECES = [bytes([ord("a") + i]) for i in range(VOCAB - 1)]  # ids 1..15 are "a".
 
 
 def tiny_llama(seed: int = 0, eos: frozenset[int] = frozenset({0}), max_context: int = 64) -> CausalLM:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,

@@ -296,3 +296,109 @@ def test_ar_shapes_keep_a_padding_column_and_lay_rows_right_aligned():
     assert mask.tolist() == [[0, 0, 0, 0, 1, 1], [0, 1, 1, 1, 0, 1], [0, 0, 0, 0, 0, 1]]
     with pytest.raises(ValueError, match="2 rows do not fit a pass of 1"):
         layout([torch.tensor([1]), torch.tensor([2])], [0, 0], ArShape(1, 0, 1), torch.device("cpu"))
+
+
+# ---- numbers, caches, defaults ---------------------------------------------------------------------
+def logits_by_request(family: Autoregressive) -> dict[str, list[torch.Tensor]]:
+    """Each request's logits from every pass it took part in, in order (wrapping ``forward``)."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    inner = family.forward
+
+    def forward(pass_):
+        logits, row_cache = inner(pass_)
+        for row, seq in enumerate(pass_.sequences):
+            seen.setdefault(seq.request.request_id, []).append(logits[row].clone())
+        return logits, row_cache
+
+    family.forward = forward
+    return seen
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"batch_invariance": "strict", "max_batch_size": 4}])
+def test_a_shared_decode_pass_gives_each_row_the_logits_it_has_alone(llama, kwargs):
+    alone = {}
+    for r in REQUESTS:
+        family = Autoregressive(llama, **kwargs)
+        seen = logits_by_request(family)
+        run(EngineCore(family), [r])
+        alone.update(seen)
+    family = Autoregressive(llama, **kwargs)
+    together = logits_by_request(family)
+    run(EngineCore(family), REQUESTS, join_at=[0, 0, 2, 3])
+    for name, rows in alone.items():
+        assert len(together[name]) == len(rows)
+        for a, b in zip(rows, together[name]):
+            assert torch.allclose(a, b, atol=1e-4, rtol=0), name
+
+
+def test_top_k_and_top_p_cut_what_is_sampled(llama):
+    greedy_answer = tokens_of(run(engine_of(llama), [req(PROMPTS[0], max_tokens=8, name="r")])["r"])
+    for cut in ({"top_p": 1e-6}, {"top_k": 1}):
+        seqs = run(engine_of(llama), [req(PROMPTS[0], max_tokens=8, name="r", temperature=50.0, seed=3, **cut)])
+        assert tokens_of(seqs["r"]) == greedy_answer, cut
+
+
+def test_a_stop_string_ends_the_answer_before_it(llama):
+    answer = greedy(llama, PROMPTS[2], 6)
+    text = llama.tokenizer.decode(answer)
+    stop = text[3]  # the fourth token's letter: the answer ends before its first occurrence
+    seq = run(engine_of(llama), [req(PROMPTS[2], max_tokens=6, name="r", stop=[stop])])["r"]
+    assert seq.finish_reason == "stop" and "".join(c.new_text for c in seq.pending) == text[: text.index(stop)]
+
+
+def test_by_default_eight_decodes_share_a_pass(llama):
+    family = Autoregressive(llama)
+    recorder = Recorder(family)
+    seqs = [family.start(req([i + 1, 2], max_tokens=3, name=str(i))) for i in range(9)]
+    engine = EngineCore(family)
+    engine.step_sequences(seqs)
+    recorder.passes.clear()
+    engine.step_sequences([s for s in seqs if not s.finished])
+    assert [len(names) for phase, names, _ in recorder.passes if phase == "decode"][:2] == [8, 1]
+    with pytest.raises(ValueError, match="^max_batch_size must be at least 1$"):
+        Autoregressive(llama, max_batch_size=0)
+
+
+def test_a_strict_prefill_chunk_that_exactly_fills_what_is_left_runs_in_the_same_step(llama):
+    family = Autoregressive(llama, max_batch_size=2, batch_invariance="strict", step_token_budget=7, max_running=2)
+    recorder = Recorder(family)
+    engine = EngineCore(family)
+    a, b = family.start(req([1, 2], name="a")), family.start(req([3, 4], name="b"))
+    long = family.start(req(PROMPTS[2], name="long"))  # 14 tokens: chunks of 5
+    engine.step_sequences([a, b])
+    recorder.passes.clear()
+    engine.step_sequences([a, b, long])  # 2 decodes leave 5: the chunk of 5 fits exactly
+    assert [(phase, names, fed) for phase, names, fed in recorder.passes if phase == "prefill"] == [
+        ("prefill", ["long"], [5])]
+
+
+def test_without_strict_a_prefill_feeds_the_prompt_unpadded_into_a_cache_sized_for_some_answer(llama):
+    shapes = []
+    handle = llama.network.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        family = Autoregressive(llama)
+        seq = family.start(req(PROMPTS[0], max_tokens=5))
+        EngineCore(family).step_sequences([seq])
+    finally:
+        handle.remove()
+    assert shapes == [(1, 9)]
+    assert seq.past_key_values.layers[0]._keys.shape[-2] == 9 + 5  # the prompt and max_tokens (under 64)
+
+
+def test_a_lone_decode_runs_on_its_own_cache_and_a_new_batch_cache_keeps_room_to_grow(llama):
+    family = Autoregressive(llama)
+    engine = EngineCore(family)
+    lone = family.start(req(PROMPTS[0], max_tokens=5))
+    engine.step_sequences([lone])
+    own = lone.past_key_values
+    engine.step_sequences([lone])
+    (group,) = family._groups.values()
+    assert group.cache is own  # taken over as is: no copy
+    family = Autoregressive(llama)
+    engine = EngineCore(family)
+    pair = [family.start(req(PROMPTS[0], max_tokens=5)), family.start(req(PROMPTS[1], max_tokens=5))]
+    engine.step_sequences(pair)
+    engine.step_sequences(pair)
+    (group,) = family._groups.values()
+    assert group.cache.layers[0]._keys.shape[-2] == 9 + 64  # the longest past, then 64 columns of room

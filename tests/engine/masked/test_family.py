@@ -243,3 +243,124 @@ def test_a_request_without_options_runs_with_the_defaults(model):
     seq = MaskedDiffusion(model).start(GenerationRequest([1, 2], SamplingParams(max_tokens=4)))
     assert seq.options == DiffusionOptions() and seq.canvas.tolist() == [1, 2, MASK, MASK, MASK, MASK]
     assert seq.kv is None and seq.prompt_len == 2
+
+
+# ---- the numbers a pass hands back, its shapes, the fair turns at their edges ----------------------
+def answer_logits(family: MaskedDiffusion) -> dict[str, list[torch.Tensor]]:
+    """Each request's logits over the answer positions of every pass, from what ``forward`` returns."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    inner = family.forward
+
+    def forward(pass_):
+        out = inner(pass_)
+        for row, (seq, plan) in enumerate(zip(pass_.sequences, pass_.plans)):
+            scored = plan.end - max(plan.start, seq.prompt_len)
+            if pass_.shape is None:  # the prompt is not scored (a fixed-shape pass is never trimmed)
+                assert out[0].shape[1] == max(p.end - max(p.start, s.prompt_len)
+                                              for s, p in zip(pass_.sequences, pass_.plans))
+            seen.setdefault(seq.request.request_id, []).append(out[0][row, -scored:].clone())
+        return out
+
+    family.forward = forward
+    return seen
+
+
+@pytest.mark.parametrize("kwargs, cache", [({}, "none"), ({"batch_invariance": "strict"}, "none"),
+                                           ({}, "prefix"), ({"batch_invariance": "strict"}, "dual")])
+def test_a_shared_pass_gives_each_row_the_logits_it_has_alone(model, kwargs, cache):
+    requests = [req(p, f"r{i}", opts=options(block=4, cache=cache)) for i, p in enumerate(PROMPTS)]
+    alone = {}
+    for r in requests:
+        family = MaskedDiffusion(model, **kwargs)
+        seen = answer_logits(family)
+        run(family, [r])
+        alone.update(seen)
+    family = MaskedDiffusion(model, **kwargs)
+    together = answer_logits(family)
+    run(family, requests, join_at=[0, 0, 1, 2])
+    for name, rows in alone.items():
+        assert len(together[name]) == len(rows)
+        for a, b in zip(rows, together[name]):
+            assert torch.allclose(a, b, atol=1e-4, rtol=0), name
+
+
+def test_strict_passes_run_in_their_buckets_fixed_shape(model):
+    shapes = []
+    handle = model.network.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    try:
+        run(MaskedDiffusion(model, batch_invariance="strict", max_batch_size=4), [req(PROMPTS[1], "r")])
+        run(MaskedDiffusion(model, batch_invariance="strict", max_batch_size=4, step_token_budget=32),
+            [req(PROMPTS[1], "r")])
+    finally:
+        handle.remove()
+    # canvas 10 runs in the bucket of 16; rows: max_batch_size, or as many of 16 as the budget holds
+    assert shapes == [(4, 16)] * GEN + [(2, 16)] * GEN
+
+
+def start_all(family, specs):
+    """Sequences in a state the test sets: (name, canvas prompt length, work, sampling params)."""
+    seqs = []
+    for name, prompt_len, work, params in specs:
+        seq = family.start(req([1] * prompt_len, name, **params))
+        seq.work, seq.nfe, seq.clocked = work, 1, True
+        seqs.append(seq)
+    return seqs
+
+
+def turn(family, seqs) -> list[list[str]]:
+    return [[s.request.request_id for s in p.sequences] for p in family.schedule(seqs)]
+
+
+@pytest.mark.parametrize("budget, expected", [(26, [["a", "b"]]), (25, [["a"]]), (30, [["a", "b"]])])
+def test_a_step_takes_requests_while_their_canvases_fit_the_budget(model, budget, expected):
+    family = MaskedDiffusion(model, step_token_budget=budget)
+    assert turn(family, start_all(family, [("a", 5, 0, {}), ("b", 5, 0, {}), ("c", 5, 0, {})])) == expected
+
+
+def test_a_step_takes_those_finishing_within_one_short_pass_of_the_first(model):
+    family = MaskedDiffusion(model, step_token_budget=100)
+    # finishes: a 13, b 26 (= 13 + the shortest cost 13: taken), c 27 (not)
+    assert turn(family, start_all(family, [("a", 5, 0, {}), ("b", 18, 0, {}), ("c", 19, 0, {})])) == [["a", "b"]]
+    # finishes: a 13, l 20 (over the budget beside a), b 23: b still joins
+    family = MaskedDiffusion(model, step_token_budget=30)
+    assert turn(family, start_all(family, [("a", 5, 0, {}), ("l", 12, 0, {}), ("b", 5, 10, {})])) == [["a", "b"]]
+
+
+def test_a_request_whose_sampling_costs_more_waits_behind_a_plain_one(model):
+    family = MaskedDiffusion(model, step_token_budget=100)
+    family.vocab = 8192  # as if learned from a pass: 8 sampled positions cost 64 canvas tokens with top-k
+    seqs = start_all(family, [("sampled", 5, 0, {"temperature": 1.0, "top_k": 1}), ("plain", 5, 0, {})])
+    assert turn(family, seqs) == [["plain"]]
+
+
+def test_a_newcomer_after_one_pass_of_another_counts_from_that_pass(model):
+    family = MaskedDiffusion(model, step_token_budget=13)
+    recorder = Recorder(family)
+    first = family.start(req([1, 2, 3, 4, 5], "first"))
+    engine = EngineCore(family)
+    engine.step_sequences([first])
+    late = family.start(req([6, 7, 8, 9, 10], "late"))
+    for _ in range(4):
+        engine.step_sequences([first, late])
+    assert recorder.who() == [["first"], ["first"], ["late"], ["first"], ["late"]]
+
+
+@pytest.mark.parametrize("budget, expected", [(37, [["a"], ["b"]]), (38, [["a", "b"]])])
+def test_a_pass_holds_rows_times_its_longest_slice_within_the_budget(model, budget, expected):
+    family = MaskedDiffusion(model, step_token_budget=budget)
+    assert turn(family, start_all(family, [("a", 2, 0, {}), ("b", 11, 0, {})])) == expected  # canvases 10, 19
+
+
+def test_a_cached_slice_and_a_full_canvas_never_share_a_pass(model):
+    family = MaskedDiffusion(model)
+    recorder = Recorder(family)
+    cached = options(block=4, cache="prefix")
+    run(family, [req(PROMPTS[0], "early", opts=cached), req(PROMPTS[3], "late", opts=cached)], join_at=[0, 1])
+    assert recorder.passes[1:3] == [(["early"], [8]), (["late"], [11])]
+
+
+def test_a_canvas_cap_equal_to_the_context_is_blamed_on_the_context(model):
+    family = MaskedDiffusion(model, limits=EngineLimits(max_canvas_tokens=96))
+    with pytest.raises(APIError) as refused:
+        family.validate(req([1] * 8, max_tokens=89))
+    assert refused.value.message.endswith("(its context)")

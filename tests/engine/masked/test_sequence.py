@@ -41,7 +41,7 @@ def logits(tokens: list[int], probs: list[float]) -> torch.Tensor:
 
 
 def step(seq, tokens, probs):
-    seq.advance(logits(tokens, probs), 0)
+    seq.advance(logits(tokens, probs))  # the window covers the whole answer: offset 0, the default
     return decided(seq)
 
 
@@ -276,3 +276,75 @@ def test_min_tokens_keeps_eos_out_of_the_first_answer_positions():
     seq = start(gen=4, block=4, steps=1, min_tokens=2)
     step(seq, [EOS] * 4, [0.9] * 4)
     assert decided(seq)[:2] != "$$" and "$" in decided(seq)[2:]
+
+
+# ---- survivors of the first mutation run -----------------------------------------------------------
+def test_a_later_pass_decides_what_the_schedule_still_owes_among_the_undecided_only():
+    seq = start(gen=4, block=4, steps=2)  # 2 a pass
+    assert step(seq, ABCD, [0.5, 0.9, 0.6, 0.7]) == "_b_d"
+    seq = start(gen=4, block=4, steps=4)
+    assert step(seq, ABCD, [0.5, 0.9, 0.6, 0.7]) == "_b__"
+    assert step(seq, ABCD, [0.8, 0.1, 0.6, 0.7]) == "ab__"  # one more, though b now scores lowest
+
+
+def test_sampled_decisions_follow_the_requests_seed():
+    def answer(seed):
+        seq = start(gen=8, block=8, steps=8, temperature=1.0, seed=seed)
+        while not seq.finished:
+            step(seq, [1, 2, 3, 4, 5, 6, 7, 8], [0.2] * 8)
+        return seq.answer.tolist()
+
+    assert answer(5) == answer(5) != answer(6)
+
+
+def test_the_last_pass_the_budget_allows_scores_the_whole_canvas_and_only_that_one():
+    options = DiffusionOptions(steps=3, block_length=4, cache="prefix",
+                               ultra_fast_config=UltraFastConfig(**{**OFF, "min_steps": 1, "max_steps": 3}))
+    seq = FAMILY.start(GenerationRequest([5, 6], SamplingParams(max_tokens=4), options))
+    seq.keep_kv([(torch.zeros(1, 6, 2), torch.zeros(1, 6, 2))])
+    assert seq.forward_plan().context is not None  # pass 1 of 3: the cached slice
+    step(seq, ABCD, [0.9, 0.1, 0.1, 0.1])
+    assert seq.forward_plan().context is not None  # pass 2 of 3: still the slice
+    step(seq, ABCD, [0.9, 0.9, 0.1, 0.1])
+    assert seq.forward_plan() == ForwardPlan(0, 6)  # pass 3: the last
+
+
+def test_a_plan_ending_before_the_answers_end_samples_only_its_positions():
+    seq = start(gen=8, block=4, steps=8, draft=True)
+    assert seq.samples_next(ForwardPlan(0, 6)) == 4  # prompt 2 + answer positions 0..3
+
+
+def test_a_draft_samples_max_draft_tokens_from_the_cursor_beyond_the_block():
+    seq = start(gen=8, block=2, steps=8, draft=True, max_draft_tokens=3)
+    assert seq.samples_next(ForwardPlan(0, 10)) == 3  # the block (0, 1) and the draft's 0..2
+
+
+def test_the_reveal_pass_and_no_other_samples_beyond_the_block():
+    seq = start(gen=8, block=4, ultra=dict(enable_instant_first_token=True, first_token_steps=2, steps_per_block=4))
+    assert seq.samples_next(ForwardPlan(0, 10)) == 4  # pass 1: the block
+    step(seq, [1, 2, 3, 4, 5, 6, 7, 8], [0.1, 0.2, 0.3, 0.9, 0.1, 0.1, 0.1, 0.1])
+    assert seq.samples_next(ForwardPlan(0, 10)) == 7  # pass 2 reveals: every undecided position
+    step(seq, [1, 2, 3, 4, 5, 6, 7, 8], [0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    assert seq.revealed and seq.samples_next(ForwardPlan(0, 10)) == 2  # after it: the block's undecided
+
+
+def test_early_stop_samples_beyond_the_block_only_when_on_from_min_steps():
+    off = start(gen=8, block=4, ultra=dict(enable_early_stop=False, early_stop_min_progress=0.0, steps_per_block=4))
+    assert off.samples_next(ForwardPlan(0, 10)) == 4
+    on = start(gen=8, block=4, ultra=dict(enable_early_stop=True, early_stop_min_progress=0.0, min_steps=2,
+                                          steps_per_block=4))
+    assert on.samples_next(ForwardPlan(0, 10)) == 4  # pass 1 < min_steps
+    step(on, [1, 2, 3, 4, 5, 6, 7, 8], [0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    assert on.samples_next(ForwardPlan(0, 10)) == 7  # pass 2 = min_steps: early stop may look everywhere
+
+
+def test_a_draft_reads_through_token_zero_and_honours_the_requests_special_token_choice():
+    from tests.engine.byte_tokenizer import ByteTokenizer
+
+    pieces = [b"a", b"b", b" .", b"d"] + [b"x"] * 19  # id 3 is " ." (a tokenizer's clean-up would eat its space)
+    for skip, want in [(True, "b .d"), (False, "b<|endoftext|> .d")]:
+        seq = start(gen=5, block=5, steps=5, draft=True, skip_special_tokens=skip)
+        seq.detokenizer.tokenizer = ByteTokenizer(pieces)
+        seq.eos_ids = frozenset({22})  # token 0 is an ordinary (special) token here, not the end
+        step(seq, [1, 2, 0, 3, 4], [0.9, 0.5, 0.5, 0.5, 0.5])
+        assert seq.drain()[-1].draft == want, skip

@@ -266,8 +266,11 @@ def answer_logits(family: MaskedDiffusion) -> dict[str, list[torch.Tensor]]:
 
 
 @pytest.mark.parametrize("kwargs, cache", [({}, "none"), ({"batch_invariance": "strict"}, "none"),
-                                           ({}, "prefix"), ({"batch_invariance": "strict"}, "dual")])
+                                           ({}, "prefix"), ({"batch_invariance": "strict"}, "dual"),
+                                           ({"batch_invariance": "strict", "uncached model": True}, "none")])
 def test_a_shared_pass_gives_each_row_the_logits_it_has_alone(model, kwargs, cache):
+    if kwargs.pop("uncached model", False):
+        model = tiny_masked(kv_cache=False)
     requests = [req(p, f"r{i}", opts=options(block=4, cache=cache)) for i, p in enumerate(PROMPTS)]
     alone = {}
     for r in requests:

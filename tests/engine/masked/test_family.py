@@ -234,7 +234,7 @@ def test_a_request_must_fit_the_block_cap_the_canvas_cap_and_the_context(model):
     with pytest.raises(APIError) as refused:
         family.validate(req([], "r"))
     assert refused.value.param == "prompt"
-    with pytest.raises(ValueError, match="max_batch_size"):
+    with pytest.raises(ValueError, match="^max_batch_size must be at least 1$"):
         MaskedDiffusion(model, max_batch_size=0)
     MaskedDiffusion(model, max_batch_size=1)
 
@@ -367,3 +367,38 @@ def test_a_canvas_cap_equal_to_the_context_is_blamed_on_the_context(model):
     with pytest.raises(APIError) as refused:
         family.validate(req([1] * 8, max_tokens=89))
     assert refused.value.message.endswith("(its context)")
+
+
+def test_by_default_eight_requests_share_a_pass(model):
+    family = MaskedDiffusion(model)
+    assert turn(family, start_all(family, [(str(i), 5, 0, {}) for i in range(9)])) == [[str(i) for i in range(8)],
+                                                                                       ["8"]]
+
+
+def test_sampling_counts_nothing_before_the_first_pass_teaches_the_vocabulary(model):
+    family = MaskedDiffusion(model)
+    sampled = family.start(req([1, 2], "s", temperature=1.0, top_k=3))
+    assert family.sampling_work(sampled, 4096) == 0
+    run(family, [req([1, 2], "r")])
+    assert family.sampling_work(sampled, 1024) == 24  # the tiny model's 24 logits a position, filtered
+
+
+def test_a_pass_adds_its_canvas_and_its_sampling_to_the_requests_work(model):
+    family = MaskedDiffusion(model)
+    seq = family.start(req([1, 2], "r", max_tokens=64, opts=options(block=64, steps=64), temperature=1.0, top_k=3))
+    EngineCore(family).step_sequences([seq])
+    assert seq.work == 66 + 64 * 24 // FILTERED_LOGITS_PER_TOKEN  # 66 canvas tokens, 64 positions sampled
+
+
+def test_a_stop_string_ends_the_answer_before_it(model):
+    want = model.tokenizer.decode(up_to_eos(low_confidence_reference(model, PROMPTS[0], GEN, 4)))
+    stop = want[2]
+    seq = run(MaskedDiffusion(model), [req(PROMPTS[0], "r", stop=[stop])])["r"]
+    assert seq.finish_reason == "stop" and text(seq) == want[: want.index(stop)]
+
+
+def test_a_model_with_shifted_logits_recomputes_one_position_before_the_block():
+    shifted = dataclasses.replace(tiny_masked(), shift_logits=True)
+    seq = MaskedDiffusion(shifted).start(req(PROMPTS[0], "r", opts=options(block=4, cache="prefix")))
+    seq.keep_kv([(torch.zeros(1, 13, 2), torch.zeros(1, 13, 2))])
+    assert (seq.forward_plan().start, seq.forward_plan().context_len) == (4, 4)  # prompt 5, one early

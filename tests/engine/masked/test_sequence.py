@@ -154,6 +154,7 @@ def test_the_stall_fallback_decides_the_cursor_once_enough_tokens_were_decided_p
     seq = start(gen=8, block=8, ultra=dict(stream_every_n_tokens=3, steps_per_block=8))
     step(seq, [1, 2, 3, 4, 5, 6, 7, 8], probs)
     assert step(seq, [1, 2, 3, 4, 5, 6, 7, 8], probs) == "______gh"
+    assert step(seq, [1, 2, 3, 4, 5, 6, 7, 8], probs) == "a____fgh"  # the third past it, counted over passes
 
 
 def test_early_stop_decides_everything_once_sure_enough_after_min_steps_and_min_progress():
@@ -348,3 +349,16 @@ def test_a_draft_reads_through_token_zero_and_honours_the_requests_special_token
         seq.eos_ids = frozenset({22})  # token 0 is an ordinary (special) token here, not the end
         step(seq, [1, 2, 0, 3, 4], [0.9, 0.5, 0.5, 0.5, 0.5])
         assert seq.drain()[-1].draft == want, skip
+
+
+def test_each_block_counts_its_own_passes():
+    seq = start(gen=12, block=4, steps=6)
+    while not seq.finished:
+        step(seq, list(range(1, 13)), [0.9 - 0.05 * i for i in range(12)])
+    assert seq.passes_per_block == [2, 2, 2]
+
+
+def test_confident_tokens_stream_through_positions_decided_earlier():
+    seq = start(gen=4, block=4, ultra=dict(stream_confidence_threshold=0.8, steps_per_block=4))
+    assert step(seq, ABCD, [0.5, 0.95, 0.5, 0.5]) == "_b__"
+    assert step(seq, ABCD, [0.95, 0.1, 0.9, 0.85]) == "abcd"  # a by the schedule; b decided; c, d sure

@@ -13,11 +13,16 @@ from dfast_serve.models.diffusion_gemma import GemmaSampling
 VOCAB, PAD, EOS = 32, 0, 1
 
 
+DOT = 20
+
+
 class WordTokenizer:
-    """Id i decodes to ``"w<i> "``; PAD and EOS are special."""
+    """Id i decodes to ``"w<i> "``, ``DOT`` to ``". "``; PAD and EOS are special. ``clean_up_tokenization_spaces``
+    (default True, as for many Hugging Face tokenizers) drops the space before a dot."""
 
     def decode(self, ids, skip_special_tokens=True, clean_up_tokenization_spaces=True):
-        return "".join(f"w{i} " for i in ids if not (skip_special_tokens and i in (PAD, EOS)))
+        text = "".join(". " if i == DOT else f"w{i} " for i in ids if not (skip_special_tokens and i in (PAD, EOS)))
+        return text.replace(" .", ".") if clean_up_tokenization_spaces else text
 
 
 @dataclass
@@ -31,6 +36,7 @@ class Cache:
 @dataclass
 class Denoise:
     canvases: torch.Tensor
+    cache: list[int]  # the prompt and finished canvases the encoder has seen, as the decoder got them
     starts: list[int]
     self_conditioning: torch.Tensor | None
     mask: torch.Tensor | None
@@ -61,7 +67,7 @@ class Stub:
         return Cache(cache.ids + ids[0].tolist())
 
     def denoise(self, canvases, cache, starts, self_conditioning, mask=None):
-        self.denoised.append(Denoise(canvases.clone(), list(starts), self_conditioning, mask))
+        self.denoised.append(Denoise(canvases.clone(), list(cache.ids), list(starts), self_conditioning, mask))
         return self.logits(len(self.denoised), canvases)
 
 

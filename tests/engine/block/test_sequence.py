@@ -11,7 +11,7 @@ from dfast_serve.engine import EngineCore, GenerationRequest, SamplingParams
 from dfast_serve.engine.block.family import BlockDiffusion
 from dfast_serve.models.diffusion_gemma import GemmaSampling
 from dfast_serve.wire import DiffusionOptions, UltraFastConfig
-from tests.engine.block.stub import EOS, Stub, peaked
+from tests.engine.block.stub import DOT, EOS, PAD, Stub, peaked
 
 STANDARD = DiffusionOptions(ultra_fast=False)
 QUIET = dict(enable_instant_first_token=False, enable_early_stop=False, hold_steps=50)
@@ -27,6 +27,7 @@ def run(model, max_tokens=4, options=STANDARD, **params):
     seq = family.start(GenerationRequest([3, 4], SamplingParams(max_tokens=max_tokens, **params), options))
     engine, chunks = EngineCore(family), []
     while not seq.finished:
+        assert seq.nfe < 100
         engine.step_sequences([seq])
         assert seq.error is None, seq.error
         chunks += seq.drain()
@@ -74,7 +75,7 @@ def test_the_next_pass_keeps_the_accepted_tokens_and_renoises_the_rest():
 
 
 def test_the_tempered_logits_are_the_next_passes_self_conditioning():
-    for temperature, scale in [(1.0, 1.0), (2.0, 2.0), (0.0, 1.0)]:
+    for temperature, scale in [(1.0, 1.0), (2.0, 2.0), (0.5, 0.5), (0.0, 1.0)]:
         model = Stub(sure(5, 6, 7, 8, gap=3.0))
         run(model, temperature=temperature, seed=1)
         t1, t2 = 0.4 + 0.4 * 3 / 3, 0.4 + 0.4 * 2 / 3  # the schedule: t_max at pass 1, falling to t_min
@@ -90,6 +91,7 @@ def test_sampling_follows_the_seed_and_greedy_ignores_it():
         return [d.canvases.tolist() for d in model.denoised]
 
     assert canvases(1.0, 1) == canvases(1.0, 1) != canvases(1.0, 2)
+    assert all(len(c) == 1 and len(c[0]) == 4 for c in canvases(1.0, 3))  # one canvas row a pass
     assert canvases(0.0, 1)[1:] != canvases(1.0, 1)[1:]
     first = canvases(0.0, 1)
     assert canvases(0.0, 1) == first
@@ -151,3 +153,53 @@ def test_progress_counts_the_committed_positions_of_the_answer(cursor, block, ex
     seq = BlockDiffusion(Stub(sure(5, 6, 7, 8))).start(GenerationRequest([3], SamplingParams(max_tokens=8)))
     seq.cursor, seq.block_index = cursor, block
     assert seq.progress() == expected
+
+
+def test_a_canvas_starts_as_noise_over_the_whole_vocabulary():
+    model = Stub(sure(*[1] * 16), canvas_length=16, vocab_size=2)
+    run(model)
+    assert set(model.denoised[0].canvases[0].tolist()) == {0, 1}
+
+
+def test_three_canvases_stream_in_order_the_last_cut_to_max_tokens():
+    seq, chunks = run(Stub(sure(5, 6, 7, 8)), max_tokens=10)
+    assert sent(chunks) == [(3, "w5 w6 w7 w8 ", 4, None), (6, "w5 w6 w7 w8 ", 8, None), (9, "w5 w6 ", 10, "length")]
+    assert seq.passes_per_block == [3, 3, 3]
+
+
+def test_early_stop_reads_each_positions_own_distribution():
+    model = Stub(sure(5, 5, 5, 5, gap=8.0), sampling=GemmaSampling(6, stability_threshold=None,
+                                                                  confidence_threshold=None))
+    seq, _ = run(model, options=ultra(enable_early_stop=True, early_stop_confidence=0.95))
+    assert seq.passes_per_block == [2]
+
+
+def test_the_instant_reveal_happens_once_later_sure_tokens_wait_to_be_held():
+    def logits(n, canvases):
+        return peaked([5, None, None, None] if n == 1 else [5, 6, None, None], 50.0)
+
+    model = Stub(logits, sampling=GemmaSampling(4, stability_threshold=None, confidence_threshold=None))
+    _, chunks = run(model, options=ultra(enable_instant_first_token=True, first_token_steps=1))
+    assert sent(chunks)[0] == (1, "w5 ", 1, None)  # a run of one is committed too
+    assert sent(chunks)[1][0] == 4  # 6 waits for the canvas's end (hold_steps 50), no second reveal
+
+
+def test_later_early_commits_continue_from_the_cursor_and_stay_frozen():
+    def logits(n, canvases):
+        return peaked([5, 6, None, None] if n <= 2 else [9, 9, 9, 9], 50.0)
+
+    model = Stub(logits, sampling=GemmaSampling(5, stability_threshold=None, confidence_threshold=None))
+    seq, chunks = run(model, options=ultra(hold_steps=2, first_token_steps=1))
+    assert sent(chunks) == [(2, "w5 w6 ", 2, None), (4, "w9 w9 ", 4, "length")]
+    assert all(d.canvases[0, :2].tolist() == [5, 6] for d in model.denoised[2:])  # frozen once committed
+
+
+def test_an_early_commit_that_reaches_max_tokens_ends_the_answer_there():
+    seq, chunks = run(Stub(sure(5, 6, 7, 8)), options=ultra(enable_instant_first_token=True, first_token_steps=1))
+    assert sent(chunks) == [(1, "w5 w6 w7 w8 ", 4, "length")]
+
+
+def test_the_draft_honours_the_requests_special_token_choice_without_cleaning_up_spaces():
+    for skip, want in [(True, "w5 w7 . "), (False, "w5 w0 w7 . ")]:
+        _, chunks = run(Stub(sure(5, PAD, 7, DOT)), draft=True, skip_special_tokens=skip)
+        assert chunks[0].draft == want, skip

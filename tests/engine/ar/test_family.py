@@ -318,7 +318,7 @@ def logits_by_request(family: Autoregressive) -> dict[str, list[torch.Tensor]]:
 def test_a_shared_decode_pass_gives_each_row_the_logits_it_has_alone(llama, kwargs):
     alone = {}
     for r in REQUESTS:
-        family = Autoregressive(llama, **kwargs)
+        family = Autoregressive(llama)  # alone, on its own cache, unpadded: the reference
         seen = logits_by_request(family)
         run(EngineCore(family), [r])
         alone.update(seen)

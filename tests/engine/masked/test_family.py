@@ -247,17 +247,18 @@ def test_a_request_without_options_runs_with_the_defaults(model):
 
 # ---- the numbers a pass hands back, its shapes, the fair turns at their edges ----------------------
 def answer_logits(family: MaskedDiffusion) -> dict[str, list[torch.Tensor]]:
-    """Each request's logits over the answer positions of every pass, from what ``forward`` returns."""
-    seen: dict[str, list[torch.Tensor]] = {}
+    """Each request's logits over the answer positions of every pass, from what ``forward`` returns; under
+    the key ``"widths"``, (positions returned, longest answer slice) of every pass not in a fixed shape."""
+    seen: dict[str, list] = {"widths": []}
     inner = family.forward
 
     def forward(pass_):
         out = inner(pass_)
+        if pass_.shape is None:  # a fixed-shape pass is never trimmed
+            seen["widths"].append((out[0].shape[1], max(p.end - max(p.start, s.prompt_len)
+                                                        for s, p in zip(pass_.sequences, pass_.plans))))
         for row, (seq, plan) in enumerate(zip(pass_.sequences, pass_.plans)):
             scored = plan.end - max(plan.start, seq.prompt_len)
-            if pass_.shape is None:  # the prompt is not scored (a fixed-shape pass is never trimmed)
-                assert out[0].shape[1] == max(p.end - max(p.start, s.prompt_len)
-                                              for s, p in zip(pass_.sequences, pass_.plans))
             seen.setdefault(seq.request.request_id, []).append(out[0][row, -scored:].clone())
         return out
 
@@ -274,13 +275,16 @@ def test_a_shared_pass_gives_each_row_the_logits_it_has_alone(model, kwargs, cac
     requests = [req(p, f"r{i}", opts=options(block=4, cache=cache)) for i, p in enumerate(PROMPTS)]
     alone = {}
     for r in requests:
-        family = MaskedDiffusion(model, **kwargs)
+        family = MaskedDiffusion(model)  # alone, unpadded: the reference
         seen = answer_logits(family)
         run(family, [r])
+        assert all(got == want for got, want in seen.pop("widths"))  # only the answer positions come back
         alone.update(seen)
     family = MaskedDiffusion(model, **kwargs)
     together = answer_logits(family)
     run(family, requests, join_at=[0, 0, 1, 2])
+    widths = together.pop("widths")
+    assert all(got == want for got, want in widths) and (widths or kwargs)
     for name, rows in alone.items():
         assert len(together[name]) == len(rows)
         for a, b in zip(rows, together[name]):
@@ -377,7 +381,7 @@ def test_by_default_eight_requests_share_a_pass(model):
 
 def test_sampling_counts_nothing_before_the_first_pass_teaches_the_vocabulary(model):
     family = MaskedDiffusion(model)
-    sampled = family.start(req([1, 2], "s", temperature=1.0, top_k=3))
+    sampled = family.start(req([1, 2], "s", temperature=1.0, top_p=0.5))
     assert family.sampling_work(sampled, 4096) == 0
     run(family, [req([1, 2], "r")])
     assert family.sampling_work(sampled, 1024) == 24  # the tiny model's 24 logits a position, filtered

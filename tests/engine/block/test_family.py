@@ -80,12 +80,12 @@ def test_a_request_runs_the_models_steps_or_its_own_and_ultra_fast_only_when_ask
     assert family.start(req(options=DiffusionOptions(ultra_fast=False))).ultra is None
     own = BlockDiffusion(model, defaults=DiffusionOptions(ultra_fast=False, steps=2))
     assert (own.start(req()).steps, own.start(req()).ultra) == (2, None)
-    seq = family.start(req(prompt=(3, 4, 5), options=DiffusionOptions(ultra_fast=False)))
+    seq = family.start(req(prompt=(3, 4, 5), max_tokens=8, options=DiffusionOptions(ultra_fast=False)))
     assert seq.to_encode.tolist() == [[3, 4, 5]] and seq.canvas is None and seq.encoded == 0
     engine = EngineCore(family)
     while not seq.finished:
         engine.step_sequences([seq])
-    assert seq.encoder_passes == 1 and seq.passes_per_block == [3]
+    assert (seq.encoder_passes, seq.encoded, seq.passes_per_block) == (2, 7, [3, 3])  # the prompt, one canvas
 
 
 def test_the_prompt_then_each_finished_canvas_is_encoded_once_at_its_position():

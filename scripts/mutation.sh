@@ -33,6 +33,14 @@ SCOPE=(
   'dfast_serve.api.prompt_limit.*'
   'dfast_serve.api.model_choice.*'
   'dfast_serve.api.protocol.*'
+  'dfast_serve.engine.core.*'
+  'dfast_serve.engine.masked.family.*'
+  'dfast_serve.engine.masked.sequence.*'
+  'dfast_serve.engine.ar.family.*'
+  'dfast_serve.engine.ar.shape.*'
+  'dfast_serve.engine.block.family.*'
+  'dfast_serve.engine.block.sequence.*'
+  'dfast_serve.engine.block.sampler.*'
 )
 
 summary() {

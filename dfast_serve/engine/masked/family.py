@@ -124,8 +124,10 @@ class MaskedDiffusion:
             return sequences
         floor = min((seq.work for seq in sequences if seq.nfe > 0), default=0)
         for seq in sequences:
-            if seq.nfe == 0:
-                seq.work = max(seq.work, floor)  # a newcomer does not get the backlog of everyone's past passes
+            if seq.nfe == 0 and not seq.clocked:
+                # A newcomer does not get the backlog of everyone's past passes; once only, or one that
+                # has not run yet would be raised to the others' work every step and never catch up.
+                seq.work, seq.clocked = max(seq.work, floor), True
         cost = {id(seq): plans[id(seq)].tokens + self.sampling_work(seq, seq.samples_next(plans[id(seq)]))
                 for seq in sequences}
 

@@ -46,6 +46,7 @@ class DiffusionSequence(Sequence):
     revealed: bool = False
     decided_without_progress: int = 0
     work: int = 0  # canvas tokens its passes computed, sampling included: the engine's fairness clock
+    clocked: bool = False  # its work was set to the others' on arrival (once: after that, waiting counts)
     sampled: int = 0  # positions the latest pass sampled
     max_draft_tokens: int | None = None  # a draft samples at most this many positions from the cursor
     guess: torch.Tensor = field(init=False)  # latest proposal per answer position (-1: never scored)

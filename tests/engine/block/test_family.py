@@ -147,3 +147,46 @@ def test_self_conditioning_reaches_the_decoder_after_a_rows_first_pass_with_a_ma
     engine.step_sequences([first, late])
     both = model.denoised[-1]
     assert both.mask is None and both.self_conditioning.shape == (2, 4, 32)
+
+
+def test_by_default_eight_requests_share_a_decoder_pass_and_the_ninth_waits_for_the_next():
+    model = Stub(SURE)
+    family = BlockDiffusion(model)
+    engine = EngineCore(family)
+    seqs = [family.start(req(options=DiffusionOptions(ultra_fast=False), name=str(i))) for i in range(9)]
+    engine.step_sequences(seqs)
+    assert [len(d.canvases) for d in model.denoised] == [8, 1]
+
+
+def test_a_batch_size_under_one_is_refused_with_its_reason():
+    with pytest.raises(ValueError) as refused:
+        BlockDiffusion(Stub(SURE), max_batch_size=0)
+    assert str(refused.value) == "max_batch_size must be at least 1"
+
+
+def test_a_stop_string_ends_the_answer_before_it():
+    model = Stub(SURE)
+    family = BlockDiffusion(model)
+    engine = EngineCore(family)
+    engine.add(req(max_tokens=8, stop=["w7"], options=DiffusionOptions(ultra_fast=False)), "r")
+    chunks = []
+    while engine.has_work:
+        for out in engine.step():
+            assert out.error is None
+            chunks += out.chunks
+    assert "".join(c.new_text for c in chunks) == "w5 w6 "
+    assert chunks[-1].finish_reason == "stop" and len(model.encoded) == 1
+
+
+def test_self_conditioning_reaches_the_decoder_in_the_models_embedding_dtype():
+    model = Stub(SURE, embedding_dtype=torch.bfloat16)
+    family = BlockDiffusion(model, max_batch_size=4)
+    engine = EngineCore(family)
+    standard = DiffusionOptions(ultra_fast=False)
+    first = family.start(req(prompt=(1, 2), options=standard))
+    engine.step_sequences([first])
+    late = family.start(req(prompt=(3, 4), options=standard))
+    engine.step_sequences([first, late])
+    assert model.denoised[-1].self_conditioning.dtype == torch.bfloat16  # a mixed batch: one row zeros
+    engine.step_sequences([first, late])
+    assert model.denoised[-1].self_conditioning.dtype == torch.bfloat16

@@ -54,3 +54,10 @@ def test_renoise_draws_from_the_whole_vocabulary_with_the_generator():
 def test_a_run_from_the_cursor_stops_at_the_limit():
     ready = torch.tensor([True, True, True, True])
     assert sampler.leading_run(ready, 1, 3) == 2 and sampler.leading_run(ready, 3, 2) == 0
+
+
+def test_at_a_bound_of_zero_the_surest_position_is_still_accepted():
+    entropy = torch.tensor([[0.5, 0.2, 0.9]])
+    assert sampler.accept_by_entropy(entropy, 0.0).tolist() == [[False, True, False]]
+    # a run whose sum minus its largest equals the bound exactly is accepted
+    assert sampler.accept_by_entropy(torch.tensor([0.25, 0.25, 0.5, 2.0]), 0.5).tolist() == [True, True, True, False]

@@ -203,3 +203,39 @@ def test_the_draft_honours_the_requests_special_token_choice_without_cleaning_up
     for skip, want in [(True, "w5 w7 . "), (False, "w5 w0 w7 . ")]:
         _, chunks = run(Stub(sure(5, PAD, 7, DOT)), draft=True, skip_special_tokens=skip)
         assert chunks[0].draft == want, skip
+
+
+def test_a_token_counts_as_held_one_step_more_each_step_it_is_accepted():
+    model = Stub(sure(5, 6, 7, 8), sampling=GemmaSampling(5, stability_threshold=None, confidence_threshold=None))
+    _, chunks = run(model, options=ultra(hold_steps=3, first_token_steps=1))
+    assert sent(chunks)[0] == (3, "w5 w6 w7 w8 ", 4, "length")  # held 1, 2, 3: committed at pass 3
+
+
+def test_a_rejected_position_starts_its_hold_afresh_when_accepted():
+    # renoise draws only token 0 (vocab_size 1): a rejected position's noise is the token later drawn there
+    def logits(n, canvases):
+        out = peaked([None, 6, 7, 8], 50.0)
+        if n == 1:
+            out[0, 1, :] = torch.linspace(0.0, 1.0, 32)  # unsure: accepted as the run's excluded largest
+        else:
+            out[0, 0, 0] = 50.0  # position 0, rejected at pass 1 (the flattest), now sure of token 0
+        return out
+
+    model = Stub(logits, vocab_size=1, sampling=GemmaSampling(5, stability_threshold=None, confidence_threshold=None))
+    _, chunks = run(model, options=ultra(hold_steps=2, first_token_steps=1), skip_special_tokens=False, seed=1)
+    assert sent(chunks)[0][:2] == (3, "w0 w6 w7 w8 ")  # held 1 at pass 2, 2 at pass 3
+
+
+def test_early_stop_at_a_confidence_of_one_stops_when_every_top_probability_is_one():
+    model = Stub(sure(5, 6, 7, 8, gap=50.0), sampling=GemmaSampling(6, stability_threshold=None,
+                                                                   confidence_threshold=None))
+    seq, _ = run(model, options=ultra(enable_early_stop=True, early_stop_confidence=1.0))
+    assert seq.passes_per_block == [2]
+
+
+def test_no_draft_is_sent_unless_the_request_asks_for_one():
+    _, chunks = run(Stub(sure(5, 6, 7, 8)), max_tokens=6)
+    assert [c.draft for c in chunks] == [None] * len(chunks) and len(sent(chunks)) == len(chunks)
+    _, chunks = run(Stub(sure(5, 6, 7, 8)), max_tokens=6, options=ultra(enable_instant_first_token=True,
+                                                                         first_token_steps=2))
+    assert all(c.draft is None for c in chunks)

@@ -97,6 +97,13 @@ def test_sampling_follows_the_seed_and_greedy_ignores_it():
     assert canvases(0.0, 1) == first
 
 
+def test_a_sampled_step_hands_the_decoder_one_canvas_row_of_tokens_keeping_the_sure_ones():
+    model = Stub(sure(5, 6, None, None))
+    run(model, temperature=1.0, seed=3)
+    assert [tuple(d.canvases.shape) for d in model.denoised] == [(1, 4)] * 3
+    assert all(d.canvases[0, :2].tolist() == [5, 6] for d in model.denoised[1:])
+
+
 def test_a_token_held_for_hold_steps_is_committed_and_frozen():
     calls = []
 

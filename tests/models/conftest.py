@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dfast_serve.models.native import load_native_diffusion
+from tests import torch_threads
 from tests.models.checkpoints import make_checkpoint
 
 
@@ -25,12 +26,4 @@ def one_layer(tmp_path_factory):
             for family in ("llada", "dream")}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny checkpoints are far faster on one thread than on two a loaded machine shares."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = pytest.fixture(autouse=True)(torch_threads.one_torch_thread)  # tiny checkpoints: far faster on one

@@ -23,6 +23,7 @@ from dfast_serve.config import DiffusionOptions, ModelConfig, ReplicaConfig
 from dfast_serve.engine import EngineCore, EngineLimits, GenerationRequest, SamplingParams, build_engine
 from dfast_serve.models.registry import load_model
 from dfast_serve.serve.replica_stats import ReplicaLoad
+from dfast_serve.serve.replica_tokens import ReplicaTokens
 from dfast_serve.serve.step_loop import StepLoop
 from dfast_serve.wire import APIError, ReplicaRequest, StreamingChunk
 
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 @serve.deployment
-class ModelReplica:
+class ModelReplica(ReplicaTokens):
     """Any served model, diffusion or AR; ``build_app`` deploys it once per model under the names
     ``DiffusionReplica`` / ``ARReplica`` (``app.replica_deployment_name``).
 
@@ -50,6 +51,7 @@ class ModelReplica:
         if replica_config.gil_switch_interval_ms is not None:  # process-wide: a replica has its own process
             sys.setswitchinterval(replica_config.gil_switch_interval_ms / 1000)
         self.model = load_model(**config.model_dump())
+        self.tokenizing = self.model  # encode_prompt, encode_chat and the tokenizer (ReplicaTokens)
         self.diffusion = diffusion or DiffusionOptions()
         self.limits = replica_config
         self.engine = engine_for(self.model, replica_config, self.diffusion)
@@ -114,37 +116,6 @@ class ModelReplica:
         """Where the tokenizer came from (vLLM's ``root``: a path or hub id) and the context length."""
         return {"root": str(getattr(self.model.tokenizer, "name_or_path", "") or self.name),
                 "max_model_len": self.model.max_context}
-
-    def tokenize(self, prompt: str | None, messages: list[dict[str, str]] | None, add_special_tokens: bool = True,
-                 add_generation_prompt: bool = True) -> list[int] | APIError:
-        try:
-            return self._tokens(prompt, messages, add_special_tokens, add_generation_prompt)
-        except APIError as refused:
-            return refused
-        except Exception as exc:  # noqa: BLE001 - a template that rejects the messages is the client's error
-            return self._untokenizable("messages" if messages is not None else "prompt", exc)
-
-    def _tokens(self, prompt: str | None, messages: list[dict[str, str]] | None, add_special_tokens: bool = True,
-                add_generation_prompt: bool = True) -> list[int]:
-        if messages is not None:
-            return self.model.encode_chat(messages, add_generation_prompt)
-        if add_special_tokens:
-            return self.model.encode_prompt(prompt or "")
-        return [int(t) for t in self.model.tokenizer.encode(prompt or "", add_special_tokens=False)]
-
-    def _untokenizable(self, field: str, exc: Exception) -> APIError:
-        """A chat template (Gemma's raise on bad roles, say) or tokenizer that rejects the input: a 400 naming
-        the field, with no exception text for the client and no traceback in the log."""
-        logger.warning("model %s could not tokenize the %s: %s: %s", self.name, field, type(exc).__name__, exc)
-        what = "the model's chat template rejected the messages" if field == "messages" else "the tokenizer rejected it"
-        return APIError(400, f"{field}: {what} (check the roles and their order)" if field == "messages"
-                        else f"{field}: {what}", param=field, code="invalid_value")
-
-    def detokenize(self, tokens: list[int]) -> tuple[str, list[str]] | APIError:
-        tokenizer = self.model.tokenizer
-        if tokens and max(tokens) >= len(tokenizer):
-            return APIError(400, f"token ids must be below the vocabulary size {len(tokenizer)}", param="tokens")
-        return tokenizer.decode(tokens), [str(t) for t in tokenizer.convert_ids_to_tokens(tokens)]
 
     # ---- observability ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

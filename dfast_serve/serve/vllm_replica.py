@@ -24,6 +24,7 @@ from dfast_serve.config.models import ServedModelConfig
 from dfast_serve.models.cache import smollm2_dir
 from dfast_serve.models.tokenizing import Tokenizing
 from dfast_serve.serve.replica_stats import ReplicaLoad
+from dfast_serve.serve.replica_tokens import ReplicaTokens
 from dfast_serve.serve.vllm_mapping import ChunkStream, context_error, sampling_kwargs
 from dfast_serve.wire import APIError, ReplicaRequest, StreamingChunk, bad_request
 
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 @serve.deployment
-class VLLMReplica:
+class VLLMReplica(ReplicaTokens):
     """One AR model on vLLM. ``model`` is the served model's config without its ``replica`` section, which
     comes as ``replica`` (both dumped by ``build_app``); ``diffusion`` is always None (the common signature)."""
 
@@ -59,8 +60,7 @@ class VLLMReplica:
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**options.engine_args(
             path, config.name, dtype, config.revision, config.replica.max_ongoing_requests)))
         self.max_model_len = int(self.engine.model_config.max_model_len)
-        self.tokenizer = self.engine.get_tokenizer()
-        self.tokenizing = Tokenizing(self.tokenizer)
+        self.tokenizing = Tokenizing(self.engine.get_tokenizer())
         self.load = ReplicaLoad()
         self.aborted = 0
         await self._warm_up()
@@ -131,33 +131,6 @@ class VLLMReplica:
     # ---- tokens ------------------------------------------------------------------------------
     def model_card(self) -> dict[str, Any]:
         return {"root": self.root, "max_model_len": self.max_model_len}
-
-    def tokenize(self, prompt: str | None, messages: list[dict[str, str]] | None, add_special_tokens: bool = True,
-                 add_generation_prompt: bool = True) -> list[int] | APIError:
-        try:
-            return self._tokens(prompt, messages, add_special_tokens, add_generation_prompt)
-        except APIError as refused:
-            return refused
-        except Exception as exc:  # noqa: BLE001 - a template that rejects the messages is the client's error
-            return self._untokenizable("messages" if messages is not None else "prompt", exc)
-
-    def _tokens(self, prompt: str | None, messages: list[dict[str, str]] | None, add_special_tokens: bool = True,
-                add_generation_prompt: bool = True) -> list[int]:
-        if messages is not None:
-            return self.tokenizing.encode_chat(messages, add_generation_prompt)
-        return [int(t) for t in self.tokenizer.encode(prompt or "", add_special_tokens=add_special_tokens)]
-
-    def _untokenizable(self, field: str, exc: Exception) -> APIError:
-        logger.warning("model %s could not tokenize the %s: %s: %s", self.name, field, type(exc).__name__, exc)
-        if field == "messages":
-            return bad_request("messages: the model's chat template rejected the messages (check the roles and "
-                               "their order)", field)
-        return bad_request(f"{field}: the tokenizer rejected it", field)
-
-    def detokenize(self, tokens: list[int]) -> tuple[str, list[str]] | APIError:
-        if tokens and max(tokens) >= len(self.tokenizer):
-            return bad_request(f"token ids must be below the vocabulary size {len(self.tokenizer)}", "tokens")
-        return self.tokenizer.decode(tokens), [str(t) for t in self.tokenizer.convert_ids_to_tokens(tokens)]
 
     # ---- observability ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--budgets", default=None,
                     help="comma-separated step_token_budget values to compare, 'none' for no budget "
                          "(default: the replica default and none)")
+    ap.add_argument("--ar-pacing", default=f"{ReplicaConfig().prefill_chunk_decodes}",
+                    help="comma-separated prefill_chunk_decodes values for the AR variants with a budget, 'none' "
+                         "for chunks sized by the token budget alone (default: the replica default)")
     add_save_result(ap, "fairness")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -117,17 +120,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ar_model = load_smollm2(dtype="float32")
         context = min(ar_model.max_context, args.ar_context or ar_model.max_context, defaults.max_running_tokens)
         normal, worst = ar_requests(ar_model, context, args.ar_worst_answer)
+        pacings = [None if p == "none" else float(p) for p in args.ar_pacing.split(",")]
         for label, budget in budgets.items():
-            engine = build_engine(ar_model, defaults.max_batch_size, budget, max_running=defaults.max_ongoing_requests,
-                                  max_running_tokens=defaults.max_running_tokens)
-            engine.validate(worst)
-            cases["ar", label] = (StepLoop(engine, name=f"ar {label}"), normal, worst, True)
+            for pacing in pacings if budget is not None else [None]:
+                engine = build_engine(ar_model, defaults.max_batch_size, budget, max_running=defaults.max_ongoing_requests,
+                                      max_running_tokens=defaults.max_running_tokens, prefill_chunk_decodes=pacing)
+                engine.validate(worst)
+                name = label if budget is None else f"{label}, prefill_chunk_decodes {pacing}"
+                cases["ar", name] = (StepLoop(engine, name=f"ar {name}"), normal, worst, True)
         config |= {"ar_worst_prompt_tokens": len(worst.prompt_ids), "ar_worst_max_tokens": worst.params.max_tokens,
                    "ar_normal_prompt_tokens": len(normal.prompt_ids)}
     times: dict[str, dict[str, list[float]]] = {
         f"{e} / {v}": {"alone": [], "beside": [], "ttft_alone": [], "ttft_beside": []} for e, v in cases}
 
     async def measure() -> None:
+        for loop, normal_req, _, _ in cases.values():  # warm-up: lazy initialisation, the AR pacer's first passes
+            for _ in range(2):
+                await timed_normal(loop, normal_req, None)
         for _ in range(args.repeats):
             for (engine_kind, label), (loop, normal_req, worst_req, during) in cases.items():
                 t = times[f"{engine_kind} / {label}"]

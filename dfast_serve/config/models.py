@@ -12,7 +12,7 @@ from dfast_serve.wire.options import BatchInvariance, StrictModel
 # Replica fields of this project's engines (step-level batching, budgets, canvases): not vLLM's.
 TRANSFORMERS_ENGINE_FIELDS = frozenset({
     "gil_switch_interval_ms", "torch_threads", "max_batch_size", "batch_invariance", "step_token_budget",
-    "max_running_tokens", "max_canvas_tokens", "max_block_length", "max_draft_tokens"})
+    "max_running_tokens", "max_canvas_tokens", "max_block_length", "max_draft_tokens", "prefill_chunk_decodes"})
 DIFFUSION_SOURCES = ("llada", "dream", "llada-remote", "dream-remote", "diffusion_gemma")
 
 
@@ -116,6 +116,13 @@ class ReplicaConfig(StrictModel):
     other work between two of its passes (a long canvas runs alone). AR: every running decode takes one token, and
     prompts are prefilled with the rest, in chunks over several steps when longer (chunked prefill), the shortest
     first; so it must exceed max_ongoing_requests.
+    """
+    prefill_chunk_decodes: float | None = Field(4.0, gt=0, le=10_000)
+    """AR: a step's prompt prefill is sized to take about this many decode passes' time, measured as the replica runs
+    (engine/ar/pacing.py), so a long prompt delays a new request's first token, or a decoding request's next one, by
+    about that much; while requests decode, prompts under way get at most half of the time. None: chunks are sized by
+    step_token_budget alone (2,048 prompt tokens cost about one decode pass on a GPU, a hundred on one CPU thread).
+    Not with batch_invariance strict, whose chunks have a fixed size.
     """
     max_running_tokens: int | None = Field(65536, ge=64, le=100_000_000)
     """Prompt + max_tokens of the requests a replica runs at once, together (what their KV caches or canvases may

@@ -25,6 +25,7 @@ Engine = EngineCore
 def build_engine(model: DiffusionLM | DiffusionGemmaLM | CausalLM, max_batch_size: int = 8,
                  step_token_budget: int | None = None, batch_invariance: BatchInvariance = "off", *,
                  max_running: int | None = None, max_running_tokens: int | None = None,
+                 prefill_chunk_decodes: float | None = None,
                  limits: EngineLimits = EngineLimits(), diffusion_defaults: DiffusionOptions | None = None) -> EngineCore:
     """The engine for ``model``. ``max_batch_size`` bounds how many sequences share a forward pass,
     ``max_running`` how many requests run at once (default ``max_batch_size``), ``max_running_tokens``
@@ -32,7 +33,8 @@ def build_engine(model: DiffusionLM | DiffusionGemmaLM | CausalLM, max_batch_siz
     the new tokens one step computes (masked diffusion: canvas tokens; AR: decodes and prefill chunks;
     None: no bound), ``batch_invariance`` whether a request's
     output may depend on its batch mates (see ``wire.options.BatchInvariance``), ``limits`` what a
-    request may ask for beyond the model's context. ``diffusion_defaults`` are the model's resolved
+    request may ask for beyond the model's context, ``prefill_chunk_decodes`` (AR) a step's prefill time in
+    decode passes (``ar/pacing.py``; None: chunks sized by the token budget alone). ``diffusion_defaults`` are the model's resolved
     options (DiffusionGemma compares a request's with them); a diffusion request without options runs
     with them (callers resolve a model's defaults into each request: ``config.resolve_diffusion_options``).
     """
@@ -44,7 +46,8 @@ def build_engine(model: DiffusionLM | DiffusionGemmaLM | CausalLM, max_batch_siz
         # Its decoder passes share rows of equal cache length, with no fixed shape: strict runs one a pass.
         family = BlockDiffusion(model, 1 if batch_invariance == "strict" else max_batch_size, diffusion_defaults)
     else:
-        family = Autoregressive(model, max_batch_size, batch_invariance, step_token_budget, max_running)
+        family = Autoregressive(model, max_batch_size, batch_invariance, step_token_budget, max_running,
+                                prefill_chunk_decodes)
     return EngineCore(family, max_running, max_running_tokens)
 
 

@@ -72,6 +72,17 @@ class CausalLM(Tokenizing):
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
+    @functools.cached_property
+    def attention_span(self) -> float:
+        """The context length at which a token's attention (scores and weighted sum: ~4 x hidden FLOPs per
+        cached position and layer) costs as much as its layer's matmuls (~2 x the layer's parameters): how
+        much more a prompt token deep in a long context costs (``engine/ar/pacing.py``)."""
+        config = self.network.config.get_text_config(decoder=True)
+        embeddings = {id(p) for module in (self.network.get_input_embeddings(), self.network.get_output_embeddings())
+                      if module is not None for p in module.parameters()}
+        layer_params = sum(p.numel() for p in self.network.parameters() if id(p) not in embeddings)
+        return layer_params / config.num_hidden_layers / (2 * config.hidden_size)
+
     @staticmethod
     def cache_length(cache: Cache) -> int:
         return 0 if cache is None else cache.get_seq_length()

@@ -60,10 +60,12 @@ class ModelReplica(ReplicaTokens):
         self.load = ReplicaLoad()
 
     def _warm_up(self) -> None:
-        """One tiny generation so the first real request does not pay for lazy initialisation."""
+        """Two tiny generations so the first real request does not pay for lazy initialisation (and the AR prefill
+        pacer has measured a prefill and a decode pass past the first of each)."""
         ids = self.model.encode_prompt("Hello")
-        for _ in self.engine.generate(GenerationRequest(ids, SamplingParams(max_tokens=2))):
-            pass
+        for _ in range(2):
+            for _ in self.engine.generate(GenerationRequest(ids, SamplingParams(max_tokens=3, ignore_eos=True))):
+                pass
 
     # ---- request path -----------------------------------------------------------------------
     def _encode(self, request: ReplicaRequest) -> GenerationRequest | APIError:
@@ -155,6 +157,7 @@ def engine_for(model: Any, replica: ReplicaConfig, diffusion: DiffusionOptions |
     depend on its batch mates and the replica's caps on what one request may ask for."""
     return build_engine(model, replica.max_batch_size, replica.step_token_budget, replica.batch_invariance,
                         max_running=replica.max_ongoing_requests, max_running_tokens=replica.max_running_tokens,
+                        prefill_chunk_decodes=replica.prefill_chunk_decodes,
                         limits=EngineLimits(replica.max_canvas_tokens, replica.max_block_length,
                                             replica.max_draft_tokens),
                         diffusion_defaults=diffusion)

@@ -13,7 +13,10 @@ stop-string hold-back): the first chunk leaves right after the pass that ends th
   chunks over several steps (chunked prefill, vLLM's ``max_num_batched_tokens``), each chunk
   extending the sequence's cache; its first token is sampled after the last chunk. The shortest
   remaining prompt goes first, so a newly arrived short request is prefilled in the next step even
-  beside a long prompt halfway through its chunks (which gets the rest of the budget).
+  beside a long prompt halfway through its chunks (which gets the rest of the budget);
+* with a pacer (``pacing.PrefillPacer``, ``chunk_decodes``) the chunks are also sized in time: a step's
+  prefill takes about ``chunk_decodes`` decode passes, and while sequences decode, prompts under way
+  get at most half of the time.
 
 A decode pass runs on its group's batch cache (``_DecodeGroup``), rows left-padded to the longest with
 an attention mask and explicit position ids; the cache is kept from step to step and appended in
@@ -26,11 +29,14 @@ A model whose cache cannot be stacked runs its sequences one per pass.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
 
+from dfast_serve.engine.ar.pacing import MIN_CHUNK, PrefillPacer
 from dfast_serve.engine.ar.shape import ArShape, layout
 from dfast_serve.engine.batching import split_into
 from dfast_serve.engine.core import Pass
@@ -103,12 +109,18 @@ class Autoregressive:
     bucketed, dummy rows up to ``max_batch_size``); a prefill pass has one row, as always, and a fixed
     chunk size (``budget - max_running``) that does not depend on what else runs, so it needs no dummy
     rows; without a stackable cache, sequences already run one per pass, at shapes of their own.
+
+    ``chunk_decodes`` (None: chunks sized by the token budget alone; strict invariance never paces, its
+    chunk size is fixed): a step's prefill is sized to take about that many decode passes' time, measured
+    (``pacing.PrefillPacer``), so that neither a new request's first token nor a decoding request's next
+    one waits long behind a long prompt.
     """
 
     kind = "ar"
 
     def __init__(self, model: CausalLM, max_batch_size: int = 8, batch_invariance: BatchInvariance = "off",
-                 step_token_budget: int | None = None, max_running: int | None = None) -> None:
+                 step_token_budget: int | None = None, max_running: int | None = None,
+                 chunk_decodes: float | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         max_running = max_running or max_batch_size
@@ -121,6 +133,8 @@ class Autoregressive:
         self.step_token_budget = step_token_budget
         self.chunk_tokens = None if step_token_budget is None else step_token_budget - max_running
         self._fixed = batch_invariance == "strict" and model.merges_caches
+        self.pacer = None if chunk_decodes is None or self._fixed else PrefillPacer(chunk_decodes, model.attention_span)
+        self._decoding = False  # whether the step being run has decodes (the pacer's share)
         self._groups: dict[tuple[int, ...], _DecodeGroup] = {}  # decode passes' groups, kept while their members are
 
     def validate(self, request: GenerationRequest) -> None:
@@ -141,8 +155,13 @@ class Autoregressive:
         """Decode passes (one token for every decoding sequence), then prefill passes (one sequence each,
         the shortest remaining prompt first, ties in arrival order) with what is left of the budget."""
         decodes = [s for s in sequences if not s.prefilling]
+        self._decoding = bool(decodes)
         yield from self._decode_passes(decodes)
         left = None if self.step_token_budget is None else self.step_token_budget - len(decodes)
+        pacer, seconds_left, prefills, started_may_go = self.pacer, math.inf, 0, True
+        if pacer is not None:
+            seconds_left = pacer.target
+            started_may_go = pacer.may_continue(self._decoding)
         prompts = sorted((s for s in sequences if s.prefilling), key=lambda s: s.next_input.shape[1])  # stable
         for seq in prompts:
             remaining = seq.next_input.shape[1]
@@ -154,8 +173,16 @@ class Autoregressive:
                     break
             else:
                 chunk = min(remaining, left)
+            if pacer is not None:
+                if seq.cached and not started_may_go:
+                    continue  # its decoding neighbours are owed time; a new prompt may still go
+                chunk = min(chunk, pacer.chunk(seq.cached, seconds_left))
+                if prefills and (chunk < min(remaining, MIN_CHUNK) or pacer.seconds(chunk, seq.cached) > seconds_left):
+                    break  # the step's prefill time is spent
+                seconds_left -= pacer.seconds(chunk, seq.cached)
             if chunk < 1:
                 break
+            prefills += 1
             if left is not None:
                 left -= chunk
             shape = ArShape.of(seq.cached, chunk, 1) if self._fixed else None
@@ -180,6 +207,20 @@ class Autoregressive:
             yield Pass(batch, phase=DECODE)
 
     def forward(self, pass_: Pass[ARSequence]) -> PassOutput:
+        if self.pacer is None:
+            return self._forward(pass_)
+        start = time.perf_counter()
+        output = self._forward(pass_)
+        if output[0].is_cuda:
+            torch.cuda.synchronize(output[0].device)  # a pass's time is its kernels', not their launch
+        seconds = time.perf_counter() - start
+        if pass_.phase == PREFILL:
+            self.pacer.observed_prefill(seconds, pass_.plan(0), pass_.sequences[0].cached, self._decoding)
+        else:
+            self.pacer.observed_decode(seconds)
+        return output
+
+    def _forward(self, pass_: Pass[ARSequence]) -> PassOutput:
         batch, shape = pass_.sequences, pass_.shape
         if shape is not None:
             return self._forward_fixed(pass_)

@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--ar-pacing", default=f"{ReplicaConfig().prefill_chunk_decodes}",
                     help="comma-separated prefill_chunk_decodes values for the AR variants with a budget, 'none' "
                          "for chunks sized by the token budget alone (default: the replica default)")
+    ap.add_argument("--pass-piece-tokens", default=f"{ReplicaConfig().pass_piece_tokens}",
+                    help="comma-separated pass_piece_tokens values for the diffusion variants with a budget, 'none' "
+                         "for passes run whole (default: the replica default)")
     add_save_result(ap, "fairness")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -111,9 +114,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "diffusion" in engines:
         model = load_tiny_mdlm()
         normal, worst = requests(model, defaults.max_block_length)
+        pieces = [None if p == "none" else int(p) for p in args.pass_piece_tokens.split(",")]
         for label, budget in budgets.items():
-            loop = StepLoop(build_engine(model, defaults.max_batch_size, budget), name=f"diffusion {label}")
-            cases["diffusion", label] = (loop, normal, worst, False)
+            for piece in pieces if budget is not None else [None]:
+                name = label if budget is None else f"{label}, pass_piece_tokens {piece}"
+                loop = StepLoop(build_engine(model, defaults.max_batch_size, budget, pass_piece_tokens=piece),
+                                name=f"diffusion {name}")
+                cases["diffusion", name] = (loop, normal, worst, False)
         config |= {"diffusion_worst_max_tokens": worst.params.max_tokens,
                    "diffusion_worst_block_length": worst.diffusion.block_length}
     if "ar" in engines:

@@ -12,7 +12,8 @@ from dfast_serve.wire.options import BatchInvariance, StrictModel
 # Replica fields of this project's engines (step-level batching, budgets, canvases): not vLLM's.
 TRANSFORMERS_ENGINE_FIELDS = frozenset({
     "gil_switch_interval_ms", "torch_threads", "max_batch_size", "batch_invariance", "step_token_budget",
-    "max_running_tokens", "max_canvas_tokens", "max_block_length", "max_draft_tokens", "prefill_chunk_decodes"})
+    "max_running_tokens", "max_canvas_tokens", "max_block_length", "max_draft_tokens", "prefill_chunk_decodes",
+    "pass_piece_tokens"})
 DIFFUSION_SOURCES = ("llada", "dream", "llada-remote", "dream-remote", "diffusion_gemma")
 
 
@@ -117,10 +118,19 @@ class ReplicaConfig(StrictModel):
     prompts are prefilled with the rest, in chunks over several steps when longer (chunked prefill), the shortest
     first; so it must exceed max_ongoing_requests.
     """
-    prefill_chunk_decodes: float | None = Field(4.0, gt=0, le=10_000)
+    pass_piece_tokens: int | None = Field(64, ge=1, le=1_000_000)
+    """Diffusion: a forward pass that costs more than twice this many canvas tokens (its sampling counted as in
+    step_token_budget) runs in pieces of about this size, one a step, with other requests' passes between them
+    (engine/masked/family.py), so that no request waits on another's whole long pass; a new request's first pass goes
+    first. Only models whose network runs in pieces (tiny-mdlm, native llada / dream) and not with batch_invariance
+    strict. The default suits the embedded CPU model; on a GPU raise it (serve_config.cluster.yaml). None: passes run
+    whole.
+    """
+    prefill_chunk_decodes: float | None = Field(2.0, gt=0, le=10_000)
     """AR: a step's prompt prefill is sized to take about this many decode passes' time, measured as the replica runs
     (engine/ar/pacing.py), so a long prompt delays a new request's first token, or a decoding request's next one, by
-    about that much; while requests decode, prompts under way get at most half of the time. None: chunks are sized by
+    about that much (a new prompt of up to twice that runs whole); while requests decode, prompts under way get at
+    most half of the time. None: chunks are sized by
     step_token_budget alone (2,048 prompt tokens cost about one decode pass on a GPU, a hundred on one CPU thread).
     Not with batch_invariance strict, whose chunks have a fixed size.
     """

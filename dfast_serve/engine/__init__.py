@@ -25,7 +25,7 @@ Engine = EngineCore
 def build_engine(model: DiffusionLM | DiffusionGemmaLM | CausalLM, max_batch_size: int = 8,
                  step_token_budget: int | None = None, batch_invariance: BatchInvariance = "off", *,
                  max_running: int | None = None, max_running_tokens: int | None = None,
-                 prefill_chunk_decodes: float | None = None,
+                 prefill_chunk_decodes: float | None = None, pass_piece_tokens: int | None = None,
                  limits: EngineLimits = EngineLimits(), diffusion_defaults: DiffusionOptions | None = None) -> EngineCore:
     """The engine for ``model``. ``max_batch_size`` bounds how many sequences share a forward pass,
     ``max_running`` how many requests run at once (default ``max_batch_size``), ``max_running_tokens``
@@ -34,14 +34,15 @@ def build_engine(model: DiffusionLM | DiffusionGemmaLM | CausalLM, max_batch_siz
     None: no bound), ``batch_invariance`` whether a request's
     output may depend on its batch mates (see ``wire.options.BatchInvariance``), ``limits`` what a
     request may ask for beyond the model's context, ``prefill_chunk_decodes`` (AR) a step's prefill time in
-    decode passes (``ar/pacing.py``; None: chunks sized by the token budget alone). ``diffusion_defaults`` are the model's resolved
+    decode passes (``ar/pacing.py``; None: chunks sized by the token budget alone), ``pass_piece_tokens``
+    (masked diffusion) the cost above which a pass runs in pieces (None: whole). ``diffusion_defaults`` are the model's resolved
     options (DiffusionGemma compares a request's with them); a diffusion request without options runs
     with them (callers resolve a model's defaults into each request: ``config.resolve_diffusion_options``).
     """
     family: Family
     max_running = max_running or max_batch_size
     if isinstance(model, DiffusionLM):
-        family = MaskedDiffusion(model, max_batch_size, step_token_budget, batch_invariance, limits)
+        family = MaskedDiffusion(model, max_batch_size, step_token_budget, batch_invariance, limits, pass_piece_tokens)
     elif isinstance(model, DiffusionGemmaLM):
         # Its decoder passes share rows of equal cache length, with no fixed shape: strict runs one a pass.
         family = BlockDiffusion(model, 1 if batch_invariance == "strict" else max_batch_size, diffusion_defaults)

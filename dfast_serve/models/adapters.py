@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dfast_serve.models.causal_lm import CausalLM
+from dfast_serve.models.pieces import Pieces
 from dfast_serve.models.tokenizing import Tokenizing
 from dfast_serve.wire.tensors import KeyValues
 
@@ -56,6 +57,24 @@ class DiffusionLM(Tokenizing):
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
+
+    @property
+    def pieced(self) -> bool:
+        """Whether its forward pass can run in pieces (``logits_pieces``): the network is ``BidirectionalLM``
+        (tiny-mdlm, native LLaDA / Dream), not hub remote code."""
+        return callable(getattr(self.network, "pieces", None))
+
+    @torch.no_grad()
+    def logits_pieces(self, rows: int, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None, past_kv: list[KeyValues] | None = None,
+                      keep: int | None = None, return_kv: bool = False
+                      ) -> Pieces[tuple[torch.Tensor, list[KeyValues] | None]]:
+        """``logits`` or (``return_kv``) ``logits_and_kv`` as pieces of at most ``rows`` rows of a layer (needs
+        ``pieced``); returns (logits, keys/values or None)."""
+        out = yield from self.network.pieces(rows, input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                             past_kv=past_kv, return_kv=return_kv, **self._keep(keep))
+        logits, kv = out if return_kv else (out, None)
+        return self._trimmed(self._aligned(logits), keep), kv
 
     @torch.no_grad()
     def logits(

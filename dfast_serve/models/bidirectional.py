@@ -6,7 +6,10 @@ layer; each checkpoint layout is mapped onto this module's parameter names when 
 It speaks the network interface the diffusion engine drives: a left-padded (batch, past + seq)
 ``attention_mask``, per-row ``position_ids``, cached per-layer keys/values with RoPE already
 applied (``past_kv``) and the input's own keys/values back (``return_kv``), so the engine can batch
-canvases of different lengths and use the block KV cache. Attention is
+canvases of different lengths and use the block KV cache. ``pieces`` is the same forward pass as a
+generator that yields after each layer's keys/values and each block of ``rows`` input rows of a layer (and
+of the output layer), so the engine can run a long pass a piece at a time between other requests' passes;
+``forward`` runs it whole, in one block of rows. Attention is
 ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU) with no causal
 mask; GQA keys/values are cached with their own (fewer) heads.
 """
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfast_serve.models.pieces import Pieces, drive
 from dfast_serve.wire.tensors import KeyValues
 
 
@@ -84,19 +88,42 @@ class Layer(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None,
         past: KeyValues | None,
     ) -> tuple[torch.Tensor, KeyValues]:
+        return drive(self.pieces(x, cos, sin, attn_mask, past))
+
+    def pieces(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None,
+        past: KeyValues | None, rows: int | None = None,
+    ) -> Pieces[tuple[torch.Tensor, KeyValues]]:
+        """The layer, yielding after every row's keys/values, then after each block of ``rows`` rows
+        (None: all at once): a row's queries, attention and MLP need only its own input and every key."""
         b, s, _ = x.shape
         cfg = self.cfg
         h = self.attn_norm(x)
-        q = self.q_proj(h).view(b, s, cfg.num_heads, cfg.head_dim).transpose(1, 2)
         k = self.k_proj(h).view(b, s, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(b, s, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k = apply_rotary(k, cos, sin)
         keys, values = (k, v) if past is None else (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2))
+        if rows is None or rows >= s:
+            return self._rows(x, h, cos, sin, keys, values, attn_mask), (k, v)
+        yield
+        out = torch.empty_like(x)
+        for start in range(0, s, rows):
+            part = slice(start, start + rows)
+            out[:, part] = self._rows(x[:, part], h[:, part], cos[:, :, part], sin[:, :, part], keys, values, attn_mask)
+            yield
+        return out, (k, v)
+
+    def _rows(self, x: torch.Tensor, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
+              values: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """The layer's output for rows ``x`` (``h``: their normed input), attending to ``keys`` / ``values``."""
+        b, s, _ = x.shape
+        cfg = self.cfg
+        q = apply_rotary(self.q_proj(h).view(b, s, cfg.num_heads, cfg.head_dim).transpose(1, 2), cos, sin)
         attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, is_causal=False,
                                               enable_gqa=cfg.num_kv_heads != cfg.num_heads)
         x = x + self.o_proj(attn.transpose(1, 2).reshape(b, s, cfg.num_heads * cfg.head_dim))
         h = self.mlp_norm(x)
-        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h)), (k, v)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
 
 class BidirectionalLM(nn.Module):
@@ -119,6 +146,19 @@ class BidirectionalLM(nn.Module):
         return_kv: bool = False,
         logits_to_keep: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[KeyValues]]:
+        """See ``pieces``: the same pass, whole."""
+        return drive(self.pieces(None, input_ids, attention_mask, position_ids, past_kv, return_kv, logits_to_keep))
+
+    def pieces(
+        self,
+        rows: int | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_kv: list[KeyValues] | None = None,
+        return_kv: bool = False,
+        logits_to_keep: int | None = None,
+    ) -> Pieces[torch.Tensor | tuple[torch.Tensor, list[KeyValues]]]:
         """Logits (batch, seq, vocab); with ``return_kv`` also each layer's keys/values of the input.
 
         ``attention_mask`` marks the keys attended to (1) vs padding (0): shape (batch, seq), or
@@ -141,10 +181,21 @@ class BidirectionalLM(nn.Module):
         x = self.embed(input_ids)
         kv: list[KeyValues] = []
         for i, layer in enumerate(self.layers):
-            x, layer_kv = layer(x, cos, sin, attn_mask, None if past_kv is None else past_kv[i])
+            x, layer_kv = yield from layer.pieces(x, cos, sin, attn_mask, None if past_kv is None else past_kv[i], rows)
             kv.append(layer_kv)
         if logits_to_keep is not None:
             x = x[:, max(x.shape[1] - logits_to_keep, 0) :]
         x = self.norm(x)
-        logits = F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
+        if rows is None or rows >= x.shape[1]:
+            logits = self._output(x)
+        else:
+            parts = []
+            for start in range(0, x.shape[1], rows):
+                yield
+                parts.append(self._output(x[:, start : start + rows]))
+            logits = torch.cat(parts, dim=1)
         return (logits, kv) if return_kv else logits
+
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
+

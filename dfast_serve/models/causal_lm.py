@@ -192,8 +192,8 @@ def growing_layer() -> type:
         def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
             rows, heads, _, head_dim = key_states.shape
             self.device, self.dtype, self.is_initialized = key_states.device, key_states.dtype, True
-            self._keys = key_states.new_zeros((rows, heads, self.capacity, head_dim))
-            self._values = value_states.new_zeros((rows, heads, self.capacity, value_states.shape[-1]))
+            self._keys = key_states.new_empty((rows, heads, self.capacity, head_dim))
+            self._values = value_states.new_empty((rows, heads, self.capacity, value_states.shape[-1]))
             self._fill(0)
 
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -204,9 +204,9 @@ def growing_layer() -> type:
             end = start + key_states.shape[-2]
             if end > self._keys.shape[-2]:  # full: double (a copy, amortized over the columns it makes room for)
                 grown = max(end, 2 * self._keys.shape[-2])
-                self._keys = torch.cat([self.keys, self._keys.new_zeros((*self._keys.shape[:2], grown - start,
+                self._keys = torch.cat([self.keys, self._keys.new_empty((*self._keys.shape[:2], grown - start,
                                                                          self._keys.shape[-1]))], dim=-2)
-                self._values = torch.cat([self.values, self._values.new_zeros((*self._values.shape[:2], grown - start,
+                self._values = torch.cat([self.values, self._values.new_empty((*self._values.shape[:2], grown - start,
                                                                                self._values.shape[-1]))], dim=-2)
             self._keys[:, :, start:end] = key_states
             self._values[:, :, start:end] = value_states

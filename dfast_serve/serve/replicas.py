@@ -157,7 +157,7 @@ def engine_for(model: Any, replica: ReplicaConfig, diffusion: DiffusionOptions |
     depend on its batch mates and the replica's caps on what one request may ask for."""
     return build_engine(model, replica.max_batch_size, replica.step_token_budget, replica.batch_invariance,
                         max_running=replica.max_ongoing_requests, max_running_tokens=replica.max_running_tokens,
-                        prefill_chunk_decodes=replica.prefill_chunk_decodes,
+                        prefill_chunk_decodes=replica.prefill_chunk_decodes, pass_piece_tokens=replica.pass_piece_tokens,
                         limits=EngineLimits(replica.max_canvas_tokens, replica.max_block_length,
                                             replica.max_draft_tokens),
                         diffusion_defaults=diffusion)

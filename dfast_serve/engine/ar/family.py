@@ -15,8 +15,8 @@ stop-string hold-back): the first chunk leaves right after the pass that ends th
   remaining prompt goes first, so a newly arrived short request is prefilled in the next step even
   beside a long prompt halfway through its chunks (which gets the rest of the budget);
 * with a pacer (``pacing.PrefillPacer``, ``chunk_decodes``) the chunks are also sized in time: a step's
-  prefill takes about ``chunk_decodes`` decode passes, and while sequences decode, prompts under way
-  get at most half of the time.
+  prefill takes about ``chunk_decodes`` decode passes (a new prompt of up to twice that runs whole), and
+  while sequences decode, prompts under way get at most half of the time.
 
 A decode pass runs on its group's batch cache (``_DecodeGroup``), rows left-padded to the longest with
 an attention mask and explicit position ids; the cache is kept from step to step and appended in
@@ -176,7 +176,9 @@ class Autoregressive:
             if pacer is not None:
                 if seq.cached and not started_may_go:
                     continue  # its decoding neighbours are owed time; a new prompt may still go
-                chunk = min(chunk, pacer.chunk(seq.cached, seconds_left))
+                if seq.cached or pacer.seconds(remaining, 0) > 2 * pacer.target:
+                    chunk = min(chunk, pacer.chunk(seq.cached, seconds_left))
+                # else a new prompt of up to two steps' prefill time runs whole: a chunk would only delay its tokens
                 if prefills and (chunk < min(remaining, MIN_CHUNK) or pacer.seconds(chunk, seq.cached) > seconds_left):
                     break  # the step's prefill time is spent
                 seconds_left -= pacer.seconds(chunk, seq.cached)

@@ -11,6 +11,11 @@ left-padded, ``batching``) → ``advance`` (each sequence's own: propose, commit
 (``budget``) and the block schedule (``schedule``) say how many passes a block may spend; the
 ultra-fast options add the instant reveal, confidence streaming, the stall fallback and early
 stop on top; with all of them off it is exactly the standard path.
+
+A pass that costs more than twice ``pass_piece_tokens`` runs in pieces, one a step (``PIECE`` passes): its
+forward a block of rows of one layer at a time (``BidirectionalLM.pieces``), then its sampling a few
+positions at a time (``proposal.propose_pieces``); other requests' passes run between its pieces, so
+none waits on a whole long pass; and a new request's first pass, unless long, goes first.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dfast_serve.wire import BatchInvariance, DiffusionOptions, bad_request
 from dfast_serve.engine.sampling import make_generator
 from dfast_serve.engine.request import GenerationRequest
 from dfast_serve.models.adapters import DiffusionLM
+from dfast_serve.models.pieces import Pieces, drive
 from dfast_serve.wire.tensors import KeyValues
 
 
@@ -43,6 +49,7 @@ nucleus needs a sort)."""
 PLAIN_LOGITS_PER_TOKEN = 32768
 """The same for greedy or plain-temperature sampling (a few passes over each row, no selection): measured
 ~42,000-85,000 logits per canvas token; counted a little dearer, rounded to a power of two."""
+PIECE = "piece"  # the phase of a pass that runs one piece of a long pass
 
 
 class MaskedDiffusion:
@@ -59,7 +66,8 @@ class MaskedDiffusion:
     kind = "diffusion"
 
     def __init__(self, model: DiffusionLM, max_batch_size: int = 8, step_token_budget: int | None = None,
-                 batch_invariance: BatchInvariance = "off", limits: EngineLimits = EngineLimits()) -> None:
+                 batch_invariance: BatchInvariance = "off", limits: EngineLimits = EngineLimits(),
+                 pass_piece_tokens: int | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.model = model
@@ -68,6 +76,10 @@ class MaskedDiffusion:
         self.batch_invariance = batch_invariance
         self.limits = limits
         self.vocab = 0  # logits per position, learned from the first pass (before it sampling counts nothing)
+        # Pieces need a network that runs in pieces, and a pass whose shape is its own (not strict's fixed shapes).
+        pieced = pass_piece_tokens is not None and model.pieced and batch_invariance != "strict"
+        self.pass_piece_tokens = pass_piece_tokens if pieced else None
+        self._piece_rows = 0 if not pieced else pass_piece_tokens * getattr(model.network.config, "num_layers", 1)
 
     def validate(self, request: GenerationRequest) -> None:
         check_prompt(request)
@@ -102,10 +114,29 @@ class MaskedDiffusion:
         )
 
     def schedule(self, sequences: list[DiffusionSequence]) -> Iterator[Pass[DiffusionSequence]]:
-        """The step's passes: the sequences whose turn it is (``_turns``), packed (``_passes``)."""
-        plans = {id(seq): seq.forward_plan() for seq in sequences}
-        for group in self._passes(self._turns(sequences, plans), plans):
+        """The step's passes: the sequences whose turn it is (``_turns``), packed (``_passes``); a long pass a
+        piece at a time."""
+        plans = {id(seq): seq.pass_in_pieces_plan if seq.pass_in_pieces is not None else seq.forward_plan() for seq in sequences}
+        chosen = self._turns(sequences, plans)
+        pieced = [seq for seq in chosen if self._in_pieces(seq, plans[id(seq)])]
+        for seq in pieced:
+            yield Pass([seq], [plans[id(seq)]], phase=PIECE)
+        for group in self._passes([seq for seq in chosen if seq not in pieced], plans):
             yield Pass(group, [plans[id(seq)] for seq in group], shape=self._pass_shape(group, plans))
+
+    def _cost(self, seq: DiffusionSequence, plan: ForwardPlan) -> int:
+        """What the sequence's next pass costs in canvas tokens (its sampling included); a pass in pieces costs
+        a piece a step."""
+        if self._in_pieces(seq, plan):
+            return self.pass_piece_tokens
+        return plan.tokens + self.sampling_work(seq, seq.samples_next(plan))
+
+    def _in_pieces(self, seq: DiffusionSequence, plan: ForwardPlan) -> bool:
+        """Whether the sequence's pass runs in pieces: it does already, or it costs more than two pieces (a pass
+        of up to two runs whole: splitting it would only delay its own tokens)."""
+        return seq.pass_in_pieces is not None or (
+            self.pass_piece_tokens is not None
+            and plan.tokens + self.sampling_work(seq, seq.samples_next(plan)) > 2 * self.pass_piece_tokens)
 
     def _pass_shape(self, group: list[DiffusionSequence], plans: dict[int, ForwardPlan]) -> PassShape | None:
         if self.batch_invariance == "strict" and self.model.padded_batches:
@@ -123,13 +154,18 @@ class MaskedDiffusion:
         if self.step_token_budget is None or len(sequences) == 1:
             return sequences
         floor = min((seq.work for seq in sequences if seq.nfe > 0), default=0)
+        newcomers = [seq for seq in sequences if seq.nfe == 0 and self.pass_piece_tokens is not None
+                     and not self._in_pieces(seq, plans[id(seq)])]
+        if newcomers and len(newcomers) < len(sequences):
+            # With pieces, a new request's short first pass goes first, in a step of its own: its first tokens wait
+            # on no other work than the piece in flight (a long one takes its turns, a piece at a time).
+            sequences = newcomers
         for seq in sequences:
             if seq.nfe == 0 and not seq.clocked:
                 # A newcomer does not get the backlog of everyone's past passes; once only, or one that
                 # has not run yet would be raised to the others' work every step and never catch up.
                 seq.work, seq.clocked = max(seq.work, floor), True
-        cost = {id(seq): plans[id(seq)].tokens + self.sampling_work(seq, seq.samples_next(plans[id(seq)]))
-                for seq in sequences}
+        cost = {id(seq): self._cost(seq, plans[id(seq)]) for seq in sequences}
 
         def finish(seq: DiffusionSequence) -> int:
             return seq.work + cost[id(seq)]
@@ -147,9 +183,11 @@ class MaskedDiffusion:
     def sampling_work(self, seq: DiffusionSequence, positions: int) -> int:
         """``seq`` sampling ``positions`` over the vocabulary, in canvas tokens: at ``FILTERED_LOGITS_PER_TOKEN``
         with top-k or top-p at a temperature above 0, else at ``PLAIN_LOGITS_PER_TOKEN``."""
+        return positions * self.vocab // (FILTERED_LOGITS_PER_TOKEN if self._filtered(seq) else PLAIN_LOGITS_PER_TOKEN)
+
+    def _filtered(self, seq: DiffusionSequence) -> bool:
         params = seq.request.params
-        filtered = params.temperature > 0 and (0 < params.top_k < self.vocab or params.top_p < 1.0)
-        return positions * self.vocab // (FILTERED_LOGITS_PER_TOKEN if filtered else PLAIN_LOGITS_PER_TOKEN)
+        return params.temperature > 0 and (0 < params.top_k < self.vocab or params.top_p < 1.0)
 
     def _passes(self, chosen: list[DiffusionSequence], plans: dict[int, ForwardPlan]) -> list[list[DiffusionSequence]]:
         """Forward passes for the step, shortest slices first: up to ``max_batch_size`` rows, and (with a
@@ -183,22 +221,58 @@ class MaskedDiffusion:
                 current.append(seq)
         return passes
 
-    def forward(self, pass_: Pass[DiffusionSequence]) -> tuple[torch.Tensor, list[KeyValues] | None]:
-        """One forward pass: logits (batch, longest slice, vocab), and keys/values when cached."""
-        batch, plans = pass_.sequences, pass_.plans
-        device = self.model.device
+    def forward(self, pass_: Pass[DiffusionSequence]) -> tuple[torch.Tensor, list[KeyValues] | None] | None:
+        """One forward pass: logits (batch, longest slice, vocab), and keys/values when cached. A ``PIECE`` pass
+        runs the next piece of its sequence's pass (starting it if need be) and returns None."""
+        if pass_.phase == PIECE:
+            seq = pass_.sequences[0]
+            if seq.pass_in_pieces is None:
+                seq.pass_in_pieces, seq.pass_in_pieces_plan = self._pass_in_pieces(seq, pass_.plan(0)), pass_.plan(0)
+            try:
+                next(seq.pass_in_pieces)
+            except StopIteration:
+                seq.pass_in_pieces = seq.pass_in_pieces_plan = None
+            return None
         if pass_.shape is not None:
-            return self._fixed_forward(batch, plans, pass_.shape)
+            return self._fixed_forward(pass_.sequences, pass_.plans, pass_.shape)
+        return drive(self._forward_pieces(pass_.sequences, pass_.plans, None))
+
+    def _pass_in_pieces(self, seq: DiffusionSequence, plan: ForwardPlan) -> Pieces[None]:
+        """One whole pass of ``seq`` (forward, then advance), yielding between pieces of ``pass_piece_tokens``."""
+        output = yield from self._forward_pieces([seq], [plan], self._piece_rows)
+        yield
+        self.vocab = output[0].shape[-1]
+        divisor = FILTERED_LOGITS_PER_TOKEN if self._filtered(seq) else PLAIN_LOGITS_PER_TOKEN
+        yield from self._advance_pieces(seq, 0, output, plan, max(1, self.pass_piece_tokens * divisor // self.vocab))
+
+    def _forward_pieces(self, batch: list[DiffusionSequence], plans: list[ForwardPlan], rows: int | None
+                        ) -> Pieces[tuple[torch.Tensor, list[KeyValues] | None]]:
+        """The forward pass of ``batch``, in pieces of ``rows`` rows of a layer (None: whole)."""
+        device = self.model.device
         ids, mask = left_pad([seq.canvas[p.start : p.end] for seq, p in zip(batch, plans)],
                              value=self.model.mask_token_id)
         # Only the answer positions are scored: a model that can skips the prompt's logits.
         keep = max(p.end - max(p.start, seq.prompt_len) for seq, p in zip(batch, plans))
         if any(p.context is not None or p.refresh for p in plans):
             positions, _ = left_pad([torch.arange(p.start, p.end, device=device) for p in plans])
-            return self._cached_forward(ids, positions, mask, plans, keep)
-        if bool(mask.all()):
-            return self.model.logits(ids, keep=keep), None  # every canvas starts at position 0: nothing to pad or shift
+            past, context_mask = stack_contexts([p.context for p in plans])
+            if past is not None:
+                mask = torch.cat([context_mask, mask], dim=1)
+            return (yield from self._model_pass(rows, ids, None if bool(mask.all()) else mask, positions, past, keep,
+                                                return_kv=True))
+        if bool(mask.all()):  # every canvas starts at position 0: nothing to pad or shift
+            return (yield from self._model_pass(rows, ids, None, None, None, keep))
         positions, _ = left_pad([torch.arange(p.start, p.end, device=device) for p in plans])
+        return (yield from self._model_pass(rows, ids, mask, positions, None, keep))
+
+    def _model_pass(self, rows: int | None, ids: torch.Tensor, mask: torch.Tensor | None,
+                    positions: torch.Tensor | None, past: list[KeyValues] | None, keep: int, return_kv: bool = False
+                    ) -> Pieces[tuple[torch.Tensor, list[KeyValues] | None]]:
+        """The model's pass: whole (``rows`` None: the adapter's plain calls), or in pieces."""
+        if rows is not None:
+            return (yield from self.model.logits_pieces(rows, ids, mask, positions, past, keep, return_kv))
+        if return_kv:
+            return self.model.logits_and_kv(ids, positions, mask, past, keep=keep)
         return self.model.logits(ids, mask, positions, keep=keep), None
 
     def _shape(self, plan: ForwardPlan) -> PassShape:
@@ -214,12 +288,20 @@ class MaskedDiffusion:
             return self.model.logits_and_kv(fixed.ids, fixed.positions, fixed.mask, fixed.past)
         return self.model.logits(fixed.ids, fixed.mask, fixed.positions), None
 
-    def advance(self, seq: DiffusionSequence, row: int, output: tuple[torch.Tensor, list[KeyValues] | None],
+    def advance(self, seq: DiffusionSequence, row: int, output: tuple[torch.Tensor, list[KeyValues] | None] | None,
                 pass_: Pass[DiffusionSequence]) -> None:
-        """The sequence's step from its row of the pass: keep its keys/values if the plan refreshes
-        the cache, then propose, commit and stream on the answer positions the pass scored."""
+        """The sequence's step from its row of the pass (a piece: its work; the pass advances it when it ends)."""
+        if pass_.phase == PIECE:
+            seq.work += self.pass_piece_tokens
+            return
+        drive(self._advance_pieces(seq, row, output, pass_.plan(row), None))
+        seq.work += pass_.plan(row).tokens + self.sampling_work(seq, seq.sampled)
+
+    def _advance_pieces(self, seq: DiffusionSequence, row: int, output: tuple[torch.Tensor, list[KeyValues] | None],
+                        plan: ForwardPlan, rows: int | None) -> Pieces[None]:
+        """Keep the row's keys/values if the plan refreshes the cache, then propose (in pieces of ``rows``
+        positions), commit and stream on the answer positions the pass scored."""
         logits, kv = output
-        plan: ForwardPlan = pass_.plan(row)
         self.vocab = logits.shape[-1]
         if plan.refresh:
             n = plan.end - plan.start
@@ -227,14 +309,4 @@ class MaskedDiffusion:
         first = max(plan.start, seq.prompt_len)  # the first answer position the pass computed
         window = logits[row, logits.shape[1] - (plan.end - first) :]
         window[:, self.model.mask_token_id] = -torch.inf  # the mask is never a valid answer token
-        seq.advance(window, first - seq.prompt_len)
-        seq.work += plan.tokens + self.sampling_work(seq, seq.sampled)
-
-    def _cached_forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, plans: list[ForwardPlan], keep: int
-    ) -> tuple[torch.Tensor, list[KeyValues]]:
-        """A pass that attends to each sequence's cached context and returns keys/values."""
-        past, context_mask = stack_contexts([p.context for p in plans])
-        if past is not None:
-            mask = torch.cat([context_mask, mask], dim=1)
-        return self.model.logits_and_kv(ids, positions, None if bool(mask.all()) else mask, past, keep=keep)
+        yield from seq.advance_pieces(window, first - seq.prompt_len, rows)

@@ -18,7 +18,8 @@ from dfast_serve.engine.masked import policies
 from dfast_serve.engine.masked.budget import PassBudget
 from dfast_serve.engine.masked.kv_cache import BlockCache, ForwardPlan
 from dfast_serve.wire.options import DiffusionOptions, UltraFastConfig
-from dfast_serve.engine.masked.proposal import Proposal, propose
+from dfast_serve.engine.masked.proposal import Proposal, propose_pieces
+from dfast_serve.models.pieces import Pieces, drive
 from dfast_serve.engine.masked.schedule import front_loaded_schedule, uniform_schedule
 from dfast_serve.engine.sequence import Sequence
 from dfast_serve.wire.tensors import KeyValues
@@ -50,6 +51,8 @@ class DiffusionSequence(Sequence):
     sampled: int = 0  # positions the latest pass sampled
     max_draft_tokens: int | None = None  # a draft samples at most this many positions from the cursor
     guess: torch.Tensor = field(init=False)  # latest proposal per answer position (-1: never scored)
+    pass_in_pieces: Pieces[None] | None = None  # a pass under way in pieces (the family's), and the plan it computes
+    pass_in_pieces_plan: ForwardPlan | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -104,10 +107,14 @@ class DiffusionSequence(Sequence):
     # ---- postprocess --------------------------------------------------------------------------
     def advance(self, window_logits: torch.Tensor, offset: int = 0) -> None:
         """Apply one pass's logits for answer positions ``offset ..``: decide, then stream."""
+        drive(self.advance_pieces(window_logits, offset))
+
+    def advance_pieces(self, window_logits: torch.Tensor, offset: int = 0, rows: int | None = None) -> Pieces[None]:
+        """``advance`` with its sampling in pieces of ``rows`` positions (``proposal.propose_pieces``)."""
         self.nfe += 1
         self.shape_logits(window_logits, offset)
-        proposal = propose(window_logits, offset, self.gen_len, self.request.params, self.options, self.generator,
-                           self._to_sample(self.nfe))
+        proposal = yield from propose_pieces(window_logits, offset, self.gen_len, self.request.params, self.options,
+                                             self.generator, self._to_sample(self.nfe), rows)
         self.sampled = int(proposal.known.sum())
         undecided = ~self.decided
         if self.budget.is_last_pass(self.nfe) or self._early_stop_due(proposal):

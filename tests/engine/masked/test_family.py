@@ -43,8 +43,11 @@ class Recorder:
         self.passes: list[tuple[list[str], list[int]]] = []
         inner = family.forward
 
+        self.kinds = []  # every pass itself (its phase: a whole pass or a piece of one)
+
         def forward(pass_):
             self.passes.append(([s.request.request_id for s in pass_.sequences], [p.tokens for p in pass_.plans]))
+            self.kinds.append(pass_)
             return inner(pass_)
 
         family.forward = forward

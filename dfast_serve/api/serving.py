@@ -171,12 +171,17 @@ class OpenAIServing:
         yield sse.DONE
 
     async def _relay_native(self, stream: ReplicaStream, model: str) -> AsyncIterator[bytes]:
-        """The chunk records as SSE, each with ``full_text``, rebuilt here from the deltas."""
-        text = ""
+        """The chunk records as SSE, with ``full_text`` rebuilt here from the deltas: in every event until
+        ``native_full_text_chars`` characters have been repeated (then null), and always in the final one."""
+        text, repeated = "", 0
         try:
             async for chunk in stream:
                 text += chunk.new_text
-                yield sse.event(native_event(chunk, text, model))
+                shown: str | None = text
+                if not chunk.is_final:
+                    repeated += len(text)
+                    shown = text if repeated <= self.config.native_full_text_chars else None
+                yield sse.event(native_event(chunk, shown, model))
         except APIError as err:
             yield sse.event(err.body())
         yield sse.DONE
@@ -253,9 +258,10 @@ class OpenAIServing:
         return ok, {"status": "ok" if ok else "unavailable", "models": models}
 
 
-def native_event(chunk: StreamingChunk, full_text: str, model: str) -> dict[str, Any]:
-    """One ``/v1/dfast/stream`` event: the chunk's fields, the text so far and the model (and the
-    ``draft`` of the undecided tail, when the request asked for one)."""
+def native_event(chunk: StreamingChunk, full_text: str | None, model: str) -> dict[str, Any]:
+    """One ``/v1/dfast/stream`` event: the chunk's fields, the text so far (None past the stream's
+    ``native_full_text_chars``) and the model (and the ``draft`` of the undecided tail, when the request asked
+    for one)."""
     event = {"model": model, "new_text": chunk.new_text, "full_text": full_text, "new_tokens": chunk.new_tokens,
             "total_tokens": chunk.total_tokens, "target_tokens": chunk.target_tokens, "progress": chunk.progress,
             "time_ms": chunk.time_ms, "is_first": chunk.is_first, "is_final": chunk.is_final, "nfe": chunk.nfe,

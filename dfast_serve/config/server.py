@@ -63,6 +63,12 @@ class ServerConfig(StrictModel):
     """Refuse to start without an API key (from api_key, api_key_file, DFASTLLM_API_KEY or DFASTLLM_API_KEY_FILE),
     so that a key the environment failed to deliver cannot leave the server open.
     """
+    native_full_text_chars: int = Field(262_144, ge=0, le=100_000_000)
+    """The native stream (/v1/dfast/stream) repeats the text so far (full_text) in its events until the characters it
+    has repeated reach this; later events carry full_text null, and the final event always the whole text. Without a
+    bound a long answer's stream grows with the square of its length, and so does what a client that does not read
+    leaves buffered in Ray's proxy.
+    """
     max_body_bytes: int = Field(1_000_000, ge=1024, le=16_000_000)
     """Larger request bodies get 413. The router parses each body in its event loop with up to ~10 bytes of memory
     per body byte (benchmarks/serving/body_memory.py).

@@ -56,6 +56,16 @@ def test_native_stream_rebuilds_full_text_from_the_deltas():
     assert out[0]["is_first"] and out[2]["is_final"] and out[-1] == "[DONE]"
 
 
+def test_native_full_text_is_repeated_up_to_its_bound_and_always_whole_in_the_final_event():
+    serving, _ = make(native_full_text_chars=len("In the ") + len("In the beginning"))
+    out = events(create(serving, body(), "native"))
+    assert [e["full_text"] for e in out[:3]] == ["In the ", "In the beginning", "In the beginning was"]
+    serving, _ = make(native_full_text_chars=len("In the "))
+    out = events(create(serving, body(), "native"))
+    assert [e["full_text"] for e in out[:3]] == ["In the ", None, "In the beginning was"]  # the last is final
+    assert "".join(e["new_text"] for e in out[:3]) == out[2]["full_text"]
+
+
 def test_finished_requests_are_counted_by_the_metrics_hooks():
     serving, _ = make()
     create(serving, body())

@@ -141,6 +141,7 @@ SMALL_APP_ARGS = {
     "queue_timeout_s": 2,
     "retry_after_s": 2,
     "body_read_timeout_s": 2,
+    "native_full_text_chars": 200,
     "api_key": "small-app-test-key",
 }
 

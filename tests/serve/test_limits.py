@@ -75,6 +75,30 @@ def test_a_flood_of_readiness_probes_takes_no_generation_slot(small_app):
     assert answer.status_code == 200, answer.text
 
 
+# ---- a client that never reads ----------------------------------------------------------------------
+def test_a_client_that_never_reads_does_not_hold_its_generation_and_gets_a_bounded_stream(small_app):
+    """A native stream of a long answer whose client reads nothing: the generation is not held by it (the
+    replica goes idle, at the answer's end or the request timeout, while nothing has been read), and what was
+    buffered for the client repeats at most ``native_full_text_chars`` of full_text (past it events carry null,
+    the final one the whole text), so its size grows with the answer, not with its square."""
+    body = {"model": DIFFUSION, "prompt": PROMPT, "max_tokens": 96, "ignore_eos": True}  # passes run whole
+    with requests.post(small_app.url + "/v1/dfast/stream", json=body, headers=small_app.auth, stream=True,
+                       timeout=60) as response:
+        assert response.status_code == 200
+        replica_idle("DiffusionReplica", small_app.name)  # polled with a deadline; not one byte read so far
+        lines = [line[len("data: "):] for line in response.iter_lines(decode_unicode=True) if line]
+    assert lines[-1] == "[DONE]"
+    events = [json.loads(line) for line in lines[:-1]]
+    chunks = [e for e in events if "error" not in e]
+    ended = chunks[-1]["is_final"] or events[-1]["error"]["code"] == "timeout"
+    assert ended, events[-1]
+    repeated = [len(e["full_text"]) for e in chunks if e["full_text"] is not None and not e["is_final"]]
+    assert sum(repeated) <= SMALL_APP_ARGS["native_full_text_chars"]
+    assert any(e["full_text"] is None for e in chunks), [(len(e["new_text"]), e["is_final"]) for e in chunks]  # the bound was reached: later events carry none
+    if chunks[-1]["is_final"]:
+        assert chunks[-1]["full_text"] == "".join(e["new_text"] for e in chunks)
+
+
 # ---- health under load ------------------------------------------------------------------------------
 def test_a_burst_of_health_probes_answers_200_while_the_only_slot_generates_and_takes_no_slot(small_app):
     """/health is liveness: 300 concurrent probes while the replica's single slot is busy all get 200,

@@ -94,7 +94,8 @@ def test_a_client_that_never_reads_does_not_hold_its_generation_and_gets_a_bound
     assert ended, events[-1]
     repeated = [len(e["full_text"]) for e in chunks if e["full_text"] is not None and not e["is_final"]]
     assert sum(repeated) <= SMALL_APP_ARGS["native_full_text_chars"]
-    assert any(e["full_text"] is None for e in chunks), [(len(e["new_text"]), e["is_final"]) for e in chunks]  # the bound was reached: later events carry none
+    # the bound was reached: later events carry none
+    assert any(e["full_text"] is None for e in chunks), [len(e["new_text"]) for e in chunks]
     if chunks[-1]["is_final"]:
         assert chunks[-1]["full_text"] == "".join(e["new_text"] for e in chunks)
 

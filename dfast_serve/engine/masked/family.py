@@ -116,7 +116,8 @@ class MaskedDiffusion:
     def schedule(self, sequences: list[DiffusionSequence]) -> Iterator[Pass[DiffusionSequence]]:
         """The step's passes: the sequences whose turn it is (``_turns``), packed (``_passes``); a long pass a
         piece at a time."""
-        plans = {id(seq): seq.pass_in_pieces_plan if seq.pass_in_pieces is not None else seq.forward_plan() for seq in sequences}
+        plans = {id(seq): seq.pass_in_pieces_plan if seq.pass_in_pieces is not None else seq.forward_plan()
+                 for seq in sequences}
         chosen = self._turns(sequences, plans)
         pieced = [seq for seq in chosen if self._in_pieces(seq, plans[id(seq)])]
         for seq in pieced:

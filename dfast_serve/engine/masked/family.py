@@ -159,7 +159,13 @@ class MaskedDiffusion:
                      and not self._in_pieces(seq, plans[id(seq)])]
         if newcomers and len(newcomers) < len(sequences):
             # With pieces, a new request's short first pass goes first, in a step of its own: its first tokens wait
-            # on no other work than the piece in flight (a long one takes its turns, a piece at a time).
+            # on no other work than the piece in flight (a long one takes its turns, a piece at a time). That pass
+            # is not charged to its turns (it starts at the others' least work less its cost), so from its second
+            # pass on it shares steps with requests of its size instead of standing aside to repay it.
+            for seq in newcomers:
+                if not seq.clocked:
+                    seq.work = max(seq.work, floor - self._cost(seq, plans[id(seq)]))
+                    seq.clocked = True
             sequences = newcomers
         for seq in sequences:
             if seq.nfe == 0 and not seq.clocked:

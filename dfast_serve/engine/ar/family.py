@@ -179,9 +179,10 @@ class Autoregressive:
                 if seq.cached or pacer.seconds(remaining, 0) > 2 * pacer.target:
                     chunk = min(chunk, pacer.chunk(seq.cached, seconds_left))
                 # else a new prompt of up to two steps' prefill time runs whole: a chunk would only delay its tokens
-                if prefills and (chunk < min(remaining, MIN_CHUNK) or pacer.seconds(chunk, seq.cached) > seconds_left):
+                estimate = pacer.seconds(chunk, seq.cached)
+                if prefills and (chunk < min(remaining, MIN_CHUNK) or estimate > seconds_left):
                     break  # the step's prefill time is spent
-                seconds_left -= pacer.seconds(chunk, seq.cached)
+                seconds_left -= estimate
             if chunk < 1:
                 break
             prefills += 1

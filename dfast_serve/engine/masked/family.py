@@ -128,16 +128,20 @@ class MaskedDiffusion:
     def _cost(self, seq: DiffusionSequence, plan: ForwardPlan) -> int:
         """What the sequence's next pass costs in canvas tokens (its sampling included); a pass in pieces costs
         a piece a step."""
-        if self._in_pieces(seq, plan):
+        if seq.pass_in_pieces is not None:
             return self.pass_piece_tokens
-        return plan.tokens + self.sampling_work(seq, seq.samples_next(plan))
+        whole = plan.tokens + self.sampling_work(seq, seq.samples_next(plan))
+        return self.pass_piece_tokens if self._too_long(whole) else whole
 
     def _in_pieces(self, seq: DiffusionSequence, plan: ForwardPlan) -> bool:
-        """Whether the sequence's pass runs in pieces: it does already, or it costs more than two pieces (a pass
-        of up to two runs whole: splitting it would only delay its own tokens)."""
-        return seq.pass_in_pieces is not None or (
-            self.pass_piece_tokens is not None
-            and plan.tokens + self.sampling_work(seq, seq.samples_next(plan)) > 2 * self.pass_piece_tokens)
+        """Whether the sequence's pass runs in pieces: it does already, or it is ``_too_long``."""
+        return seq.pass_in_pieces is not None or self._too_long(
+            plan.tokens + self.sampling_work(seq, seq.samples_next(plan)))
+
+    def _too_long(self, cost: int) -> bool:
+        """A pass of this cost runs in pieces: it costs more than two (a pass of up to two runs whole: splitting it
+        would only delay its own tokens)."""
+        return self.pass_piece_tokens is not None and cost > 2 * self.pass_piece_tokens
 
     def _pass_shape(self, group: list[DiffusionSequence], plans: dict[int, ForwardPlan]) -> PassShape | None:
         if self.batch_invariance == "strict" and self.model.padded_batches:
@@ -190,11 +194,13 @@ class MaskedDiffusion:
     def sampling_work(self, seq: DiffusionSequence, positions: int) -> int:
         """``seq`` sampling ``positions`` over the vocabulary, in canvas tokens: at ``FILTERED_LOGITS_PER_TOKEN``
         with top-k or top-p at a temperature above 0, else at ``PLAIN_LOGITS_PER_TOKEN``."""
-        return positions * self.vocab // (FILTERED_LOGITS_PER_TOKEN if self._filtered(seq) else PLAIN_LOGITS_PER_TOKEN)
+        return positions * self.vocab // self._logits_per_token(seq)
 
-    def _filtered(self, seq: DiffusionSequence) -> bool:
+    def _logits_per_token(self, seq: DiffusionSequence) -> int:
+        """Sampled logits that cost one canvas token for ``seq``'s sampling."""
         params = seq.request.params
-        return params.temperature > 0 and (0 < params.top_k < self.vocab or params.top_p < 1.0)
+        filtered = params.temperature > 0 and (0 < params.top_k < self.vocab or params.top_p < 1.0)
+        return FILTERED_LOGITS_PER_TOKEN if filtered else PLAIN_LOGITS_PER_TOKEN
 
     def _passes(self, chosen: list[DiffusionSequence], plans: dict[int, ForwardPlan]) -> list[list[DiffusionSequence]]:
         """Forward passes for the step, shortest slices first: up to ``max_batch_size`` rows, and (with a
@@ -249,8 +255,8 @@ class MaskedDiffusion:
         output = yield from self._forward_pieces([seq], [plan], self._piece_rows)
         yield
         self.vocab = output[0].shape[-1]
-        divisor = FILTERED_LOGITS_PER_TOKEN if self._filtered(seq) else PLAIN_LOGITS_PER_TOKEN
-        yield from self._advance_pieces(seq, 0, output, plan, max(1, self.pass_piece_tokens * divisor // self.vocab))
+        rows = self.pass_piece_tokens * self._logits_per_token(seq) // self.vocab
+        yield from self._advance_pieces(seq, 0, output, plan, max(1, rows))
 
     def _forward_pieces(self, batch: list[DiffusionSequence], plans: list[ForwardPlan], rows: int | None
                         ) -> Pieces[tuple[torch.Tensor, list[KeyValues] | None]]:
